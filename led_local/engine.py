@@ -1,0 +1,252 @@
+"""The decode engine: sequences in KV slots, one llama_decode per step for all of them.
+
+The engine knows nothing about prompts, chat or files: it takes token ids, decodes them, and
+picks each sequence's next token with that sequence's own randomness (``methods``) from the
+final logits and, for LED and DoLa, the captured hidden states projected by the LM head.
+Projection is lazy for LED: only rows whose gate says "explore" are projected, which changes
+no token (the base token needs the final layer alone) and saves most of the work.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from led_local import dola
+from led_local.capture import make_capture
+from led_local.errors import LedError
+from led_local.gguf_info import inspect_model
+from led_local.head import LMHead
+from led_local.methods import DecodeConfig, LlamaSampler, seed_sequence
+from led_local.runtime import Runtime
+from led_local.samplers import led_base, led_explore, token_logprob
+
+
+@dataclass
+class Sequence:
+    """One sequence being generated in KV slot ``slot``; ``pending`` is the token chosen but
+    not yet decoded. ``depths`` holds the chosen LED depth per token (None: not explored)."""
+
+    slot: int
+    seed: tuple
+    max_tokens: int
+    n_past: int = 0
+    tokens: list[int] = field(default_factory=list)
+    depths: list[int | None] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    in_scope: bool = True
+    scope_end: int | None = None  # index of the token that completed the end-of-thinking marker
+    finish_reason: str | None = None
+    pending: int | None = None
+    rng: np.random.Generator | None = None
+    sampler: LlamaSampler | None = None
+    _text_tail: str = ""
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
+
+    @property
+    def explored(self) -> int:
+        return sum(d is not None for d in self.depths)
+
+
+class Engine:
+    """A model loaded for one decoding method, with ``n_seq`` KV slots.
+
+    n_ctx: total context (shared by the slots); threads: llama.cpp threads (default all
+    cores up to 8); blas_threads: numpy BLAS threads for the projection (default 1, because
+    llama.cpp's threads spin between decodes and two pools on few cores fight);
+    capture: auto, callback or layer-inp; logprobs: record each token's final-layer logprob.
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike,
+        cfg: DecodeConfig,
+        *,
+        n_ctx: int = 4096,
+        n_seq: int = 1,
+        n_batch: int = 512,
+        threads: int | None = None,
+        blas_threads: int = 1,
+        capture: str = "auto",
+        logprobs: bool = False,
+        verbose: bool = False,
+    ) -> None:
+        self.info = inspect_model(model)
+        self.cfg = cfg
+        self.logprobs = logprobs
+        self.head: LMHead | None = None
+        self.capture = None
+        self.layers: list[int] = []
+        if cfg.method == "led":
+            self.info.check_led(cfg.led.depths)
+            if cfg.led.candidates > self.info.n_vocab:
+                raise LedError(f"--led-candidates must be <= the vocabulary "
+                               f"{self.info.n_vocab}, got {cfg.led.candidates}")
+            self.layers = self.info.led_hidden_indices(cfg.led.depths)
+        elif cfg.method == "dola":
+            self.info.check_led(2)
+            self.layers = self.info.dola_hidden_indices(cfg.dola_layers)
+        if self.layers:
+            self.capture = make_capture(self.info, self.layers, prefer=capture)
+            self.head = LMHead(self.info)
+        self._blas = threadpool_limits(limits=blas_threads, user_api="blas")
+        self.rt = Runtime(self.info.path, n_ctx=n_ctx, n_seq=n_seq, n_batch=n_batch,
+                          n_threads=threads, verbose=verbose, info=self.info,
+                          eval_callback=self.capture.callback if self.capture else None)
+        if self.capture is not None:
+            self.capture.attach(self.rt)
+        self.n_seq = n_seq
+        self._cached: dict[int, list[int]] = {}
+
+    def close(self) -> None:
+        self.rt.close()
+        self._blas.restore_original_limits()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- sequences ------------------------------------------------------------------------
+    def new_sequence(self, slot: int, *, seed: tuple, max_tokens: int) -> Sequence:
+        """A sequence in ``slot`` whose randomness derives from ``seed`` alone."""
+        seq = Sequence(slot=slot, seed=seed, max_tokens=max_tokens)
+        ss = seed_sequence(*seed)
+        if self.cfg.method == "sample":
+            seq.sampler = LlamaSampler(self.cfg, int(ss.generate_state(1, np.uint32)[0]))
+        else:
+            seq.rng = np.random.default_rng(ss)
+        return seq
+
+    def prefill(self, slot: int, tokens: list[int]) -> None:
+        """Evaluate a prompt into ``slot``, reusing the longest prefix already cached there;
+        the logits (and states) of its last token are then ready for ``pick``."""
+        n = len(tokens)
+        if n == 0:
+            raise LedError("the prompt is empty")
+        if n >= self.rt.n_ctx:
+            raise LedError(f"the prompt has {n} tokens, more than the context allows "
+                           f"({self.rt.n_ctx}); raise --ctx or shorten it")
+        cached = self._cached.get(slot, [])
+        common = 0
+        for a, b in zip(cached, tokens):
+            if a != b:
+                break
+            common += 1
+        common = min(common, n - 1)  # the last token must be decoded to get its logits
+        self.rt.seq_rm(slot, common, -1)
+        for start in range(common, n, self.rt.n_batch):
+            chunk = tokens[start:start + self.rt.n_batch]
+            last = start + len(chunk) == n
+            outs = [False] * len(chunk)
+            outs[-1] = last
+            if self.capture is not None:
+                self.capture.begin(np.array([len(chunk) - 1] if last else [], np.int64))
+            self.rt.decode(chunk, range(start, start + len(chunk)), [slot] * len(chunk), outs)
+            self._prompt_row = len(chunk) - 1
+        self._cached[slot] = list(tokens)
+
+    def fork(self, src: int, dst: int) -> None:
+        """Share slot ``src``'s cached prompt with slot ``dst`` (no copy in a unified cache)."""
+        self.rt.seq_rm(dst, -1, -1)
+        self.rt.seq_cp(src, dst)
+        self._cached[dst] = list(self._cached.get(src, []))
+
+    def start(self, seqs: list[Sequence], n_prompt: int, *, think_end: str) -> None:
+        """Pick the first token of sequences whose slots hold the just-prefilled prompt."""
+        for s in seqs:
+            s.n_past = n_prompt
+        self._pick(seqs, [self._prompt_row] * len(seqs), think_end=think_end)
+
+    def step(self, seqs: list[Sequence], *, think_end: str) -> None:
+        """Decode every live sequence's pending token in one llama_decode and pick the next."""
+        live = [s for s in seqs if not s.done]
+        if not live:
+            return
+        if self.capture is not None:
+            # LED outside every sequence's thinking scope needs no hidden states
+            wanted = self.cfg.method == "dola" or any(s.in_scope for s in live)
+            self.capture.begin(np.arange(len(live) if wanted else 0, dtype=np.int64))
+        self.rt.decode([s.pending for s in live], [s.n_past for s in live],
+                       [s.slot for s in live], [True] * len(live))
+        for s in live:
+            self._cached.setdefault(s.slot, []).append(s.pending)
+            s.n_past += 1
+        self._pick(live, list(range(len(live))), think_end=think_end)
+
+    # -- token choice ---------------------------------------------------------------------
+    def _pick(self, seqs: list[Sequence], rows: list[int], *, think_end: str) -> None:
+        cfg = self.cfg
+        uniq = sorted(set(rows))
+        final = np.stack([self.rt.logits(r) for r in uniq])
+        final_of = {r: i for i, r in enumerate(uniq)}
+        states = self.capture.collect() if self.capture is not None else None
+        chosen: list[int] = []
+        depth: list[int | None] = [None] * len(seqs)
+        if cfg.method == "led":
+            led = cfg.led
+            bases = [led_base(final[final_of[r]], temperature=cfg.temperature,
+                              k=led.candidates, exploit=led.exploit, in_scope=s.in_scope,
+                              rng=s.rng) for s, r in zip(seqs, rows)]
+            chosen = [b.base for b in bases]
+            explore = [i for i, b in enumerate(bases) if b.explore]
+            if explore:
+                z = self._depth_logits([final_of[rows[i]] for i in explore], final, states)
+                for zi, i in zip(z, explore):
+                    step = led_explore(zi, bases[i].candidates, temperature=cfg.temperature,
+                                       rng=seqs[i].rng)
+                    chosen[i], depth[i] = step.token, step.depth
+        elif cfg.method == "dola":
+            idx = [final_of[r] for r in rows]
+            prem = self._project(states[idx])
+            for i, s in enumerate(seqs):
+                chosen.append(dola.pick(final[idx[i]], prem[i], cfg, s.rng))
+        elif cfg.method == "greedy":
+            chosen = [int(np.argmax(final[final_of[r]])) for r in rows]
+        else:
+            chosen = [s.sampler.sample(self.rt.ctx, r) for s, r in zip(seqs, rows)]
+        temp = 0.0 if cfg.method == "greedy" else cfg.temperature
+        for i, (s, r) in enumerate(zip(seqs, rows)):
+            tok = chosen[i]
+            if self.logprobs:
+                s.logprobs.append(token_logprob(final[final_of[r]], tok, temperature=temp))
+            self._accept(s, tok, depth[i], think_end)
+
+    def _project(self, states: np.ndarray) -> np.ndarray:
+        """(R, m, n_embd) captured states -> (R, m, V) logits in one BLAS product."""
+        r, m, n = states.shape
+        out = self.head.project(states.reshape(r * m, n), norm=self.cfg.led.norm)
+        return out.reshape(r, m, -1)
+
+    def _depth_logits(self, idx: list[int], final: np.ndarray, states: np.ndarray) -> np.ndarray:
+        """(E, d, V) LED logits for output rows ``idx``: depth 0 final, 1..d-1 projected."""
+        d = self.cfg.led.depths
+        z = np.empty((len(idx), d, final.shape[1]), np.float32)
+        z[:, 0] = final[idx]
+        z[:, 1:] = self._project(states[idx])
+        return z
+
+    def _accept(self, s: Sequence, tok: int, depth: int | None, think_end: str) -> None:
+        s.depths.append(depth)
+        if self.rt.is_eog(tok):
+            s.finish_reason = "stop"
+            s.depths.pop()
+            if s.logprobs:
+                s.logprobs.pop()
+            return
+        s.tokens.append(tok)
+        s.pending = tok
+        if s.in_scope and think_end:
+            s._text_tail = (s._text_tail + self.rt.token_text(tok))[-(len(think_end) + 64):]
+            if think_end in s._text_tail:
+                s.in_scope = False
+                s.scope_end = len(s.tokens) - 1
+        if len(s.tokens) >= s.max_tokens or s.n_past + 1 >= self.rt.n_ctx:
+            s.finish_reason = "length"

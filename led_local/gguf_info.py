@@ -1,0 +1,171 @@
+"""What a GGUF file says about its model, read with ``gguf`` before llama.cpp ever sees it.
+
+Validation happens here so that a missing, empty, foreign or truncated file becomes a one-line
+LedError instead of a crash inside llama.cpp.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from led_local.errors import LedError, UnsupportedModelError
+
+GGUF_MAGIC = b"GGUF"
+
+# Architectures whose llama.cpp graph names every block's output `l_out-{il}` and whose LM head
+# extras led-local knows (output bias, logit scale, final soft-capping). Others are refused
+# for LED; plain sampling still works on anything llama.cpp loads.
+LED_ARCHITECTURES = frozenset(
+    {"llama", "qwen2", "qwen3", "qwen3moe", "gemma2", "gemma3", "phi3", "granite", "command-r",
+     "cohere2", "mistral3"}
+)
+# Graphs that register their block inputs for llama_set_embeddings_layer_inp: stock for
+# llama/qwen3/qwen3moe, added for the rest by patches/0001-layer-inp-export.patch.
+LAYER_INP_ARCHITECTURES = frozenset(
+    {"llama", "qwen3", "qwen3moe", "qwen2", "gemma2", "gemma3", "phi3"}
+)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Facts about a GGUF model; ``head_tensor`` is the LM head's tensor name."""
+
+    path: Path
+    name: str
+    architecture: str
+    n_layer: int
+    n_embd: int
+    n_vocab: int
+    head_tensor: str
+    head_type: str
+    tied: bool
+    chat_template: str | None
+    norm_eps: float
+    final_softcap: float  # 0 = none
+    logit_scale: float  # 1 = none; granite divides by it, command-r/cohere2 multiply
+    has_output_bias: bool
+    norm_is_layernorm: bool
+
+    @property
+    def led_supported(self) -> bool:
+        return self.architecture in LED_ARCHITECTURES
+
+    def check_led(self, depths: int) -> None:
+        """Refuse LED on an unknown graph or with a depth count the model cannot give."""
+        if not self.led_supported:
+            raise UnsupportedModelError(
+                f"architecture '{self.architecture}' is not supported for LED "
+                f"(supported: {', '.join(sorted(LED_ARCHITECTURES))}); use --method sample"
+            )
+        if not 2 <= depths < self.n_layer:
+            raise LedError(
+                f"--led-depths must be between 2 and {self.n_layer - 1} "
+                f"(the model has {self.n_layer} blocks), got {depths}"
+            )
+
+    def led_hidden_indices(self, depths: int) -> list[int]:
+        """Hidden-state indices (Hugging Face numbering) of LED depths 1..d-1: L-2, ..., L-d,
+        i.e. the outputs l_out-(L-3), ..., l_out-(L-1-d) (LED.md)."""
+        return [self.n_layer - 1 - j for j in range(1, depths)]
+
+    def dola_hidden_indices(self, layers: str) -> list[int]:
+        """DoLa's candidate premature layers for ``low``/``high``, as transformers picks them
+        (hidden_states indices; layer 0 skipped for tied embeddings on deep enough models)."""
+        final = self.n_layer
+        start = 0 if not self.tied else (2 if final > 2 else (1 if final == 2 else 0))
+        if layers == "low":
+            if start == final // 2:
+                return [start]
+            return list(range(start, final // 2, 2)) if final <= 40 else list(range(start, 20, 2))
+        return list(range(final // 2, final, 2)) if final <= 40 else list(range(final - 20, final, 2))
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise LedError(f"model file not found: {path}")
+    if path.is_dir():
+        raise LedError(f"model path is a directory, not a GGUF file: {path}")
+    size = path.stat().st_size
+    if size == 0:
+        raise LedError(f"model file is empty: {path}")
+    with path.open("rb") as f:
+        magic = f.read(4)
+    if magic != GGUF_MAGIC:
+        raise LedError(f"not a GGUF file (bad magic {magic!r}): {path}")
+
+
+def _field(reader, key: str, default=None):
+    field = reader.fields.get(key)
+    if field is None:
+        return default
+    value = field.contents()
+    return value
+
+
+def inspect_model(path: str | os.PathLike) -> ModelInfo:
+    """Read and validate a GGUF file's metadata and tensor table.
+
+    Raises LedError naming the problem for a missing, empty, non-GGUF or truncated file.
+    """
+    from gguf import GGUFReader
+
+    p = Path(path)
+    _check_file(p)
+    try:
+        reader = GGUFReader(p)
+    except Exception as e:  # gguf raises bare ValueError/struct errors on damaged files
+        raise LedError(f"corrupt or truncated GGUF file: {p} ({e})") from None
+    size = p.stat().st_size
+    tensors = {t.name: t for t in reader.tensors}
+    for t in reader.tensors:
+        if t.data_offset + t.n_bytes > size:
+            raise LedError(f"truncated GGUF file: tensor {t.name} runs past the end of {p}")
+    arch = _field(reader, "general.architecture")
+    if not arch:
+        raise LedError(f"GGUF file has no general.architecture: {p}")
+    n_layer = _field(reader, f"{arch}.block_count")
+    n_embd = _field(reader, f"{arch}.embedding_length")
+    if n_layer is None or n_embd is None:
+        raise UnsupportedModelError(f"architecture '{arch}' has no block_count/embedding_length")
+    head_name = "output.weight" if "output.weight" in tensors else "token_embd.weight"
+    if head_name not in tensors:
+        raise UnsupportedModelError(f"no LM head (output.weight or token_embd.weight) in {p}")
+    head = tensors[head_name]
+    tokens = reader.fields.get("tokenizer.ggml.tokens")
+    n_vocab = int(head.shape[-1]) if tokens is None else len(tokens.data)
+    eps = _field(reader, f"{arch}.attention.layer_norm_rms_epsilon")
+    if eps is None:
+        eps = _field(reader, f"{arch}.attention.layer_norm_epsilon", 1e-5)
+    return ModelInfo(
+        path=p,
+        name=str(_field(reader, "general.name", p.stem)),
+        architecture=str(arch),
+        n_layer=int(n_layer),
+        n_embd=int(n_embd),
+        n_vocab=n_vocab,
+        head_tensor=head_name,
+        head_type=head.tensor_type.name,
+        tied=head_name == "token_embd.weight",
+        chat_template=_field(reader, "tokenizer.chat_template"),
+        norm_eps=float(eps),
+        final_softcap=float(_field(reader, f"{arch}.final_logit_softcapping", 0.0) or 0.0),
+        logit_scale=float(_field(reader, f"{arch}.logit_scale", 1.0) or 1.0),
+        has_output_bias="output.bias" in tensors,
+        norm_is_layernorm="output_norm.bias" in tensors,
+    )
+
+
+def read_tensor(path: str | os.PathLike, name: str) -> np.ndarray:
+    """A tensor of the file dequantized to float32, numpy shape = reversed ggml ne."""
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    reader = GGUFReader(Path(path))
+    for t in reader.tensors:
+        if t.name == name:
+            return np.ascontiguousarray(dequantize(t.data, t.tensor_type), dtype=np.float32)
+    raise LedError(f"tensor {name} not found in {path}")

@@ -1,0 +1,209 @@
+"""Native llama.cpp objects and their lifetimes: model, context, batch, tokenizer, chat template.
+
+Ownership is explicit: ``Runtime`` owns one llama_model, one llama_context and one llama_batch
+and frees them in reverse order (batch, context, model). The eval callback, when a capture
+uses it, is handed over at context creation and kept referenced for the context's whole life.
+This module knows nothing about LED; it decodes batches and hands back logits rows.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import llama_cpp
+import numpy as np
+
+from led_local import native
+from led_local.errors import ContextFullError, LedError
+from led_local.gguf_info import ModelInfo, inspect_model
+
+_backend_ready = False
+
+
+def _init_backend(verbose: bool) -> None:
+    global _backend_ready
+    native.set_llama_logging(sys.stderr.write if verbose else None)
+    if not _backend_ready:
+        llama_cpp.llama_backend_init()
+        _backend_ready = True
+
+
+def default_threads() -> int:
+    """Physical-ish core count for llama.cpp: all cores up to 8 (decode is bandwidth-bound)."""
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+class Runtime:
+    """A loaded model with one context.
+
+    n_ctx: context length in tokens (shared by all sequences: the KV cache is unified so that
+    a batch keeps its token order inside llama.cpp); n_batch: most tokens per decode call;
+    n_seq: most sequences decoded together; eval_callback: a native.EvalCallback or None.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        n_ctx: int = 4096,
+        n_batch: int = 512,
+        n_seq: int = 1,
+        n_threads: int | None = None,
+        n_gpu_layers: int = -1,
+        eval_callback: Any = None,
+        verbose: bool = False,
+        info: ModelInfo | None = None,
+    ) -> None:
+        if n_ctx < 16:
+            raise LedError(f"--ctx must be >= 16, got {n_ctx}")
+        self.info = info or inspect_model(path)
+        _init_backend(verbose)
+        self.model = None
+        self.ctx = None
+        self.batch = None
+        mparams = llama_cpp.llama_model_default_params()
+        mparams.n_gpu_layers = n_gpu_layers
+        model = llama_cpp.llama_model_load_from_file(str(self.info.path).encode(), mparams)
+        if not model:
+            raise LedError(
+                f"llama.cpp could not load {self.info.path} (architecture "
+                f"'{self.info.architecture}' unsupported by this llama.cpp, or a damaged file)"
+            )
+        self.model = model
+        self.vocab = llama_cpp.llama_model_get_vocab(model)
+        self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
+        self.n_batch = max(n_batch, n_seq)
+        self.n_seq = n_seq
+        threads = n_threads or default_threads()
+        cparams = llama_cpp.llama_context_default_params()
+        cparams.n_ctx = n_ctx
+        cparams.n_batch = self.n_batch
+        cparams.n_ubatch = self.n_batch
+        cparams.n_seq_max = n_seq
+        cparams.n_threads = threads
+        cparams.n_threads_batch = threads
+        cparams.kv_unified = True  # keeps a batch's tokens in order across ubatches
+        cparams.no_perf = True
+        self._eval_callback = eval_callback  # referenced for the context's whole life
+        if eval_callback is not None:
+            cparams.cb_eval = ctypes.cast(eval_callback, llama_cpp.ggml_backend_sched_eval_callback)
+            cparams.cb_eval_user_data = None
+        ctx = llama_cpp.llama_init_from_model(model, cparams)
+        if not ctx:
+            self.close()
+            raise LedError(f"llama.cpp could not create a context of {n_ctx} tokens")
+        self.ctx = ctx
+        self.n_ctx = llama_cpp.llama_n_ctx(ctx)
+        self.memory = llama_cpp.llama_get_memory(ctx)
+        self.batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
+
+    # -- lifetime -------------------------------------------------------------------------
+    def close(self) -> None:
+        """Free batch, context and model, in that order; safe to call twice."""
+        if self.batch is not None:
+            llama_cpp.llama_batch_free(self.batch)
+            self.batch = None
+        if self.ctx is not None:
+            llama_cpp.llama_free(self.ctx)
+            self.ctx = None
+        if self.model is not None:
+            llama_cpp.llama_model_free(self.model)
+            self.model = None
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- tokens ---------------------------------------------------------------------------
+    def tokenize(self, text: str, *, special: bool = True) -> list[int]:
+        """Token ids of ``text``, special tokens parsed; BOS added when the vocab wants it
+        and the text does not already start with it."""
+        data = text.encode("utf-8")
+        bos = self.token_text(llama_cpp.llama_vocab_bos(self.vocab))
+        add_special = not (bos and text.startswith(bos))
+        n_max = len(data) + 8
+        buf = (llama_cpp.llama_token * n_max)()
+        n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, n_max, add_special, special)
+        if n < 0:
+            buf = (llama_cpp.llama_token * -n)()
+            n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, -n, add_special, special)
+        return list(buf[:n])
+
+    def token_bytes(self, token: int, *, special: bool = True) -> bytes:
+        """The bytes a token stands for (UTF-8 may be split across tokens)."""
+        buf = ctypes.create_string_buffer(64)
+        n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, 64, 0, special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, -n, 0, special)
+        return buf.raw[:n]
+
+    def token_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        return self.token_bytes(token).decode("utf-8", "replace")
+
+    def is_eog(self, token: int) -> bool:
+        return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
+
+    def apply_chat_template(self, messages: Sequence[dict[str, str]]) -> str:
+        """Render messages with the model's own chat template (GGUF metadata)."""
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        template = self.info.chat_template
+        if not template:
+            raise LedError(f"{self.info.path.name} has no chat template in its metadata; use --raw")
+        fmt = Jinja2ChatFormatter(
+            template,
+            eos_token=self.token_text(llama_cpp.llama_vocab_eos(self.vocab)),
+            bos_token=self.token_text(llama_cpp.llama_vocab_bos(self.vocab)),
+        )
+        try:
+            return fmt(messages=list(messages)).prompt
+        except Exception as e:  # templates raise on roles they do not support
+            raise LedError(f"the model's chat template failed: {e}") from None
+
+    # -- decoding -------------------------------------------------------------------------
+    def clear(self) -> None:
+        llama_cpp.llama_memory_clear(self.memory, True)
+
+    def seq_rm(self, seq: int, p0: int = -1, p1: int = -1) -> None:
+        llama_cpp.llama_memory_seq_rm(self.memory, seq, p0, p1)
+
+    def seq_cp(self, src: int, dst: int) -> None:
+        llama_cpp.llama_memory_seq_cp(self.memory, src, dst, -1, -1)
+
+    def decode(self, tokens: Sequence[int], positions: Sequence[int], seqs: Sequence[int],
+               outputs: Sequence[bool]) -> None:
+        """One llama_decode of up to n_batch tokens; rows with ``outputs`` get logits, in order."""
+        n = len(tokens)
+        if n > self.n_batch:
+            raise ValueError(f"batch of {n} tokens exceeds n_batch {self.n_batch}")
+        b = self.batch
+        b.n_tokens = n
+        for i in range(n):
+            b.token[i] = tokens[i]
+            b.pos[i] = positions[i]
+            b.n_seq_id[i] = 1
+            b.seq_id[i][0] = seqs[i]
+            b.logits[i] = outputs[i]
+        rc = llama_cpp.llama_decode(self.ctx, b)
+        if rc == 1:
+            raise ContextFullError(f"the context of {self.n_ctx} tokens is full")
+        if rc != 0:
+            raise RuntimeError(f"llama_decode failed with code {rc}")
+
+    def logits(self, row: int) -> np.ndarray:
+        """A copy of output row ``row``'s logits (V,) float32 from the last decode."""
+        ptr = llama_cpp.llama_get_logits_ith(self.ctx, row)
+        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy()
+
+    def logits_into(self, row: int, out: np.ndarray) -> None:
+        ptr = llama_cpp.llama_get_logits_ith(self.ctx, row)
+        out[...] = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))

@@ -1,0 +1,211 @@
+"""Pure numpy samplers: Latent Exploration Decoding, exactly as ../shared/docs/LED.md states it.
+
+Everything here works on arrays of logits and an explicit ``np.random.Generator``; nothing
+knows about llama.cpp, tokenizers or global random state. Depth 0 is always the model's
+ordinary (final-layer) logits, depth j >= 1 the LM-head projection of a shallower state.
+
+Random draws per decode step and row happen in one fixed order, so seeded runs reproduce:
+base token (only when T > 0), then the gate (only in scope with ``exploit`` on), then the
+exploration token (only when exploring and T > 0).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+
+from led_local.errors import LedError
+
+PROB_FLOOR = 1e-6  # LED.md step 4: A[j, c] = max(P_j[C_c], 1e-6)
+LOG_CLIP = 1e-9  # LED.md step 6: clip inside the log of the entropy
+
+
+@dataclass(frozen=True)
+class LEDConfig:
+    """LED's parameters; the defaults are the reference's (T 0.6, d 8, k 8, exploit on).
+
+    ``norm`` applies the model's final norm before projecting depths >= 1 (reference ``ln``);
+    it is carried here so that one object describes a run, the projection honours it.
+    """
+
+    temperature: float = 0.6
+    depths: int = 8
+    candidates: int = 8
+    exploit: bool = True
+    norm: bool = False
+    think_end: str = "</think>"
+
+    def __post_init__(self) -> None:
+        if not np.isfinite(self.temperature) or self.temperature < 0:
+            raise LedError(f"temperature must be >= 0, got {self.temperature}")
+        if self.depths < 2:
+            raise LedError(f"--led-depths must be >= 2, got {self.depths}")
+        if self.candidates < 1:
+            raise LedError(f"--led-candidates must be >= 1, got {self.candidates}")
+
+
+class BaseStep(NamedTuple):
+    """The final layer's part of one LED step (LED.md steps 1-3 and the gate of step 8)."""
+
+    candidates: np.ndarray  # (k,) int64 token ids, most probable first (ties: lower id first)
+    q: np.ndarray  # (k,) float64: P_0 at the candidates, not renormalised
+    base: int  # the base token b
+    explore: bool  # whether this step emits the exploration token instead of b
+
+
+class ExploreStep(NamedTuple):
+    """The exploration part of one LED step (LED.md steps 4-7)."""
+
+    token: int  # the exploration token e
+    depth: int  # j*, the chosen depth index
+    posteriors: np.ndarray  # (d, k) S_j, each row summing to 1
+    entropies: np.ndarray  # (d,) H_j
+
+
+def _check_rng(rng: np.random.Generator) -> None:
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+
+
+def log_probs_at(logits: np.ndarray, tokens: np.ndarray, temperature: float) -> np.ndarray:
+    """log softmax(logits / T) over the full vocabulary, read at ``tokens``.
+
+    logits: (..., V); tokens: (k,) ids. Returns (..., k) float64. Only the normaliser needs the
+    whole row, so the full softmax is never materialised in float64. T = 0 means no division.
+    """
+    z = np.asarray(logits, dtype=np.float32)
+    scale = 1.0 / temperature if temperature > 0 else 1.0
+    zmax = z.max(axis=-1, keepdims=True)
+    shifted = np.exp((z - zmax) * np.float32(scale))
+    lse = np.log(shifted.sum(axis=-1, keepdims=True, dtype=np.float64))
+    return (z[..., tokens] - zmax).astype(np.float64) * scale - lse
+
+
+def probs_at(logits: np.ndarray, tokens: np.ndarray, temperature: float) -> np.ndarray:
+    """softmax(logits / T) read at ``tokens``: (..., V) -> (..., k) float64."""
+    return np.exp(log_probs_at(logits, tokens, temperature))
+
+
+def top_candidates(final_logits: np.ndarray, k: int) -> np.ndarray:
+    """The k most probable token ids of one row (V,), most probable first, ties by lower id."""
+    z = np.asarray(final_logits)
+    if not 1 <= k <= z.shape[-1]:
+        raise LedError(f"--led-candidates must be between 1 and the vocabulary {z.shape[-1]}, got {k}")
+    idx = np.argpartition(-z, k - 1)[:k] if k < z.shape[-1] else np.arange(z.shape[-1])
+    return idx[np.lexsort((idx, -z[idx]))].astype(np.int64)
+
+
+def draw(weights: np.ndarray, rng: np.random.Generator) -> int:
+    """Index drawn proportionally to non-negative ``weights`` (need not sum to 1)."""
+    cdf = np.cumsum(weights, dtype=np.float64)
+    u = rng.random() * cdf[-1]
+    return int(min(np.searchsorted(cdf, u, side="right"), len(cdf) - 1))
+
+
+def led_base(
+    final_logits: np.ndarray,
+    *,
+    temperature: float,
+    k: int,
+    exploit: bool,
+    in_scope: bool,
+    rng: np.random.Generator,
+) -> BaseStep:
+    """LED.md steps 1-3 and the gate of step 8, from the final layer alone.
+
+    final_logits: (V,). Greedy (T = 0) takes the argmax candidate; the gate is still drawn.
+    Out of scope the step never explores and draws no gate.
+    """
+    _check_rng(rng)
+    cand = top_candidates(final_logits, k)
+    q = probs_at(final_logits, cand, temperature)
+    b = int(cand[draw(q, rng)]) if temperature > 0 else int(cand[0])
+    if not in_scope:
+        explore = False
+    elif exploit:
+        explore = bool(rng.random() < 1.0 - q.max())
+    else:
+        explore = True
+    return BaseStep(cand, q, b, explore)
+
+
+def depth_posteriors(logits: np.ndarray, candidates: np.ndarray, *, temperature: float) -> np.ndarray:
+    """Cumulative depth posteriors S (LED.md steps 1, 4, 5).
+
+    logits: (d, V) with depth 0 the final layer; candidates: (k,). Returns (d, k) float64,
+    row j = normalised sum of the clipped candidate probabilities of depths 0..j.
+    """
+    a = np.maximum(probs_at(logits, candidates, temperature), PROB_FLOOR)
+    s = np.cumsum(a, axis=0)
+    return s / s.sum(axis=1, keepdims=True)
+
+
+def depth_entropies(posteriors: np.ndarray) -> np.ndarray:
+    """H_j = -sum_c S_j[c] log(clip(S_j[c], 1e-9)) for posteriors (d, k); returns (d,)."""
+    return -(posteriors * np.log(np.maximum(posteriors, LOG_CLIP))).sum(axis=1)
+
+
+def led_explore(
+    logits: np.ndarray,
+    candidates: np.ndarray,
+    *,
+    temperature: float,
+    rng: np.random.Generator,
+) -> ExploreStep:
+    """LED.md steps 4-7: the maximal-entropy depth and the exploration token drawn from it.
+
+    logits: (d, V), depth 0 the final layer; candidates: (k,) from ``led_base``.
+    """
+    _check_rng(rng)
+    s = depth_posteriors(logits, candidates, temperature=temperature)
+    h = depth_entropies(s)
+    j = int(np.argmax(h))  # first index of the maximum
+    e = draw(s[j], rng) if temperature > 0 else int(np.argmax(s[j]))
+    return ExploreStep(int(candidates[e]), j, s, h)
+
+
+class LEDResult(NamedTuple):
+    """Per-row outcome of one batched LED step."""
+
+    tokens: np.ndarray  # (rows,) int64 emitted tokens
+    explored: np.ndarray  # (rows,) bool
+    depths: np.ndarray  # (rows,) int64 chosen depth, -1 where not explored
+
+
+def led_sample(
+    logits: np.ndarray,
+    *,
+    config: LEDConfig,
+    rngs: list[np.random.Generator],
+    in_scope: np.ndarray | None = None,
+) -> LEDResult:
+    """One LED step for every row of ``logits`` (rows, d, V), each row with its own generator.
+
+    in_scope: (rows,) bool, default all True (still thinking). Row r's result depends only on
+    logits[r] and rngs[r], so a sequence decodes the same whatever shares its batch.
+    """
+    z = np.asarray(logits)
+    if z.ndim != 3 or z.shape[1] != config.depths:
+        raise ValueError(f"logits must be (rows, {config.depths}, V), got shape {z.shape}")
+    if len(rngs) != z.shape[0]:
+        raise ValueError(f"need one generator per row: {z.shape[0]} rows, {len(rngs)} generators")
+    scope = np.ones(z.shape[0], bool) if in_scope is None else np.asarray(in_scope, bool)
+    tokens = np.empty(z.shape[0], np.int64)
+    depths = np.full(z.shape[0], -1, np.int64)
+    for r, rng in enumerate(rngs):
+        base = led_base(
+            z[r, 0], temperature=config.temperature, k=config.candidates,
+            exploit=config.exploit, in_scope=bool(scope[r]), rng=rng,
+        )
+        tokens[r] = base.base
+        if base.explore:
+            step = led_explore(z[r], base.candidates, temperature=config.temperature, rng=rng)
+            tokens[r], depths[r] = step.token, step.depth
+    return LEDResult(tokens, depths >= 0, depths)
+
+
+def token_logprob(final_logits: np.ndarray, token: int, *, temperature: float) -> float:
+    """log softmax(Z_0 / T) at ``token``: the log-probability RL rollouts report (LED.md)."""
+    return float(log_probs_at(final_logits, np.array([token]), temperature)[0])
