@@ -134,14 +134,14 @@ class Engine:
         if n >= self.rt.n_ctx:
             raise LedError(f"the prompt has {n} tokens, more than the context allows "
                            f"({self.rt.n_ctx}); raise --ctx or shorten it")
-        cached = self._cached.get(slot, [])
         common = 0
-        for a, b in zip(cached, tokens):
+        for a, b in zip(self._cached.get(slot, []), tokens):
             if a != b:
                 break
             common += 1
         common = min(common, n - 1)  # the last token must be decoded to get its logits
         self.rt.seq_rm(slot, common, -1)
+        self._cached[slot] = cached = list(tokens[:common])  # true even if interrupted below
         for start in range(common, n, self.rt.n_batch):
             chunk = tokens[start:start + self.rt.n_batch]
             last = start + len(chunk) == n
@@ -150,8 +150,12 @@ class Engine:
             if self.capture is not None:
                 self.capture.begin(np.array([len(chunk) - 1] if last else [], np.int64))
             self.rt.decode(chunk, range(start, start + len(chunk)), [slot] * len(chunk), outs)
+            cached.extend(chunk)
             self._prompt_row = len(chunk) - 1
-        self._cached[slot] = list(tokens)
+
+    def cached_len(self, slot: int) -> int:
+        """How many tokens of ``slot`` are in the KV cache."""
+        return len(self._cached.get(slot, []))
 
     def fork(self, src: int, dst: int) -> None:
         """Share slot ``src``'s cached prompt with slot ``dst`` (no copy in a unified cache)."""

@@ -98,9 +98,13 @@ def generate_step(engine: Engine, tokens: list[int], *, max_tokens: int, seed: i
 
 def stream_generate(engine: Engine, tokens: list[int], *, max_tokens: int, seed: int,
                     think_end: str, timing: dict | None = None) -> Iterator[Piece]:
-    """Yield a Piece per emitted token; the text is UTF-8-safe (split characters wait)."""
+    """Yield a Piece per emitted token; the text is UTF-8-safe (split characters wait).
+
+    ``timing``, when given, receives prompt_s, start and, at the end, finish_reason.
+    """
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     seen = 0
+    seq = None
     for seq in generate_step(engine, tokens, max_tokens=max_tokens, seed=seed,
                              think_end=think_end, timing=timing):
         while seen < len(seq.tokens):
@@ -112,6 +116,8 @@ def stream_generate(engine: Engine, tokens: list[int], *, max_tokens: int, seed:
     tail = decoder.decode(b"", final=True)
     if tail:
         yield Piece(tail, -1, None, False)
+    if timing is not None and seq is not None:
+        timing["finish_reason"] = seq.finish_reason
 
 
 def generate(engine: Engine, tokens: list[int], *, max_tokens: int, seed: int,

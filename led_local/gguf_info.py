@@ -12,7 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
+from gguf.constants import GGMLQuantizationType
+
 from led_local.errors import LedError, UnsupportedModelError
+from led_local.gguf_file import ArrayInfo, GGUFFile
 
 GGUF_MAGIC = b"GGUF"
 
@@ -98,74 +101,72 @@ def _check_file(path: Path) -> None:
         raise LedError(f"not a GGUF file (bad magic {magic!r}): {path}")
 
 
-def _field(reader, key: str, default=None):
-    field = reader.fields.get(key)
-    if field is None:
-        return default
-    value = field.contents()
-    return value
-
-
 def inspect_model(path: str | os.PathLike) -> ModelInfo:
     """Read and validate a GGUF file's metadata and tensor table.
 
     Raises LedError naming the problem for a missing, empty, non-GGUF or truncated file.
     """
-    from gguf import GGUFReader
-
     p = Path(path)
     _check_file(p)
-    try:
-        reader = GGUFReader(p)
-    except Exception as e:  # gguf raises bare ValueError/struct errors on damaged files
-        raise LedError(f"corrupt or truncated GGUF file: {p} ({e})") from None
-    size = p.stat().st_size
-    tensors = {t.name: t for t in reader.tensors}
-    for t in reader.tensors:
-        if t.data_offset + t.n_bytes > size:
+    g = GGUFFile(p)
+    for t in g.tensors.values():
+        if t.offset + t.n_bytes > g.size:
             raise LedError(f"truncated GGUF file: tensor {t.name} runs past the end of {p}")
-    arch = _field(reader, "general.architecture")
-    if not arch:
+    f = g.fields
+    arch = f.get("general.architecture")
+    if not isinstance(arch, str) or not arch:
         raise LedError(f"GGUF file has no general.architecture: {p}")
-    n_layer = _field(reader, f"{arch}.block_count")
-    n_embd = _field(reader, f"{arch}.embedding_length")
+    n_layer = f.get(f"{arch}.block_count")
+    n_embd = f.get(f"{arch}.embedding_length")
     if n_layer is None or n_embd is None:
         raise UnsupportedModelError(f"architecture '{arch}' has no block_count/embedding_length")
-    head_name = "output.weight" if "output.weight" in tensors else "token_embd.weight"
-    if head_name not in tensors:
+    head_name = "output.weight" if "output.weight" in g.tensors else "token_embd.weight"
+    if head_name not in g.tensors:
         raise UnsupportedModelError(f"no LM head (output.weight or token_embd.weight) in {p}")
-    head = tensors[head_name]
-    tokens = reader.fields.get("tokenizer.ggml.tokens")
-    n_vocab = int(head.shape[-1]) if tokens is None else len(tokens.data)
-    eps = _field(reader, f"{arch}.attention.layer_norm_rms_epsilon")
-    if eps is None:
-        eps = _field(reader, f"{arch}.attention.layer_norm_epsilon", 1e-5)
+    head = g.tensors[head_name]
+    tokens = f.get("tokenizer.ggml.tokens")
+    n_vocab = tokens.count if isinstance(tokens, ArrayInfo) else int(head.shape[0])
+    eps = f.get(f"{arch}.attention.layer_norm_rms_epsilon",
+                f.get(f"{arch}.attention.layer_norm_epsilon", 1e-5))
+    template = f.get("tokenizer.chat_template")
     return ModelInfo(
         path=p,
-        name=str(_field(reader, "general.name", p.stem)),
-        architecture=str(arch),
+        name=str(f.get("general.name", p.stem)),
+        architecture=arch,
         n_layer=int(n_layer),
         n_embd=int(n_embd),
         n_vocab=n_vocab,
         head_tensor=head_name,
-        head_type=head.tensor_type.name,
+        head_type=GGMLQuantizationType(head.ggml_type).name,
         tied=head_name == "token_embd.weight",
-        chat_template=_field(reader, "tokenizer.chat_template"),
+        chat_template=template if isinstance(template, str) else None,
         norm_eps=float(eps),
-        final_softcap=float(_field(reader, f"{arch}.final_logit_softcapping", 0.0) or 0.0),
-        logit_scale=float(_field(reader, f"{arch}.logit_scale", 1.0) or 1.0),
-        has_output_bias="output.bias" in tensors,
-        norm_is_layernorm="output_norm.bias" in tensors,
+        final_softcap=float(f.get(f"{arch}.final_logit_softcapping", 0.0) or 0.0),
+        logit_scale=float(f.get(f"{arch}.logit_scale", 1.0) or 1.0),
+        has_output_bias="output.bias" in g.tensors,
+        norm_is_layernorm="output_norm.bias" in g.tensors,
     )
 
 
-def read_tensor(path: str | os.PathLike, name: str) -> np.ndarray:
-    """A tensor of the file dequantized to float32, numpy shape = reversed ggml ne."""
-    from gguf import GGUFReader
+def read_tensors(path: str | os.PathLike, names: list[str]) -> dict[str, np.ndarray]:
+    """Tensors of the file dequantized to float32, numpy shape = reversed ggml ne.
+
+    Uses ggml's own converters (bit-identical to llama.cpp's) and falls back to ``gguf``'s
+    numpy dequantizer when the loaded build lacks them.
+    """
     from gguf.quants import dequantize
 
-    reader = GGUFReader(Path(path))
-    for t in reader.tensors:
-        if t.name == name:
-            return np.ascontiguousarray(dequantize(t.data, t.tensor_type), dtype=np.float32)
-    raise LedError(f"tensor {name} not found in {path}")
+    from led_local import native
+
+    g = GGUFFile(path)
+    out = {}
+    for name in names:
+        if name not in g.tensors:
+            raise LedError(f"tensor {name} not found in {path}")
+        t = g.tensors[name]
+        raw = g.tensor_bytes(name)
+        arr = native.dequantize(raw, t.ggml_type, int(np.prod(t.shape)))
+        if arr is None:
+            arr = dequantize(raw.reshape(t.shape[:-1] + (-1,)), GGMLQuantizationType(t.ggml_type))
+        out[name] = np.ascontiguousarray(arr, dtype=np.float32).reshape(t.shape)
+    return out

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from led_local.gguf_info import ModelInfo, read_tensor
+from led_local.gguf_info import ModelInfo, read_tensors
 
 
 class LMHead:
@@ -21,15 +21,18 @@ class LMHead:
 
     def __init__(self, info: ModelInfo) -> None:
         self.info = info
-        self.weight = read_tensor(info.path, info.head_tensor)  # (V, n_embd) float32
+        names = [info.head_tensor, "output_norm.weight"]
+        names += ["output_norm.bias"] if info.norm_is_layernorm else []
+        names += ["output.bias"] if info.has_output_bias else []
+        t = read_tensors(info.path, names)
+        self.weight = t[info.head_tensor]  # (V, n_embd) float32
         v, n = self.weight.shape
         if n != info.n_embd:
             raise ValueError(f"head {info.head_tensor} has width {n}, model {info.n_embd}")
-        # llama.cpp pads nothing here, but a head may cover more rows than the tokenizer has
         self.n_vocab = v
-        self.norm_weight = read_tensor(info.path, "output_norm.weight")
-        self.norm_bias = read_tensor(info.path, "output_norm.bias") if info.norm_is_layernorm else None
-        self.bias = read_tensor(info.path, "output.bias") if info.has_output_bias else None
+        self.norm_weight = t["output_norm.weight"]
+        self.norm_bias = t.get("output_norm.bias")
+        self.bias = t.get("output.bias")
 
     def final_norm(self, states: np.ndarray) -> np.ndarray:
         """The model's final RMSNorm (or LayerNorm when it has a bias), with its weights."""

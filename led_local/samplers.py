@@ -92,8 +92,15 @@ def top_candidates(final_logits: np.ndarray, k: int) -> np.ndarray:
     """The k most probable token ids of one row (V,), most probable first, ties by lower id."""
     z = np.asarray(final_logits)
     if not 1 <= k <= z.shape[-1]:
-        raise LedError(f"--led-candidates must be between 1 and the vocabulary {z.shape[-1]}, got {k}")
-    idx = np.argpartition(-z, k - 1)[:k] if k < z.shape[-1] else np.arange(z.shape[-1])
+        raise LedError(
+            f"--led-candidates must be between 1 and the vocabulary {z.shape[-1]}, got {k}"
+        )
+    if k < z.shape[-1]:
+        kth = z[np.argpartition(-z, k - 1)[k - 1]]  # the k-th largest value
+        above = np.flatnonzero(z > kth)
+        idx = np.concatenate([above, np.flatnonzero(z == kth)[: k - len(above)]])
+    else:
+        idx = np.arange(z.shape[-1])
     return idx[np.lexsort((idx, -z[idx]))].astype(np.int64)
 
 
@@ -131,7 +138,9 @@ def led_base(
     return BaseStep(cand, q, b, explore)
 
 
-def depth_posteriors(logits: np.ndarray, candidates: np.ndarray, *, temperature: float) -> np.ndarray:
+def depth_posteriors(
+    logits: np.ndarray, candidates: np.ndarray, *, temperature: float
+) -> np.ndarray:
     """Cumulative depth posteriors S (LED.md steps 1, 4, 5).
 
     logits: (d, V) with depth 0 the final layer; candidates: (k,). Returns (d, k) float64,
@@ -192,6 +201,8 @@ def led_sample(
     if len(rngs) != z.shape[0]:
         raise ValueError(f"need one generator per row: {z.shape[0]} rows, {len(rngs)} generators")
     scope = np.ones(z.shape[0], bool) if in_scope is None else np.asarray(in_scope, bool)
+    if scope.shape != (z.shape[0],):
+        raise ValueError(f"in_scope must have one flag per row ({z.shape[0]}), got {scope.shape}")
     tokens = np.empty(z.shape[0], np.int64)
     depths = np.full(z.shape[0], -1, np.int64)
     for r, rng in enumerate(rngs):
@@ -208,4 +219,7 @@ def led_sample(
 
 def token_logprob(final_logits: np.ndarray, token: int, *, temperature: float) -> float:
     """log softmax(Z_0 / T) at ``token``: the log-probability RL rollouts report (LED.md)."""
+    v = np.shape(final_logits)[-1]
+    if not 0 <= token < v:
+        raise ValueError(f"token must be in [0, {v}), got {token}")
     return float(log_probs_at(final_logits, np.array([token]), temperature)[0])

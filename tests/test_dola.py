@@ -1,0 +1,240 @@
+"""DoLa (led_local/dola.py) against an independent numpy transcription of Hugging Face
+transformers' ``_dola_select_contrast`` / ``_relative_top_filter`` and its layer choice."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from led_local import dola
+from led_local.gguf_info import ModelInfo
+
+CHI2_LIMIT = 30.0  # p < 1e-3 for up to 10 degrees of freedom
+
+
+def hf_log_softmax(x: np.ndarray) -> np.ndarray:
+    shifted = x - x.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def hf_kl_div(log_input: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """torch F.kl_div(input, target, reduction="none"): target * (log target - input), 0 at 0."""
+    safe = np.where(target > 0, target, 1.0)
+    return np.where(target > 0, target * (np.log(safe) - log_input), 0.0)
+
+
+def hf_relative_top_filter(scores, baseline, relative_top=0.1, filter_value=-np.inf,
+                           base_filter_value=-1e-3, min_tokens_to_keep=1):
+    scores_normalized = hf_log_softmax(scores)
+    baseline_normalized = hf_log_softmax(baseline)
+    sorted_logits = -np.sort(-scores_normalized, axis=-1)
+    min_thresh = sorted_logits[..., min_tokens_to_keep - 1]
+    probs_thresh = scores_normalized.max(axis=-1) + np.log(relative_top)
+    probs_thresh = np.minimum(min_thresh, probs_thresh)[..., None]
+    mask = scores_normalized < probs_thresh
+    baseline_normalized[mask] = base_filter_value
+    scores_normalized[mask] = filter_value
+    return scores_normalized, baseline_normalized
+
+
+def hf_dola_select_contrast(layers: list[int], premature: dict, final: np.ndarray):
+    """final: (batch, V); premature[layer]: (batch, V). Returns (scores, chosen layer)."""
+    if len(layers) == 1:
+        chosen = layers[0]
+    else:
+        stacked = np.stack([premature[i] for i in layers], axis=0)
+        avg = 0.5 * (np.exp(hf_log_softmax(final))[None] + np.exp(hf_log_softmax(stacked)))
+        kl1 = hf_kl_div(hf_log_softmax(final)[None], avg).mean(-1)
+        kl2 = hf_kl_div(hf_log_softmax(stacked), avg).mean(-1)
+        js = (0.5 * (kl1 + kl2)).mean(-1)  # batch mean: one row here
+        chosen = layers[int(js.argmax())]
+    f, b = hf_relative_top_filter(final, premature[chosen])
+    return f - b, chosen
+
+
+def hf_candidate_layers(n: int, tied: bool, which: str) -> list[int]:
+    """transformers' _dola_decoding: candidate premature layers for dola_layers low/high."""
+    if not tied:
+        start = 0
+    elif n > 2:
+        start = 2
+    elif n == 2:
+        start = 1
+    else:
+        start = 0
+    if which == "low":
+        if start == n // 2:
+            return [start]
+        return list(range(start, n // 2, 2)) if n <= 40 else list(range(start, 20, 2))
+    return list(range(n // 2, n, 2)) if n <= 40 else list(range(n - 20, n, 2))
+
+
+def reference(final: np.ndarray, premature: np.ndarray):
+    layers = list(range(len(premature)))
+    scores, chosen = hf_dola_select_contrast(
+        layers, {i: premature[i][None] for i in layers}, final[None])
+    return scores[0], chosen
+
+
+def random_case(seed: int, m: int, v: int = 64):
+    rng = np.random.default_rng(seed)
+    final = rng.normal(0.0, 3.0, v)
+    premature = rng.normal(0.0, 1.0, (m, v)) * rng.uniform(0.5, 4.0, (m, 1))
+    return final, premature
+
+
+def assert_same_scores(got: np.ndarray, want: np.ndarray) -> None:
+    assert got.shape == want.shape
+    assert np.array_equal(np.isneginf(got), np.isneginf(want))
+    finite = np.isfinite(want)
+    assert np.isfinite(got[finite]).all()
+    assert np.allclose(got[finite], want[finite], rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("m", [1, 2, 5, 8])
+@pytest.mark.parametrize("seed", range(12))
+def test_contrast_matches_transformers(seed, m):
+    final, premature = random_case(seed, m)
+    assert_same_scores(dola.contrast(final, premature), reference(final, premature)[0])
+
+
+def test_premature_layer_is_the_max_js_divergence_one():
+    chosen = set()
+    for seed in range(40):
+        final, premature = random_case(seed, 6)
+        js = dola.js_divergences(final, premature)
+        want, layer = reference(final, premature)
+        assert int(np.argmax(js)) == layer
+        assert_same_scores(dola.contrast(final, premature), want)
+        chosen.add(layer)
+    assert len(chosen) > 1  # the selection is really exercised
+
+
+def test_js_divergence_hand_values():
+    final = np.log(np.array([0.5, 0.5]))
+    same, other = final, np.log(np.array([0.9, 0.1]))
+    m = np.array([0.7, 0.3])
+    kl_final = (m * (np.log(m) - final)).mean()
+    kl_other = (m * (np.log(m) - other)).mean()
+    js = dola.js_divergences(final, np.stack([same, other]))
+    assert js == pytest.approx([0.0, 0.5 * (kl_final + kl_other)], abs=1e-12)
+
+
+def test_relative_top_filter_by_hand():
+    # final probabilities 0.6, 0.3, 0.05, 0.05: keep p >= 0.06, i.e. the first two tokens.
+    final = np.log(np.array([0.6, 0.3, 0.05, 0.05]))
+    premature = np.log(np.array([[0.25, 0.5, 0.125, 0.125]]))
+    scores = dola.contrast(final, premature)
+    assert scores[0] == pytest.approx(math.log(0.6 / 0.25))
+    assert scores[1] == pytest.approx(math.log(0.3 / 0.5))
+    assert np.isneginf(scores[2:]).all()
+
+
+def test_single_candidate_skips_the_divergence(monkeypatch):
+    def boom(*_args):
+        raise AssertionError("js_divergences called for a single candidate layer")
+
+    final, premature = random_case(3, 1)
+    monkeypatch.setattr(dola, "js_divergences", boom)
+    assert_same_scores(dola.contrast(final, premature), reference(final, premature)[0])
+
+
+def config(temperature=0.0, top_k=0, top_p=1.0, min_p=0.0):
+    return SimpleNamespace(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_greedy_pick_is_reference_argmax(seed):
+    final, premature = random_case(seed, 4)
+    rng = np.random.default_rng(0)
+    want = int(np.argmax(reference(final, premature)[0]))
+    assert dola.pick(final, premature, config(), rng) == want
+    assert rng.bit_generator.state == np.random.default_rng(0).bit_generator.state  # no draw
+
+
+def test_pick_seed_reproducibility():
+    cfg = config(temperature=0.7, top_k=20, top_p=0.95, min_p=0.02)
+    cases = [random_case(seed, 4, v=40) for seed in range(5)]
+
+    def run(seed):
+        rng = np.random.default_rng(seed)
+        return [dola.pick(f, p, cfg, rng) for f, p in cases for _ in range(30)]
+
+    first = run(11)
+    assert first == run(11)
+    assert first != run(12)
+    for i, (f, p) in enumerate(cases):
+        kept = np.isfinite(dola.contrast(f, p))
+        assert all(kept[t] for t in first[30 * i:30 * (i + 1)])  # never a filtered token
+
+
+def hf_warped_probs(scores: np.ndarray, cfg) -> np.ndarray:
+    """transformers' warpers after DoLa: temperature, top-k, top-p, min-p, then softmax."""
+    z = scores / cfg.temperature
+    if cfg.top_k:
+        z = np.where(z < np.sort(z)[-cfg.top_k], -np.inf, z)
+    if cfg.top_p < 1:
+        order = np.argsort(z, kind="stable")
+        cum = np.cumsum(np.exp(hf_log_softmax(z[order])))
+        remove = cum <= 1 - cfg.top_p
+        remove[-1] = False
+        z = z.copy()
+        z[order[remove]] = -np.inf
+    if cfg.min_p:
+        p = np.exp(hf_log_softmax(z))
+        z = np.where(p < cfg.min_p * p.max(), -np.inf, z)
+    return np.exp(hf_log_softmax(z))
+
+
+@pytest.mark.parametrize("cfg", [
+    config(temperature=1.0), config(temperature=0.5, top_k=4),
+    config(temperature=1.3, top_p=0.8), config(temperature=1.0, min_p=0.2),
+])
+def test_pick_samples_the_warped_contrast_distribution(cfg):
+    rng = np.random.default_rng(0)
+    final = rng.normal(0.0, 1.2, 12)
+    premature = rng.normal(0.0, 1.0, (3, 12))
+    probs = hf_warped_probs(reference(final, premature)[0], cfg)
+    assert (probs > 0).sum() >= 2
+    picks = [dola.pick(final, premature, cfg, rng) for _ in range(10000)]
+    counts = np.bincount(picks, minlength=12)
+    assert counts[probs == 0].sum() == 0
+    kept = probs > 0
+    expected = probs[kept] * counts.sum()
+    assert float(((counts[kept] - expected) ** 2 / expected).sum()) < CHI2_LIMIT
+
+
+def model_info(n_layer: int, tied: bool) -> ModelInfo:
+    return ModelInfo(
+        path=Path("tiny.gguf"), name="tiny", architecture="llama", n_layer=n_layer, n_embd=8,
+        n_vocab=16, head_tensor="token_embd.weight" if tied else "output.weight",
+        head_type="F32", tied=tied, chat_template=None, norm_eps=1e-5, final_softcap=0.0,
+        logit_scale=1.0, has_output_bias=False, norm_is_layernorm=False,
+    )
+
+
+@pytest.mark.parametrize("which", ["low", "high"])
+@pytest.mark.parametrize("tied", [False, True])
+def test_dola_layers_follow_transformers_rule(tied, which):
+    for n in range(1, 97):
+        assert model_info(n, tied).dola_hidden_indices(which) == hf_candidate_layers(n, tied, which)
+
+
+@pytest.mark.parametrize(("n", "tied", "which", "expected"), [
+    (32, False, "low", list(range(0, 16, 2))),
+    (32, True, "low", [2, 4, 6, 8, 10, 12, 14]),
+    (32, True, "high", [16, 18, 20, 22, 24, 26, 28, 30]),
+    (48, True, "low", [2, 4, 6, 8, 10, 12, 14, 16, 18]),
+    (48, False, "high", list(range(28, 48, 2))),
+    (4, True, "low", [2]),  # start == N // 2
+    (2, True, "low", [1]),
+    (1, True, "low", [0]),
+    (40, False, "high", list(range(20, 40, 2))),
+    (41, False, "high", list(range(21, 41, 2))),
+])
+def test_dola_layers_hand_examples(n, tied, which, expected):
+    assert model_info(n, tied).dola_hidden_indices(which) == expected
