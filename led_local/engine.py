@@ -13,7 +13,6 @@ import os
 from dataclasses import dataclass, field
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from led_local import dola
 from led_local.capture import make_capture
@@ -21,7 +20,7 @@ from led_local.errors import LedError
 from led_local.gguf_info import inspect_model
 from led_local.head import LMHead
 from led_local.methods import DecodeConfig, LlamaSampler, seed_sequence
-from led_local.runtime import Runtime
+from led_local.runtime import Runtime, default_threads
 from led_local.samplers import led_base, led_explore, token_logprob
 
 
@@ -57,9 +56,8 @@ class Sequence:
 class Engine:
     """A model loaded for one decoding method, with ``n_seq`` KV slots.
 
-    n_ctx: total context (shared by the slots); threads: llama.cpp threads (default all
-    cores up to 8); blas_threads: numpy BLAS threads for the projection (default 1, because
-    llama.cpp's threads spin between decodes and two pools on few cores fight);
+    n_ctx: total context (shared by the slots); threads: llama.cpp's and the projection's
+    threads (default: all cores up to 8; both run one after the other, never together);
     capture: auto, callback or layer-inp; logprobs: record each token's final-layer logprob.
     """
 
@@ -72,7 +70,6 @@ class Engine:
         n_seq: int = 1,
         n_batch: int = 512,
         threads: int | None = None,
-        blas_threads: int = 1,
         capture: str = "auto",
         logprobs: bool = False,
         verbose: bool = False,
@@ -94,8 +91,7 @@ class Engine:
             self.layers = self.info.dola_hidden_indices(cfg.dola_layers)
         if self.layers:
             self.capture = make_capture(self.info, self.layers, prefer=capture)
-            self.head = LMHead(self.info)
-        self._blas = threadpool_limits(limits=blas_threads, user_api="blas")
+            self.head = LMHead(self.info, threads=threads or default_threads())
         self.rt = Runtime(self.info.path, n_ctx=n_ctx, n_seq=n_seq, n_batch=n_batch,
                           n_threads=threads, verbose=verbose, info=self.info,
                           eval_callback=self.capture.callback if self.capture else None)
@@ -106,7 +102,8 @@ class Engine:
 
     def close(self) -> None:
         self.rt.close()
-        self._blas.restore_original_limits()
+        if self.head is not None:
+            self.head.close()
 
     def __enter__(self) -> Engine:
         return self

@@ -1,38 +1,67 @@
-"""The LM-head projection of hidden states, with the model's own (dequantized) head weights.
+"""The LM-head projection of hidden states, through the model's own quantized head.
 
-Memory: the head is held dequantized as float32, V x n_embd x 4 bytes: SmolLM2 (49,152 x 576)
-113 MB, Gemma 3 270M (262,144 x 640) 671 MB, a 151,936 x 4,096 head (Qwen-7B class) 2.5 GB.
-That is the price of projecting with BLAS at full speed; the per-step logits buffer is small
-beside it (rows x d x V x 4 bytes: 8 depths of a 150k vocabulary are 4.9 MB a row).
+The product runs in ggml's CPU backend on the head tensor exactly as the GGUF stores it
+(Q8_0, Q6_K, F16, ...), read in place from a memory map of the file: the same kernels llama.cpp
+uses for its own logits. Each output element is an independent dot product, so a row's logits
+do not depend on how many rows are projected together (BLAS gives no such guarantee), which
+keeps a sequence's tokens independent of its batch.
+
+Memory: the head costs what it costs on disk, shared with llama.cpp's own map of the file:
+SmolLM2 (49,152 x 576, Q8_0) 30 MB, Gemma 3 270M (262,144 x 640, Q8_0) 178 MB, a
+151,936 x 4,096 head (Qwen-7B class) 661 MB in Q8_0 or 511 MB in Q6_K. The per-call buffer is
+rows x V x 4 bytes of logits (8 depths of a 150k vocabulary: 4.9 MB a row).
 """
 
 from __future__ import annotations
 
+import ctypes
+
 import numpy as np
 
+from led_local import native
+from led_local.gguf_file import GGUFFile
 from led_local.gguf_info import ModelInfo, read_tensors
+
+GGML_F32 = 0
 
 
 class LMHead:
     """Projects hidden states (n, n_embd) to logits (n, V) exactly as the model's graph does
     after its last block: optional final norm, head product, output bias, logit scale and
     final soft-capping (the last three at every depth, LED.md).
+
+    threads: ggml CPU threads for the product (default 1).
     """
 
-    def __init__(self, info: ModelInfo) -> None:
+    def __init__(self, info: ModelInfo, *, threads: int = 1) -> None:
         self.info = info
-        names = [info.head_tensor, "output_norm.weight"]
+        self.threads = max(1, threads)
+        names = ["output_norm.weight"]
         names += ["output_norm.bias"] if info.norm_is_layernorm else []
         names += ["output.bias"] if info.has_output_bias else []
         t = read_tensors(info.path, names)
-        self.weight = t[info.head_tensor]  # (V, n_embd) float32
-        v, n = self.weight.shape
-        if n != info.n_embd:
-            raise ValueError(f"head {info.head_tensor} has width {n}, model {info.n_embd}")
-        self.n_vocab = v
         self.norm_weight = t["output_norm.weight"]
         self.norm_bias = t.get("output_norm.bias")
         self.bias = t.get("output.bias")
+        self._file = GGUFFile(info.path)  # keeps the map (and so the head's bytes) alive
+        head = self._file.tensors[info.head_tensor]
+        self.n_vocab, width = head.shape
+        if width != info.n_embd:
+            raise ValueError(f"head {info.head_tensor} has width {width}, model {info.n_embd}")
+        self._head_bytes = self._file.tensor_bytes(info.head_tensor)
+        self._wctx = native.ggml_init(native.InitParams(native.ggml_tensor_overhead() * 2,
+                                                        None, True))
+        self._w = native.ggml_new_tensor_2d(self._wctx, head.ggml_type, width, self.n_vocab)
+        native.GGMLTensor.from_address(self._w).data = self._head_bytes.ctypes.data
+        self._scratch = np.empty(0, np.uint8)
+
+    def close(self) -> None:
+        if self._wctx:
+            native.ggml_free(self._wctx)
+            self._wctx = None
+
+    def __del__(self) -> None:
+        self.close()
 
     def final_norm(self, states: np.ndarray) -> np.ndarray:
         """The model's final RMSNorm (or LayerNorm when it has a bias), with its weights."""
@@ -44,15 +73,34 @@ class LMHead:
             return y * self.norm_weight + self.norm_bias
         return x / np.sqrt((x * x).mean(axis=-1, keepdims=True) + eps) * self.norm_weight
 
-    def project(self, states: np.ndarray, *, norm: bool, out: np.ndarray | None = None) -> np.ndarray:
-        """Logits of hidden states (n, n_embd) -> (n, V) float32; ``norm`` applies the final norm.
+    def _product(self, x: np.ndarray) -> np.ndarray:
+        """x (m, n_embd) float32 times the head: (m, V) float32, via one ggml graph."""
+        m, k = x.shape
+        need = (native.ggml_tensor_overhead() * 8 + native.ggml_graph_overhead()
+                + 4 * m * (self.n_vocab + 2 * k) + (1 << 16))
+        if self._scratch.size < need:
+            self._scratch = np.empty(need, np.uint8)
+        ctx = native.ggml_init(native.InitParams(self._scratch.size, self._scratch.ctypes.data,
+                                                 False))
+        try:
+            xt = native.ggml_new_tensor_2d(ctx, GGML_F32, k, m)
+            ctypes.memmove(native.GGMLTensor.from_address(xt).data, x.ctypes.data, x.nbytes)
+            y = native.ggml_mul_mat(ctx, self._w, xt)
+            graph = native.ggml_new_graph(ctx)
+            native.ggml_build_forward_expand(graph, y)
+            status = native.ggml_graph_compute_with_ctx(ctx, graph, self.threads)
+            if status != 0:
+                raise RuntimeError(f"ggml graph compute failed with status {status}")
+            out = np.empty((m, self.n_vocab), np.float32)
+            ctypes.memmove(out.ctypes.data, native.GGMLTensor.from_address(y).data, out.nbytes)
+            return out
+        finally:
+            native.ggml_free(ctx)
 
-        ``out`` (n, V) float32 may be given to avoid an allocation; it may be a strided view.
-        """
+    def project(self, states: np.ndarray, *, norm: bool) -> np.ndarray:
+        """Logits of hidden states (n, n_embd) -> (n, V) float32; ``norm`` applies the final norm."""
         x = self.final_norm(states) if norm else np.asarray(states, dtype=np.float32)
-        if out is None:
-            out = np.empty((x.shape[0], self.n_vocab), np.float32)
-        np.matmul(x, self.weight.T, out=out)
+        out = self._product(np.ascontiguousarray(x, dtype=np.float32))
         info = self.info
         if self.bias is not None:
             out += self.bias

@@ -118,6 +118,43 @@ def dequantize(raw: np.ndarray, ggml_type: int, n_values: int) -> np.ndarray | N
     return out
 
 
+class InitParams(ctypes.Structure):
+    """Mirror of ``struct ggml_init_params`` (ggml.h)."""
+
+    _fields_ = [("mem_size", ctypes.c_size_t), ("mem_buffer", ctypes.c_void_p),
+                ("no_alloc", ctypes.c_bool)]
+
+
+def _bind(name: str, argtypes: list, restype: Any) -> Any:
+    fn = _symbol(_ggml.libggml, [name])
+    if fn is None:  # pragma: no cover - part of every ggml build
+        raise ImportError(f"this llama-cpp-python build does not export {name}")
+    fn.argtypes = argtypes
+    fn.restype = restype
+    return fn
+
+
+_vp = ctypes.c_void_p
+# struct ggml_context * ggml_init(struct ggml_init_params params);  void ggml_free(ctx);
+ggml_init = _bind("ggml_init", [InitParams], _vp)
+ggml_free = _bind("ggml_free", [_vp], None)
+# size_t ggml_tensor_overhead(void);  size_t ggml_graph_overhead(void);
+ggml_tensor_overhead = _bind("ggml_tensor_overhead", [], ctypes.c_size_t)
+ggml_graph_overhead = _bind("ggml_graph_overhead", [], ctypes.c_size_t)
+# struct ggml_tensor * ggml_new_tensor_2d(ctx, enum ggml_type type, int64_t ne0, int64_t ne1);
+ggml_new_tensor_2d = _bind("ggml_new_tensor_2d", [_vp, ctypes.c_int, ctypes.c_int64,
+                                                  ctypes.c_int64], _vp)
+# struct ggml_tensor * ggml_mul_mat(ctx, struct ggml_tensor * a, struct ggml_tensor * b);
+ggml_mul_mat = _bind("ggml_mul_mat", [_vp, _vp, _vp], _vp)
+# struct ggml_cgraph * ggml_new_graph(ctx);  void ggml_build_forward_expand(graph, tensor);
+ggml_new_graph = _bind("ggml_new_graph", [_vp], _vp)
+ggml_build_forward_expand = _bind("ggml_build_forward_expand", [_vp, _vp], None)
+# enum ggml_status ggml_graph_compute_with_ctx(ctx, struct ggml_cgraph * cgraph, int n_threads);
+# (ggml-cpu.h; the CPU backend is part of every build, GPU ones included)
+ggml_graph_compute_with_ctx = _bind("ggml_graph_compute_with_ctx", [_vp, _vp, ctypes.c_int],
+                                    ctypes.c_int)
+
+
 # void llama_set_embeddings_layer_inp(struct llama_context * ctx, uint32_t lid, bool value);
 _set_layer_inp = _symbol(
     llama_cpp.llama_cpp._lib,
