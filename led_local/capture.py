@@ -1,7 +1,7 @@
 """Hidden-state capture: the residual stream at LED's depths, for every output row of a decode.
 
 States are named by Hugging Face's ``output_hidden_states`` index h: h = 0 is the input of
-block 0 (the embeddings, ``inp_embd``, or ``inp_scaled`` for gemma), h >= 1 the output of block
+block 0 (the embeddings, ``embd``, or ``inp_scaled`` for gemma), h >= 1 the output of block
 h-1, ``l_out-(h-1)`` in llama.cpp's graph, which is also the input of block h. LED's depth j
 (1..d-1) is h = L-1-j (LED.md); DoLa's premature layers are h directly. Two ways, same result:
 
@@ -30,7 +30,7 @@ def tensor_name(h: int, architecture: str) -> str:
     """llama.cpp's graph name of hidden state h (Hugging Face numbering)."""
     if h > 0:
         return f"l_out-{h - 1}"
-    return "inp_scaled" if architecture.startswith("gemma") else "inp_embd"
+    return "inp_scaled" if architecture.startswith("gemma") else "embd"
 
 
 class CallbackCapture:

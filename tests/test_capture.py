@@ -114,7 +114,7 @@ def test_prompt_split_over_several_decodes(tiny, cls):
 
 
 def test_embedding_input_is_named_per_architecture():
-    assert tensor_name(0, "llama") == "inp_embd"
+    assert tensor_name(0, "llama") == "embd"
     assert tensor_name(0, "gemma3") == "inp_scaled"
     assert tensor_name(5, "qwen2") == "l_out-4"
 
@@ -140,3 +140,15 @@ def test_layer_inp_refused_where_the_graph_lacks_it(tiny):
     with pytest.raises(UnsupportedModelError, match="layer-inp"):
         make_capture(other, [1], prefer="layer-inp")
     assert isinstance(make_capture(other, [1]), CallbackCapture)
+
+
+@pytest.mark.parametrize("cls", CAPTURES)
+def test_embedding_state_is_captured(tiny, cls):
+    cap, rt = _open(tiny, cls, [0])
+    tokens = rt.tokenize("hello world")
+    n = len(tokens)
+    cap.begin(np.arange(n))
+    rt.decode(tokens, range(n), [0] * n, [True] * n)
+    states = cap.collect()
+    rt.close()
+    assert _close(states[:, 0], tiny.token_embd[tokens]) < 1e-6
