@@ -10,6 +10,7 @@ import functools
 import json
 import signal
 import sys
+import time
 from collections.abc import Callable
 
 import click
@@ -235,6 +236,130 @@ def _print_reply(session, text: str, *, think_end: str) -> None:
     click.echo("")
     if session.context_full():
         click.echo("(context full: /reset to start over, or raise --ctx)", err=True)
+
+
+@main.command()
+@model_argument
+@click.argument("problems", type=click.Path(path_type=str))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=str),
+              help="Run file (JSONL, one record per sample); resumed when it exists.")
+@click.option("-n", "--samples", type=int, default=16, show_default=True,
+              help="Samples per problem.")
+@click.option("--parallel", type=int, default=16, show_default=True,
+              help="Sequences decoded together.")
+@click.option("--max-tokens", type=int, default=2048, show_default=True,
+              help="Most tokens per sample.")
+@click.option("--limit", type=int, default=None, help="Only the first L problems.")
+@click.option("--prompt-template", type=click.Path(path_type=str), default=None,
+              help="File with a {question} slot [default: the reference math prompt].")
+@click.option("-s", "--seed", type=int, default=0, show_default=True, help="Run seed.")
+@click.option("--logprobs", is_flag=True, help="Record each token's final-layer log-probability.")
+@click.option("--force", is_flag=True,
+              help="Start a new run over an incompatible run file (kept as a .bak).")
+@decoding_options
+@click.pass_context
+@user_errors
+def solve(ctx: click.Context, model: str, problems: str, output: str, samples: int,
+          parallel: int, max_tokens: int, limit: int | None, prompt_template: str | None,
+          seed: int, logprobs: bool, force: bool, **kw) -> None:
+    """Sample every problem of PROBLEMS (JSONL) N times with MODEL, grade, write a run file."""
+    from led_local import solve as solving
+    from led_local.gguf_info import inspect_model
+    from led_local.problems import load_problems, load_template
+
+    cfg = decode_config(ctx, kw)
+    if kw["n_ctx"] != 4096 and ctx.get_parameter_source("n_ctx").name == "COMMANDLINE":
+        raise UserError("--ctx does not apply to solve: the context is sized from the prompts, "
+                        "--parallel and --max-tokens")
+    opts = solving.SolveOptions(samples=samples, parallel=parallel, max_tokens=max_tokens,
+                                seed=seed, limit=limit, logprobs=logprobs, threads=kw["threads"],
+                                capture=kw["capture"], force=force)
+    inspect_model(model)
+    items = load_problems(problems)
+    template = load_template(prompt_template)
+    bar = _Bar(min(len(items), limit or len(items)) * samples)
+    with _StopFlag() as stop:
+        progress = solving.solve(model, items, output, cfg, opts, template=template,
+                                 think_end=kw["think_end"], on_progress=bar.update,
+                                 should_stop=lambda: stop.set, verbose=kw["verbose"])
+    bar.close()
+    elapsed = time.perf_counter() - progress.start if progress.start else 0.0
+    acc = f"{100 * progress.correct / progress.graded:.1f}%" if progress.graded else "n/a"
+    state = "stopped early; run again to resume" if stop.set else "done"
+    click.echo(f"{state}: {progress.done}/{progress.total} samples in {output}, "
+               f"pass@1 so far {acc} ({progress.correct}/{progress.graded}), "
+               f"{progress.tokens} tokens in {elapsed:.1f}s this session", err=True)
+
+
+class _Bar:
+    """A tqdm bar on stderr: samples done, generated tokens/s, ETA."""
+
+    def __init__(self, total: int) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, unit="sample", file=sys.stderr, dynamic_ncols=True,
+                        disable=None)
+        self._start: float | None = None
+
+    def update(self, p) -> None:
+        if self.bar.n == 0 and p.done:
+            self.bar.initial = p.done
+        self.bar.n = p.done
+        if p.start:
+            rate = p.tokens / max(1e-9, time.perf_counter() - p.start)
+            acc = f"{100 * p.correct / p.graded:.0f}%" if p.graded else "-"
+            self.bar.set_postfix_str(f"{rate:.0f} tok/s, acc {acc}", refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+@main.command()
+@click.argument("run", type=click.Path(path_type=str))
+@click.option("--k", "ks", default=None, help="Comma-separated k values [default: 1,2,4,8,16 "
+              "up to the samples per problem].")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@user_errors
+def passk(run: str, ks: str | None, as_json: bool) -> None:
+    """Unbiased pass@k, mean accuracy and maj@n of a run file."""
+    from led_local import report
+    from led_local.grading import Grader
+
+    r = report.Run(run)
+    k_list = report.parse_ks(ks) if ks else report.default_ks(r.max_samples)
+    with Grader() as grader:
+        out = report.passk_report(r, k_list, equivalent=grader.equivalent)
+    if as_json:
+        click.echo(json.dumps(out))
+    else:
+        click.echo(report.format_passk(out, k_list))
+
+
+@main.command()
+@click.argument("run_a", type=click.Path(path_type=str))
+@click.argument("run_b", type=click.Path(path_type=str))
+@click.option("--k", "ks", default=None, help="Comma-separated k values.")
+@click.option("--plot", type=click.Path(path_type=str), default=None,
+              help="Write a pass@k-versus-k plot (PNG).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@user_errors
+def compare(run_a: str, run_b: str, ks: str | None, plot: str | None, as_json: bool) -> None:
+    """Compare two runs problem by problem: pass@k of each, B - A with a bootstrap CI."""
+    from led_local import report
+    from led_local.passk import plot_pass_at_k
+
+    a, b = report.Run(run_a), report.Run(run_b)
+    k_list = report.parse_ks(ks) if ks else report.default_ks(min(a.max_samples, b.max_samples))
+    out = report.compare_report(a, b, k_list)
+    if plot:
+        plot_pass_at_k(report.curves([a, b], k_list), plot, title="pass@k")
+    if as_json:
+        click.echo(json.dumps(out))
+    else:
+        click.echo(report.format_compare(out, k_list))
+        if plot:
+            click.echo(f"plot written to {plot}", err=True)
 
 
 @main.command()

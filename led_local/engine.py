@@ -124,24 +124,32 @@ class Engine:
 
     def prefill(self, slot: int, tokens: list[int]) -> None:
         """Evaluate a prompt into ``slot``, reusing the longest prefix already cached there;
-        the logits (and states) of its last token are then ready for ``pick``."""
-        n = len(tokens)
-        if n == 0:
-            raise LedError("the prompt is empty")
-        if n >= self.rt.n_ctx:
-            raise LedError(f"the prompt has {n} tokens, more than the context allows "
+        the logits (and states) of its last token are then ready for ``start``."""
+        if len(tokens) >= self.rt.n_ctx:
+            raise LedError(f"the prompt has {len(tokens)} tokens, more than the context allows "
                            f"({self.rt.n_ctx}); raise --ctx or shorten it")
+        self._fill(slot, tokens, logits=True)
+
+    def load_prefix(self, slot: int, tokens: list[int]) -> None:
+        """Evaluate ``tokens`` into ``slot`` without any output (a shared prompt's prefix)."""
+        self._fill(slot, tokens, logits=False)
+
+    def _fill(self, slot: int, tokens: list[int], *, logits: bool) -> None:
+        n = len(tokens)
+        if n == 0 and logits:
+            raise LedError("the prompt is empty")
         common = 0
         for a, b in zip(self._cached.get(slot, []), tokens):
             if a != b:
                 break
             common += 1
-        common = min(common, n - 1)  # the last token must be decoded to get its logits
+        if logits:
+            common = min(common, n - 1)  # the last token must be decoded to get its logits
         self.rt.seq_rm(slot, common, -1)
         self._cached[slot] = cached = list(tokens[:common])  # true even if interrupted below
         for start in range(common, n, self.rt.n_batch):
             chunk = tokens[start:start + self.rt.n_batch]
-            last = start + len(chunk) == n
+            last = logits and start + len(chunk) == n
             outs = [False] * len(chunk)
             outs[-1] = last
             if self.capture is not None:
@@ -155,10 +163,15 @@ class Engine:
         return len(self._cached.get(slot, []))
 
     def fork(self, src: int, dst: int) -> None:
-        """Share slot ``src``'s cached prompt with slot ``dst`` (no copy in a unified cache)."""
+        """Share slot ``src``'s cached tokens with slot ``dst`` (no copy in a unified cache)."""
         self.rt.seq_rm(dst, -1, -1)
         self.rt.seq_cp(src, dst)
         self._cached[dst] = list(self._cached.get(src, []))
+
+    def free(self, slot: int) -> None:
+        """Drop everything ``slot`` holds in the KV cache."""
+        self.rt.seq_rm(slot, -1, -1)
+        self._cached.pop(slot, None)
 
     def start(self, seqs: list[Sequence], n_prompt: int, *, think_end: str) -> None:
         """Pick the first token of sequences whose slots hold the just-prefilled prompt."""
