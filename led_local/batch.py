@@ -4,8 +4,9 @@ Slots 0..P-1 of the engine hold running samples; slot P holds the current prompt
 last token, evaluated once and shared with every sample of that prompt. A sample starts with
 the prompt's last token as its pending token, so its first token is picked inside an ordinary
 step like every later one, and a finished sample's slot is refilled at once from the queue.
-Each sample's randomness comes from (seed, problem id, sample index) alone and ggml computes
-each row independently of the others, so a sample's tokens do not depend on its batch.
+Each sample's randomness comes from (seed, problem id, sample index) alone, and the engine runs
+in llama.cpp's batch-invariant setting (``Runtime``), so a sample's tokens do not depend on what
+shares its batch.
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ class Finished:
 
 
 def context_size(parallel: int, longest_prompt: int, max_tokens: int) -> int:
-    """KV cells for P running samples (each prompt + answer) plus the shared prompt slot."""
-    return parallel * (longest_prompt + max_tokens + 1) + longest_prompt + 16
+    """Total KV cells: P sample streams and the prompt's, each a prompt plus an answer."""
+    return (parallel + 1) * (longest_prompt + max_tokens + 1)
 
 
 def run_jobs(
@@ -73,7 +74,8 @@ def run_jobs(
             if job.key != loaded_key:
                 engine.load_prefix(prompt_slot, list(job.tokens[:-1]))
                 loaded_key = job.key
-            slot = free.pop()
+            slot = min(free)  # lowest first: live ids stay dense, batches split into few ubatches
+            free.remove(slot)
             engine.fork(prompt_slot, slot)
             seq = engine.new_sequence(slot, seed=(seed, job.key, job.sample),
                                       max_tokens=max_tokens)

@@ -49,11 +49,11 @@ class ChatSession:
         self.messages.append({"role": "user", "content": text})
         prompt = self._render()
         tokens = self.engine.rt.tokenize(prompt)
-        if len(tokens) >= self.engine.rt.n_ctx:
+        if len(tokens) >= self.engine.rt.n_ctx_seq:
             self.messages.pop()
             raise ContextFullError(
                 f"the conversation ({len(tokens)} tokens) no longer fits the context of "
-                f"{self.engine.rt.n_ctx}; /reset to start over or raise --ctx"
+                f"{self.engine.rt.n_ctx_seq}; /reset to start over or raise --ctx"
             )
         reply = {"role": "assistant", "content": ""}
         self.messages.append(reply)
@@ -69,4 +69,4 @@ class ChatSession:
 
     def context_full(self) -> bool:
         """Whether the last reply stopped because the context ran out."""
-        return self.engine.cached_len(0) + 1 >= self.engine.rt.n_ctx
+        return self.engine.cached_len(0) + 1 >= self.engine.rt.n_ctx_seq

@@ -73,6 +73,7 @@ class Engine:
         capture: str = "auto",
         logprobs: bool = False,
         verbose: bool = False,
+        batch_invariant: bool = False,
     ) -> None:
         self.info = inspect_model(model)
         self.cfg = cfg
@@ -94,6 +95,7 @@ class Engine:
             self.head = LMHead(self.info, threads=threads or default_threads())
         self.rt = Runtime(self.info.path, n_ctx=n_ctx, n_seq=n_seq, n_batch=n_batch,
                           n_threads=threads, verbose=verbose, info=self.info,
+                          batch_invariant=batch_invariant,
                           eval_callback=self.capture.callback if self.capture else None)
         if self.capture is not None:
             self.capture.attach(self.rt)
@@ -125,9 +127,9 @@ class Engine:
     def prefill(self, slot: int, tokens: list[int]) -> None:
         """Evaluate a prompt into ``slot``, reusing the longest prefix already cached there;
         the logits (and states) of its last token are then ready for ``start``."""
-        if len(tokens) >= self.rt.n_ctx:
+        if len(tokens) >= self.rt.n_ctx_seq:
             raise LedError(f"the prompt has {len(tokens)} tokens, more than the context allows "
-                           f"({self.rt.n_ctx}); raise --ctx or shorten it")
+                           f"({self.rt.n_ctx_seq}); raise --ctx or shorten it")
         self._fill(slot, tokens, logits=True)
 
     def load_prefix(self, slot: int, tokens: list[int]) -> None:
@@ -262,5 +264,5 @@ class Engine:
             if think_end in s._text_tail:
                 s.in_scope = False
                 s.scope_end = len(s.tokens) - 1
-        if len(s.tokens) >= s.max_tokens or s.n_past + 1 >= self.rt.n_ctx:
+        if len(s.tokens) >= s.max_tokens or s.n_past + 1 >= self.rt.n_ctx_seq:
             s.finish_reason = "length"

@@ -40,9 +40,15 @@ def default_threads() -> int:
 class Runtime:
     """A loaded model with one context.
 
-    n_ctx: context length in tokens (shared by all sequences: the KV cache is unified so that
-    a batch keeps its token order inside llama.cpp); n_batch: most tokens per decode call;
-    n_seq: most sequences decoded together; eval_callback: a native.EvalCallback or None.
+    n_ctx: context length in tokens; n_batch: most tokens per decode call; n_seq: most
+    sequences decoded together; eval_callback: a native.EvalCallback or None.
+
+    By default the KV cache is unified (one buffer, n_ctx shared by all sequences) and flash
+    attention is left to llama.cpp. ``batch_invariant`` instead gives each sequence its own KV
+    stream of n_ctx / n_seq cells and disables flash attention, whose CPU kernel splits the KV
+    differently for one query than for several: then a sequence's logits are bit-identical
+    whatever else shares its batch, provided every batch lists sequences in increasing id
+    order (llama.cpp then keeps the batch order across ubatches, which captures rely on).
     """
 
     def __init__(
@@ -57,6 +63,7 @@ class Runtime:
         eval_callback: Any = None,
         verbose: bool = False,
         info: ModelInfo | None = None,
+        batch_invariant: bool = False,
     ) -> None:
         if n_ctx < 16:
             raise LedError(f"--ctx must be >= 16, got {n_ctx}")
@@ -86,7 +93,10 @@ class Runtime:
         cparams.n_seq_max = n_seq
         cparams.n_threads = threads
         cparams.n_threads_batch = threads
-        cparams.kv_unified = True  # keeps a batch's tokens in order across ubatches
+        # unified: one ubatch split that keeps batch order; per-sequence streams: see above
+        cparams.kv_unified = not batch_invariant
+        if batch_invariant:
+            cparams.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
         cparams.no_perf = True
         self._eval_callback = eval_callback  # referenced for the context's whole life
         if eval_callback is not None:
@@ -98,6 +108,7 @@ class Runtime:
             raise LedError(f"llama.cpp could not create a context of {n_ctx} tokens")
         self.ctx = ctx
         self.n_ctx = llama_cpp.llama_n_ctx(ctx)
+        self.n_ctx_seq = llama_cpp.llama_n_ctx_seq(ctx)  # what one sequence may fill
         self.memory = llama_cpp.llama_get_memory(ctx)
         self.batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
 

@@ -114,7 +114,7 @@ def solve(
     parallel = min(opts.parallel, len(todo))
     engine = Engine(model, cfg, n_ctx=context_size(parallel, longest, opts.max_tokens),
                     n_seq=parallel + 1, threads=opts.threads, capture=opts.capture,
-                    logprobs=opts.logprobs, verbose=verbose)
+                    logprobs=opts.logprobs, verbose=verbose, batch_invariant=True)
     by_id = {p.id: p for p in problems}
     jobs = [Job(p.id, i, prompts[p.id]) for p, i in todo]
     run.open_for_append()
