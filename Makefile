@@ -85,8 +85,18 @@ $(GEMMA3):
 	cd models && grep " $(notdir $@)$$" SHA256SUMS | sed 's/$$/.part/' | sha256sum -c --quiet
 	mv $@.part $@
 
+DATASET      ?= ../shared/datasets/gsm8k_test.jsonl
+DEMO_OPTS    ?= -n 4 --limit 8 --max-tokens 256 --parallel 16
+DEMO_PROMPT  := Please reason step by step, and put your final answer within \\boxed{}. \
+    A baker makes 24 muffins, sells 15 and bakes 9 more. How many muffins does she have?
+
+# The main job: one LED answer, then LED against plain sampling on a few GSM8K problems.
 demo: install models
-	$(VENV)/bin/led-local demo $(MODEL)
+	mkdir -p runs
+	$(VENV)/bin/led-local generate $(MODEL) --prompt "$(DEMO_PROMPT)" --max-tokens 200 --seed 0
+	$(VENV)/bin/led-local solve $(MODEL) $(DATASET) -o runs/demo-sample.jsonl --method sample $(DEMO_OPTS)
+	$(VENV)/bin/led-local solve $(MODEL) $(DATASET) -o runs/demo-led.jsonl --method led $(DEMO_OPTS)
+	$(VENV)/bin/led-local compare runs/demo-sample.jsonl runs/demo-led.jsonl --plot runs/demo-passk.png
 
 test: install models
 	$(PY) -m pytest -q

@@ -2,7 +2,8 @@
 
 decode: one prompt decoded with --method sample and with LED (gated, always-exploring, both
 capture paths), rounds interleaved so machine noise hits every variant alike.
-batch: generated tokens/s of ``solve`` with --parallel 16 versus --parallel 1 (see batch.py).
+batch: generated tokens/s of ``solve`` with --parallel 16 versus --parallel 1, for sample and
+LED, on the same GSM8K problems.
 """
 
 from __future__ import annotations
@@ -68,6 +69,37 @@ def bench_decode(model: str, *, tokens: int, rounds: int, threads: int | None) -
         print(f"{name:28} {med:9.1f} {med / base:9.2f} {frac:15.2f}")
 
 
+def bench_batch(model: str, problems: str, *, n_problems: int, samples: int, max_tokens: int,
+                threads: int | None) -> None:
+    """solve's generated tokens/s at --parallel 16 and 1, for sample and for LED."""
+    import tempfile
+
+    from led_local.problems import REFERENCE_PROMPT, load_problems
+    from led_local.solve import SolveOptions, solve
+
+    items = load_problems(problems)[:n_problems]
+    rates: dict[tuple[str, int], float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for method in ("sample", "led"):
+            for parallel in (16, 1):
+                out = Path(tmp) / f"{method}-{parallel}.jsonl"
+                opts = SolveOptions(samples=samples, parallel=parallel, max_tokens=max_tokens,
+                                    threads=threads)
+                t0 = time.perf_counter()
+                p = solve(model, items, out, DecodeConfig(method=method), opts,
+                          template=REFERENCE_PROMPT)
+                rates[(method, parallel)] = p.tokens / (time.perf_counter() - p.start)
+                print(f"  {method:6} --parallel {parallel:2}: {p.tokens} tokens, "
+                      f"{time.perf_counter() - t0:.1f}s, {rates[(method, parallel)]:.1f} tokens/s",
+                      flush=True)
+    print(f"batch benchmark: {Path(model).name}, {n_problems} problems x {samples} samples, "
+          f"--max-tokens {max_tokens}")
+    print(f"{'method':8} {'P=1 tok/s':>10} {'P=16 tok/s':>11} {'gain':>6}")
+    for method in ("sample", "led"):
+        one, many = rates[(method, 1)], rates[(method, 16)]
+        print(f"{method:8} {one:10.1f} {many:11.1f} {many / one:6.2f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("model")
@@ -75,9 +107,17 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--problems", default=str(Path(__file__).resolve().parents[2] / "shared" /
+                                              "datasets" / "gsm8k_test.jsonl"))
+    ap.add_argument("--n-problems", type=int, default=4)
+    ap.add_argument("--samples", type=int, default=8)
+    ap.add_argument("--max-tokens", type=int, default=192)
     args = ap.parse_args()
     if args.what in ("decode", "all"):
         bench_decode(args.model, tokens=args.tokens, rounds=args.rounds, threads=args.threads)
+    if args.what in ("batch", "all"):
+        bench_batch(args.model, args.problems, n_problems=args.n_problems, samples=args.samples,
+                    max_tokens=args.max_tokens, threads=args.threads)
 
 
 if __name__ == "__main__":

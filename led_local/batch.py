@@ -81,6 +81,16 @@ def run_jobs(
                                       max_tokens=max_tokens)
             seq.pending, seq.n_past = job.tokens[-1], len(job.tokens) - 1
             running[slot] = (job, seq, time.perf_counter())
+        if exhausted:
+            # no job left to refill with: close the gaps, so that the live ids stay dense
+            # and each step stays one ubatch (llama.cpp splits a batch at every gap)
+            while free and running and min(free) < max(running):
+                src, dst = max(running), min(free)
+                engine.move(src, dst)
+                running[dst] = running.pop(src)
+                running[dst][1].slot = dst
+                free.remove(dst)
+                free.append(src)
         if not running or should_stop():
             return
         seqs = [running[s][1] for s in sorted(running)]

@@ -170,6 +170,11 @@ class Engine:
         self.rt.seq_cp(src, dst)
         self._cached[dst] = list(self._cached.get(src, []))
 
+    def move(self, src: int, dst: int) -> None:
+        """Move a sequence's cache from ``src`` to the empty slot ``dst`` (cell layout kept)."""
+        self.fork(src, dst)
+        self.free(src)
+
     def free(self, slot: int) -> None:
         """Drop everything ``slot`` holds in the KV cache."""
         self.rt.seq_rm(slot, -1, -1)
@@ -201,9 +206,11 @@ class Engine:
     def _pick(self, seqs: list[Sequence], rows: list[int], *, think_end: str) -> None:
         cfg = self.cfg
         uniq = sorted(set(rows))
-        final = np.stack([self.rt.logits(r) for r in uniq])
         final_of = {r: i for i, r in enumerate(uniq)}
         states = self.capture.collect() if self.capture is not None else None
+        # llama.cpp's own sampler reads the logits in place; copy them only when needed
+        if cfg.method != "sample" or self.logprobs:
+            final = np.stack([self.rt.logits(r) for r in uniq])
         chosen: list[int] = []
         depth: list[int | None] = [None] * len(seqs)
         if cfg.method == "led":

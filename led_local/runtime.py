@@ -107,6 +107,7 @@ class Runtime:
             self.close()
             raise LedError(f"llama.cpp could not create a context of {n_ctx} tokens")
         self.ctx = ctx
+        self.n_batch = llama_cpp.llama_n_batch(ctx)  # llama.cpp caps it at the context size
         self.n_ctx = llama_cpp.llama_n_ctx(ctx)
         self.n_ctx_seq = llama_cpp.llama_n_ctx_seq(ctx)  # what one sequence may fill
         self.memory = llama_cpp.llama_get_memory(ctx)
