@@ -181,6 +181,7 @@ def capture_path(info) -> str:
     """Which capture ``make_capture(info, ...)`` picks by default, for ``led-local info``."""
     from led_local.gguf_info import LAYER_INP_ARCHITECTURES
 
-    if native.layer_inp_patch_version() is not None and info.architecture in LAYER_INP_ARCHITECTURES:
+    patched = native.layer_inp_patch_version() is not None
+    if patched and info.architecture in LAYER_INP_ARCHITECTURES:
         return "layer-inp (patched llama.cpp)"
     return "eval-callback (stock llama.cpp)"

@@ -52,7 +52,8 @@ def decoding_options(f: Callable) -> Callable:
         click.option("-t", "--temperature", type=float, default=0.6, show_default=True,
                      help="Sampling temperature (0 = greedy selection)."),
         click.option("--top-k", type=int, default=None, help="sample/dola: top-k [default: 20]."),
-        click.option("--top-p", type=float, default=None, help="sample/dola: top-p [default: 0.95]."),
+        click.option("--top-p", type=float, default=None,
+                     help="sample/dola: top-p [default: 0.95]."),
         click.option("--min-p", type=float, default=None, help="sample/dola: min-p [default: 0]."),
         click.option("--led-depths", type=int, default=8, show_default=True,
                      help="led: depths d (final layer plus d-1 shallower states)."),
@@ -68,7 +69,8 @@ def decoding_options(f: Callable) -> Callable:
                      help="dola: candidate premature layers [default: high]."),
         click.option("--ctx", "n_ctx", type=int, default=4096, show_default=True,
                      help="Context length in tokens."),
-        click.option("--threads", type=int, default=None, help="llama.cpp threads [default: cores]."),
+        click.option("--threads", type=int, default=None,
+                     help="llama.cpp and projection threads [default: cores, up to 8]."),
         click.option("--capture", type=click.Choice(["auto", "callback", "layer-inp"]),
                      default="auto", show_default=True,
                      help="How hidden states leave llama.cpp (layer-inp needs the patched build)."),
@@ -82,7 +84,8 @@ def decoding_options(f: Callable) -> Callable:
 def decode_config(ctx: click.Context, kw: dict) -> DecodeConfig:
     """Build the DecodeConfig, refusing options given for a method that would ignore them."""
     method = kw["method"]
-    given = {name for name in kw if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
+    cmdline = click.core.ParameterSource.COMMANDLINE
+    given = {name for name in kw if ctx.get_parameter_source(name) == cmdline}
     only = {"top_k": ("sample", "dola"), "top_p": ("sample", "dola"), "min_p": ("sample", "dola"),
             "led_depths": ("led",), "led_candidates": ("led",), "no_exploit": ("led",),
             "led_norm": ("led", "dola"), "dola_layers": ("dola",)}
@@ -298,7 +301,7 @@ class _Bar:
         from tqdm import tqdm
 
         self.bar = tqdm(total=total, unit="sample", file=sys.stderr, dynamic_ncols=True,
-                        disable=None)
+                        mininterval=1.0)
         self._start: float | None = None
 
     def update(self, p) -> None:

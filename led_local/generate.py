@@ -125,7 +125,7 @@ def generate(engine: Engine, tokens: list[int], *, max_tokens: int, seed: int,
     """Generate to the end and return the record (text, tokens, LED stats, timing)."""
     timing: dict = {}
     seq = None
-    for seq in generate_step(engine, tokens, max_tokens=max_tokens, seed=seed,
+    for seq in generate_step(engine, tokens, max_tokens=max_tokens, seed=seed,  # noqa: B007
                              think_end=think_end, timing=timing):
         pass
     decode_s = time.perf_counter() - timing["start"]

@@ -81,7 +81,8 @@ class GGUFFile:
             try:
                 block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(gtype)]
             except (ValueError, KeyError):
-                raise LedError(f"tensor {name} has unknown ggml type {gtype}: {self.path}") from None
+                raise LedError(
+                    f"tensor {name} has unknown ggml type {gtype}: {self.path}") from None
             n = int(np.prod(dims)) if dims else 1
             self.tensors[name] = TensorInfo(name, tuple(reversed(dims)), gtype,
                                             data_start + off, n // block * type_size)

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
 from gguf.constants import GGMLQuantizationType
 
 from led_local.errors import LedError, UnsupportedModelError
@@ -84,7 +83,9 @@ class ModelInfo:
             if start == final // 2:
                 return [start]
             return list(range(start, final // 2, 2)) if final <= 40 else list(range(start, 20, 2))
-        return list(range(final // 2, final, 2)) if final <= 40 else list(range(final - 20, final, 2))
+        if final <= 40:
+            return list(range(final // 2, final, 2))
+        return list(range(final - 20, final, 2))
 
 
 def _check_file(path: Path) -> None:

@@ -98,7 +98,7 @@ class LMHead:
             native.ggml_free(ctx)
 
     def project(self, states: np.ndarray, *, norm: bool) -> np.ndarray:
-        """Logits of hidden states (n, n_embd) -> (n, V) float32; ``norm`` applies the final norm."""
+        """Logits (n, V) float32 of hidden states (n, n_embd); ``norm``: final norm first."""
         x = self.final_norm(states) if norm else np.asarray(states, dtype=np.float32)
         out = self._product(np.ascontiguousarray(x, dtype=np.float32))
         info = self.info

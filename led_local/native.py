@@ -51,7 +51,8 @@ class GGMLTensor(ctypes.Structure):
 
 TENSOR_NAME_OFFSET: int = GGMLTensor.name.offset
 
-# typedef bool (*ggml_backend_sched_eval_callback)(struct ggml_tensor * t, bool ask, void * user_data);
+# typedef bool (*ggml_backend_sched_eval_callback)(struct ggml_tensor * t, bool ask,
+#                                                  void * user_data);
 EvalCallback = ctypes.CFUNCTYPE(ctypes.c_bool, ctypes.c_void_p, ctypes.c_bool, ctypes.c_void_p)
 
 

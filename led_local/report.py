@@ -80,12 +80,13 @@ def format_passk(report: dict, ks: list[int]) -> str:
             return "n/a"
         return f"{100 * v:6.2f}%" + (f" ± {100 * se:.2f}" if se is not None else "")
 
-    lines.append(f"mean accuracy (pass@1)  {pct(report['mean_accuracy'], report['mean_accuracy_se'])}")
+    acc = pct(report["mean_accuracy"], report["mean_accuracy_se"])
+    lines.append(f"mean accuracy (pass@1)  {acc}")
     for k in ks:
         skipped = report["skipped"].get(k) or report["skipped"].get(str(k)) or []
         note = f"   ({len(skipped)} problems with < {k} samples left out)" if skipped else ""
-        lines.append(f"pass@{k:<3}                 {pct(report[f'pass@{k}'], report[f'pass@{k}_se'])}"
-                     f"{note}")
+        value = pct(report[f"pass@{k}"], report[f"pass@{k}_se"])
+        lines.append(f"pass@{k:<3}                 {value}{note}")
     if "maj@n" in report:
         lines.append(f"maj@n                   {pct(report['maj@n'], report.get('maj@n_se'))}")
     if report.get("ungraded_problems"):

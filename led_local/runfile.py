@@ -74,7 +74,8 @@ class RunFile:
             records = read_records(self.path)
         except LedError as e:
             if not self.force:
-                raise LedError(f"{e} (use --force to start a new run; the old file is kept)")
+                raise LedError(
+                    f"{e} (use --force to start a new run; the old file is kept)") from None
             self._restart = True
             return
         for rec in records:

@@ -163,4 +163,6 @@ def _record(engine: Engine, fin, problem: Problem, fp: dict, think_end: str,
         rec["led"] = {"explored": seq.explored, "depths": seq.depths}
     if logprobs:
         rec["logprobs"] = [round(x, 6) for x in seq.logprobs]
+    if problem.extra:
+        rec["extra"] = problem.extra  # the problem line's other fields, kept as given
     return rec

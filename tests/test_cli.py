@@ -45,7 +45,8 @@ def test_generate_raw_uses_the_prompt_verbatim(smollm2):
     assert r.exit_code == 0, r.output
     chat = run("generate", smollm2, "-p", "Hi", "-m", "greedy", "-n", "8", "--json")
     # the chat template adds a system message, so raw and templated prompts differ
-    assert json.loads(r.stdout)["timing"]["n_prompt"] < json.loads(chat.stdout)["timing"]["n_prompt"]
+    n_raw = json.loads(r.stdout)["timing"]["n_prompt"]
+    assert n_raw < json.loads(chat.stdout)["timing"]["n_prompt"]
 
 
 def test_generate_plain_prints_text_on_stdout_and_stats_on_stderr(smollm2):

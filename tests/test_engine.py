@@ -101,3 +101,18 @@ def test_logprobs_are_final_layer_log_probabilities(smollm2):
         r = generate(e, toks, max_tokens=8, seed=2)
     assert len(r.logprobs) == len(r.tokens)
     assert all(np.isfinite(lp) and lp <= 0 for lp in r.logprobs)
+
+
+@pytest.mark.parametrize("capture", ["callback", "layer-inp"])
+def test_led_runs_on_gemma3(gemma3, capture):
+    if capture == "layer-inp" and native.layer_inp_patch_version() is None:
+        pytest.skip("stock llama.cpp build: gemma3 has no layer-input export")
+    cfg = _led(exploit=False)
+    with Engine(gemma3, cfg, n_ctx=256, capture=capture) as e:
+        toks = prompt_tokens(e, "The capital of France is", raw=True)
+        r = generate(e, toks, max_tokens=12, seed=5)
+    assert len(r.tokens) > 0 and all(d is not None for d in r.depths)
+    if capture == "layer-inp":
+        with Engine(gemma3, cfg, n_ctx=256, capture="callback") as e:
+            other = generate(e, toks, max_tokens=12, seed=5)
+        assert other.tokens == r.tokens and other.depths == r.depths

@@ -59,6 +59,7 @@ def test_records_have_every_field(smollm2, problems, tmp_path):
         assert len(r["logprobs"]) == r["n_tokens"] == len(r["led"]["depths"])
     free = [r for r in recs if r["problem_id"] == "free"]
     assert free and all(r["correct"] is None for r in free)
+    assert all(r["extra"] == {"topic": "x"} for r in free)
     assert all(isinstance(r["correct"], bool) for r in recs if r["problem_id"] != "free")
 
 
