@@ -30,7 +30,6 @@ class Sequence:
     not yet decoded. ``depths`` holds the chosen LED depth per token (None: not explored)."""
 
     slot: int
-    seed: tuple
     max_tokens: int
     n_past: int = 0
     tokens: list[int] = field(default_factory=list)
@@ -116,7 +115,7 @@ class Engine:
     # -- sequences ------------------------------------------------------------------------
     def new_sequence(self, slot: int, *, seed: tuple, max_tokens: int) -> Sequence:
         """A sequence in ``slot`` whose randomness derives from ``seed`` alone."""
-        seq = Sequence(slot=slot, seed=seed, max_tokens=max_tokens)
+        seq = Sequence(slot=slot, max_tokens=max_tokens)
         ss = seed_sequence(*seed)
         if self.cfg.method == "sample":
             seq.sampler = LlamaSampler(self.cfg, int(ss.generate_state(1, np.uint32)[0]))
@@ -180,11 +179,10 @@ class Engine:
         self.rt.seq_rm(slot, -1, -1)
         self._cached.pop(slot, None)
 
-    def start(self, seqs: list[Sequence], n_prompt: int, *, think_end: str) -> None:
-        """Pick the first token of sequences whose slots hold the just-prefilled prompt."""
-        for s in seqs:
-            s.n_past = n_prompt
-        self._pick(seqs, [self._prompt_row] * len(seqs), think_end=think_end)
+    def start(self, seq: Sequence, n_prompt: int, *, think_end: str) -> None:
+        """Pick the first token of a sequence whose slot holds the just-prefilled prompt."""
+        seq.n_past = n_prompt
+        self._pick([seq], [self._prompt_row], think_end=think_end)
 
     def step(self, seqs: list[Sequence], *, think_end: str) -> None:
         """Decode every live sequence's pending token in one llama_decode and pick the next."""
@@ -204,46 +202,43 @@ class Engine:
 
     # -- token choice ---------------------------------------------------------------------
     def _pick(self, seqs: list[Sequence], rows: list[int], *, think_end: str) -> None:
+        """Choose each sequence's next token from output row rows[i] of the last decode
+        (and, for LED and DoLa, from the states captured for those rows, in the same order)."""
         cfg = self.cfg
-        uniq = sorted(set(rows))
-        final_of = {r: i for i, r in enumerate(uniq)}
         states = self.capture.collect() if self.capture is not None else None
         # llama.cpp's own sampler reads the logits in place; copy them only when needed
+        final = None
         if cfg.method != "sample" or self.logprobs:
-            final = np.stack([self.rt.logits(r) for r in uniq])
-        chosen: list[int] = []
+            final = np.stack([self.rt.logits(r) for r in rows])
         depth: list[int | None] = [None] * len(seqs)
         if cfg.method == "led":
             led = cfg.led
-            bases = [led_base(final[final_of[r]], temperature=cfg.temperature,
-                              k=led.candidates, exploit=led.exploit, in_scope=s.in_scope,
-                              rng=s.rng) for s, r in zip(seqs, rows)]
+            bases = [led_base(final[i], temperature=cfg.temperature, k=led.candidates,
+                              exploit=led.exploit, in_scope=s.in_scope, rng=s.rng)
+                     for i, s in enumerate(seqs)]
             chosen = [b.base for b in bases]
             explore = [i for i, b in enumerate(bases) if b.explore]
             if explore:
-                z = self._depth_logits([final_of[rows[i]] for i in explore], final, states)
+                z = self._depth_logits(explore, final, states)
                 for zi, i in zip(z, explore):
                     step = led_explore(zi, bases[i].candidates, temperature=cfg.temperature,
                                        rng=seqs[i].rng)
                     chosen[i], depth[i] = step.token, step.depth
         elif cfg.method == "dola":
-            idx = [final_of[r] for r in rows]
-            prem = self._project(states[idx])
-            for i, s in enumerate(seqs):
-                chosen.append(dola.pick(final[idx[i]], prem[i], cfg, s.rng))
+            prem = self._project(states)
+            chosen = [dola.pick(final[i], prem[i], cfg, s.rng) for i, s in enumerate(seqs)]
         elif cfg.method == "greedy":
-            chosen = [int(np.argmax(final[final_of[r]])) for r in rows]
+            chosen = [int(np.argmax(row)) for row in final]
         else:
             chosen = [s.sampler.sample(self.rt.ctx, r) for s, r in zip(seqs, rows)]
         temp = 0.0 if cfg.method == "greedy" else cfg.temperature
-        for i, (s, r) in enumerate(zip(seqs, rows)):
-            tok = chosen[i]
-            if self.logprobs:
-                s.logprobs.append(token_logprob(final[final_of[r]], tok, temperature=temp))
-            self._accept(s, tok, depth[i], think_end)
+        for i, s in enumerate(seqs):
+            if self.logprobs and not self.rt.is_eog(chosen[i]):
+                s.logprobs.append(token_logprob(final[i], chosen[i], temperature=temp))
+            self._accept(s, chosen[i], depth[i], think_end)
 
     def _project(self, states: np.ndarray) -> np.ndarray:
-        """(R, m, n_embd) captured states -> (R, m, V) logits in one BLAS product."""
+        """(R, m, n_embd) captured states -> (R, m, V) logits in one ggml product."""
         r, m, n = states.shape
         out = self.head.project(states.reshape(r * m, n), norm=self.cfg.led.norm)
         return out.reshape(r, m, -1)
@@ -257,14 +252,11 @@ class Engine:
         return z
 
     def _accept(self, s: Sequence, tok: int, depth: int | None, think_end: str) -> None:
-        s.depths.append(depth)
-        if self.rt.is_eog(tok):
+        if self.rt.is_eog(tok):  # the end-of-generation token is not part of the text
             s.finish_reason = "stop"
-            s.depths.pop()
-            if s.logprobs:
-                s.logprobs.pop()
             return
         s.tokens.append(tok)
+        s.depths.append(depth)
         s.pending = tok
         if s.in_scope and think_end:
             s._text_tail = (s._text_tail + self.rt.token_text(tok))[-(len(think_end) + 64):]

@@ -86,7 +86,7 @@ def generate_step(engine: Engine, tokens: list[int], *, max_tokens: int, seed: i
     engine.prefill(0, tokens)
     t1 = time.perf_counter()
     seq = engine.new_sequence(0, seed=(seed,), max_tokens=max_tokens)
-    engine.start([seq], len(tokens), think_end=think_end)
+    engine.start(seq, len(tokens), think_end=think_end)
     if timing is not None:
         timing.update(prompt_s=t1 - t0, start=t1)
     while True:
