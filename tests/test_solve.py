@@ -13,7 +13,7 @@ from led_local.errors import LedError
 from led_local.problems import load_problems
 
 ROOT = Path(__file__).resolve().parent.parent
-GSM8K = ROOT.parent / "shared" / "datasets" / "gsm8k_test.jsonl"
+GSM8K = Path(__file__).resolve().parent / "data" / "gsm8k-3.jsonl"  # GSM8K test, MIT licence
 
 
 @pytest.fixture(scope="module")
