@@ -27,6 +27,7 @@ class ChatSession:
         self.messages: list[dict[str, str]] = []
         self.turn = 0
         self.last_finish: str | None = None
+        self.opened_thinking = False  # the last prompt ended inside a thinking block
 
     def reset(self) -> None:
         """Forget the conversation (the KV cache is reused or dropped on the next turn)."""
@@ -36,10 +37,6 @@ class ChatSession:
         msgs = ([{"role": "system", "content": self.system}] if self.system else []) + self.messages
         return self.engine.rt.apply_chat_template(msgs)
 
-    def prompt_ends_thinking_open(self) -> bool:
-        """Whether the rendered prompt already opened a thinking block (e.g. Qwen3's '<think>')."""
-        return self._render().rstrip().endswith("<think>")
-
     def send(self, text: str) -> Iterator[Piece]:
         """Add the user's message and stream the reply; the reply joins the history as it grows.
 
@@ -48,6 +45,7 @@ class ChatSession:
         """
         self.messages.append({"role": "user", "content": text})
         prompt = self._render()
+        self.opened_thinking = prompt.rstrip().endswith("<think>")  # e.g. Qwen3's templates
         tokens = self.engine.rt.tokenize(prompt)
         if len(tokens) >= self.engine.rt.n_ctx_seq:
             self.messages.pop()

@@ -223,10 +223,12 @@ class _StopFlag:
 
 def _print_reply(session, text: str, *, think_end: str) -> None:
     """Stream one reply: thinking dim, answer plain; Ctrl-C stops the reply only."""
-    thinking = session.prompt_ends_thinking_open()
+    thinking = None
     shown = ""
     with _StopFlag() as stop:
         for piece in session.send(text):
+            if thinking is None:
+                thinking = session.opened_thinking
             shown += piece.text
             if not thinking and shown.lstrip().startswith("<think>") and think_end:
                 thinking = True

@@ -175,3 +175,20 @@ def _readme_usage(readme: str, command: str) -> str:
                 block.append(nxt)
             return " ".join(block)
     raise AssertionError(f"no usage line for {command} in README")
+
+
+def test_chat_shows_thinking_dim_when_the_template_opens_it(tmp_path, monkeypatch):
+    import tinymodel
+
+    monkeypatch.setattr(tinymodel, "CHATML_TEMPLATE",
+                        tinymodel.CHATML_TEMPLATE.replace("assistant\\n", "assistant\\n<think>\\n"))
+    model = tinymodel.write_tiny_llama(tmp_path / "think.gguf", seed=1)
+    r = CliRunner().invoke(main, ["chat", str(model.path), "-m", "greedy", "-n", "6"],
+                           input="hello\n/exit\n", color=True)
+    assert r.exit_code == 0, r.output
+    assert "\x1b[2m" in r.stdout  # dim: inside the thinking block the template opened
+    monkeypatch.undo()
+    plain = tinymodel.write_tiny_llama(tmp_path / "plain.gguf", seed=1)
+    r = CliRunner().invoke(main, ["chat", str(plain.path), "-m", "greedy", "-n", "6"],
+                           input="hello\n/exit\n", color=True)
+    assert r.exit_code == 0 and "\x1b[2m" not in r.stdout
