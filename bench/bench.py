@@ -110,7 +110,7 @@ def main() -> None:
     ap.add_argument("--problems", default=str(Path(__file__).resolve().parents[2] / "shared" /
                                               "datasets" / "gsm8k_test.jsonl"))
     ap.add_argument("--n-problems", type=int, default=4)
-    ap.add_argument("--samples", type=int, default=8)
+    ap.add_argument("--samples", type=int, default=16)
     ap.add_argument("--max-tokens", type=int, default=192)
     args = ap.parse_args()
     if args.what in ("decode", "all"):

@@ -302,16 +302,20 @@ class _Bar:
     def __init__(self, total: int) -> None:
         from tqdm import tqdm
 
-        self.bar = tqdm(total=total, unit="sample", file=sys.stderr, dynamic_ncols=True,
-                        mininterval=1.0)
-        self._start: float | None = None
+        self.bar = tqdm(total=total, unit="sample", file=sys.stderr, dynamic_ncols=True)
+        self._shown = 0.0
 
     def update(self, p) -> None:
+        """Called after every decode step; redraws at most once a second (and at the end)."""
+        now = time.perf_counter()
+        if now - self._shown < 1.0 and p.done < p.total:
+            return
+        self._shown = now
         if self.bar.n == 0 and p.done:
-            self.bar.initial = p.done
+            self.bar.initial = p.done  # samples resumed from an earlier run
         self.bar.n = p.done
         if p.start:
-            rate = p.tokens / max(1e-9, time.perf_counter() - p.start)
+            rate = p.tokens / max(1e-9, now - p.start)
             acc = f"{100 * p.correct / p.graded:.0f}%" if p.graded else "-"
             self.bar.set_postfix_str(f"{rate:.0f} tok/s, acc {acc}", refresh=False)
         self.bar.refresh()
