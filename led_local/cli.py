@@ -88,7 +88,7 @@ def decode_config(ctx: click.Context, kw: dict) -> DecodeConfig:
     given = {name for name in kw if ctx.get_parameter_source(name) == cmdline}
     only = {"top_k": ("sample", "dola"), "top_p": ("sample", "dola"), "min_p": ("sample", "dola"),
             "led_depths": ("led",), "led_candidates": ("led",), "no_exploit": ("led",),
-            "led_norm": ("led", "dola"), "dola_layers": ("dola",)}
+            "led_norm": ("led", "dola"), "dola_layers": ("dola",), "capture": ("led", "dola")}
     for name, methods in only.items():
         if name in given and method not in methods:
             flag = "--" + name.replace("_", "-")
@@ -273,7 +273,7 @@ def solve(ctx: click.Context, model: str, problems: str, output: str, samples: i
     from led_local.problems import load_problems, load_template
 
     cfg = decode_config(ctx, kw)
-    if kw["n_ctx"] != 4096 and ctx.get_parameter_source("n_ctx").name == "COMMANDLINE":
+    if ctx.get_parameter_source("n_ctx") == click.core.ParameterSource.COMMANDLINE:
         raise UserError("--ctx does not apply to solve: the context is sized from the prompts, "
                         "--parallel and --max-tokens")
     opts = solving.SolveOptions(samples=samples, parallel=parallel, max_tokens=max_tokens,

@@ -33,6 +33,18 @@ def _open(tiny, cls, layers, **kw):
     return cap, rt
 
 
+def _capture_all(tiny, cls, layers: list[int], text: str) -> tuple[list[int], np.ndarray]:
+    """Decode ``text`` in one batch with every token an output; its tokens and states."""
+    cap, rt = _open(tiny, cls, layers)
+    tokens = rt.tokenize(text)
+    n = len(tokens)
+    cap.begin(np.arange(n))
+    rt.decode(tokens, range(n), [0] * n, [True] * n)
+    states = cap.collect()
+    rt.close()
+    return tokens, states
+
+
 def _close(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a - b).max() / np.abs(b).max())
 
@@ -40,15 +52,9 @@ def _close(a: np.ndarray, b: np.ndarray) -> float:
 @pytest.mark.parametrize("cls", CAPTURES)
 def test_every_prompt_token_matches_numpy(tiny, cls):
     layers = list(range(1, tiny.n_layer))  # l_out-0 .. l_out-(L-2)
-    cap, rt = _open(tiny, cls, layers)
-    tokens = rt.tokenize("hello world, the answer is 42.")
-    n = len(tokens)
-    cap.begin(np.arange(n))
-    rt.decode(tokens, range(n), [0] * n, [True] * n)
-    states = cap.collect()
-    rt.close()
+    tokens, states = _capture_all(tiny, cls, layers, "hello world, the answer is 42.")
     hidden, _ = forward(tiny, tokens)
-    assert states.shape == (n, len(layers), tiny.n_embd)
+    assert states.shape == (len(tokens), len(layers), tiny.n_embd)
     for s, h in enumerate(layers):
         assert _close(states[:, s], hidden[h - 1]) < REL_TOL, f"l_out-{h - 1}"
 
@@ -144,11 +150,5 @@ def test_layer_inp_refused_where_the_graph_lacks_it(tiny):
 
 @pytest.mark.parametrize("cls", CAPTURES)
 def test_embedding_state_is_captured(tiny, cls):
-    cap, rt = _open(tiny, cls, [0])
-    tokens = rt.tokenize("hello world")
-    n = len(tokens)
-    cap.begin(np.arange(n))
-    rt.decode(tokens, range(n), [0] * n, [True] * n)
-    states = cap.collect()
-    rt.close()
+    tokens, states = _capture_all(tiny, cls, [0], "hello world")
     assert _close(states[:, 0], tiny.token_embd[tokens]) < 1e-6
