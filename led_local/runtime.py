@@ -41,7 +41,8 @@ class Runtime:
     """A loaded model with one context.
 
     n_ctx: context length in tokens; n_batch: most tokens per decode call; n_seq: most
-    sequences decoded together; eval_callback: a native.EvalCallback or None.
+    sequences decoded together; eval_callback: a native.EvalCallback or None;
+    vocab_only: load the tokenizer alone (tokenize and apply_chat_template, nothing else).
 
     By default the KV cache is unified (one buffer, n_ctx shared by all sequences) and flash
     attention is left to llama.cpp. ``batch_invariant`` instead gives each sequence its own KV
@@ -64,6 +65,7 @@ class Runtime:
         verbose: bool = False,
         info: ModelInfo | None = None,
         batch_invariant: bool = False,
+        vocab_only: bool = False,
     ) -> None:
         if n_ctx < 16:
             raise LedError(f"--ctx must be >= 16, got {n_ctx}")
@@ -74,6 +76,7 @@ class Runtime:
         self.batch = None
         mparams = llama_cpp.llama_model_default_params()
         mparams.n_gpu_layers = n_gpu_layers
+        mparams.vocab_only = vocab_only
         model = llama_cpp.llama_model_load_from_file(str(self.info.path).encode(), mparams)
         if not model:
             raise LedError(
@@ -83,6 +86,8 @@ class Runtime:
         self.model = model
         self.vocab = llama_cpp.llama_model_get_vocab(model)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
+        if vocab_only:  # tokenizer and chat template only: no context, no batch
+            return
         self.n_batch = max(n_batch, n_seq)
         self.n_seq = n_seq
         threads = n_threads or default_threads()

@@ -20,6 +20,7 @@ from led_local.grading import Grader, extract_answer
 from led_local.methods import DecodeConfig
 from led_local.problems import Problem, render
 from led_local.runfile import RunFile
+from led_local.runtime import Runtime
 
 
 @dataclass(frozen=True)
@@ -93,23 +94,19 @@ def solve(
     problems = problems[: opts.limit] if opts.limit else problems
     fp = fingerprint(model, cfg, opts, template)
     run = RunFile(out, fp, force=opts.force)  # validates before anything is written
-    todo = [(p, i) for p in problems for i in range(opts.samples)
-            if (p.id, i) not in run.done]
-    progress = Progress(total=len(problems) * opts.samples, done=len(run.done & {
-        (p.id, i) for p in problems for i in range(opts.samples)}))
+    wanted = [(p, i) for p in problems for i in range(opts.samples)]
+    todo = [(p, i) for p, i in wanted if (p.id, i) not in run.done]
+    progress = Progress(total=len(wanted), done=len(wanted) - len(todo))
     for rec in run.records:
         if rec.get("correct") is not None:
             progress.graded += 1
             progress.correct += bool(rec["correct"])
     if not todo:
         return progress
-    # size the shared context from the prompts actually left to run
-    probe = Engine(model, DecodeConfig(method="greedy"), n_ctx=256, verbose=verbose)
-    try:
-        prompts = {p.id: tuple(probe.rt.tokenize(probe.rt.apply_chat_template(
+    # size the shared context from the prompts actually left to run (vocabulary-only load)
+    with Runtime(model, vocab_only=True, verbose=verbose) as vocab:
+        prompts = {p.id: tuple(vocab.tokenize(vocab.apply_chat_template(
             [{"role": "user", "content": render(template, p)}]))) for p, _ in todo}
-    finally:
-        probe.close()
     longest = max(len(t) for t in prompts.values())
     parallel = min(opts.parallel, len(todo))
     engine = Engine(model, cfg, n_ctx=context_size(parallel, longest, opts.max_tokens),
