@@ -152,3 +152,16 @@ def test_layer_inp_refused_where_the_graph_lacks_it(tiny):
 def test_embedding_state_is_captured(tiny, cls):
     tokens, states = _capture_all(tiny, cls, [0], "hello world")
     assert _close(states[:, 0], tiny.token_embd[tokens]) < 1e-6
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "qwen3"])
+def test_both_paths_capture_qwen_graphs_alike(tmp_path, arch):
+    """qwen3 registers block inputs in stock llama.cpp; qwen2 only with our patch."""
+    if native.layer_inp_patch_version() is None:
+        pytest.skip("stock llama.cpp build: no layer-input export patch")
+    model = write_tiny_llama(tmp_path / f"{arch}.gguf", n_layer=5, seed=2, arch=arch)
+    assert inspect_model(model.path).architecture == arch
+    tokens, a = _capture_all(model, CallbackCapture, [1, 3, 4], "hello world, the answer")
+    _, b = _capture_all(model, LayerInputCapture, [1, 3, 4], "hello world, the answer")
+    assert np.isfinite(a).all() and np.abs(a).max() > 0
+    np.testing.assert_array_equal(a, b)

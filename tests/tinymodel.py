@@ -122,8 +122,12 @@ def write_tiny_llama(
     n_ff: int = 96,
     seed: int = 0,
     tied: bool = False,
+    arch: str = "llama",
 ) -> TinyModel:
     """Write a random-weight F32 llama GGUF (SPM tokenizer, ChatML template) to ``path``.
+
+    ``arch`` "qwen2" adds q/k/v biases and "qwen3" q/k norms to the same weights, for checks
+    that the capture works on those graphs too (``forward`` models llama only).
 
     Linear weights have std 1/sqrt(in) so activations stay O(1), embeddings std 0.5,
     norm weights 1 + 0.1 * N(0, 1). With ``tied`` no output.weight is written and llama.cpp uses
@@ -160,7 +164,7 @@ def write_tiny_llama(
         output=None if tied else linear(n_vocab, n_embd), tokens=tokens,
     )
 
-    w = gguf.GGUFWriter(str(model.path), "llama")
+    w = gguf.GGUFWriter(str(model.path), arch)
     w.add_name(f"tiny-llama-{'tied' if tied else 'untied'}-s{seed}")
     w.add_file_type(gguf.LlamaFileType.ALL_F32)
     w.add_context_length(model.n_ctx_train)
@@ -193,6 +197,12 @@ def write_tiny_llama(
             ("ffn_gate", layer.w_gate), ("ffn_up", layer.w_up), ("ffn_down", layer.w_down),
         ):
             w.add_tensor(f"blk.{il}.{name}.weight", arr)
+        for name, n in (("attn_q", n_head * hd), ("attn_k", n_head_kv * hd),
+                        ("attn_v", n_head_kv * hd)):
+            if arch == "qwen2":
+                w.add_tensor(f"blk.{il}.{name}.bias", (0.1 * rng.standard_normal(n)).astype("f4"))
+            if arch == "qwen3" and name != "attn_v":
+                w.add_tensor(f"blk.{il}.{name}_norm.weight", np.ones(hd, np.float32))
     w.add_tensor("output_norm.weight", model.output_norm)
     if model.output is not None:
         w.add_tensor("output.weight", model.output)
