@@ -89,9 +89,18 @@ def _first_line(rest: str) -> str:
     return rest.split("\n", 1)[0]
 
 
+# "18 dollars", "$0.125 per day": a number followed by plain words (units)
+_NUMBER_THEN_WORDS = re.compile(r"\$?\s*(-?(?:\d[\d,]*(?:\.\d+)?|\.\d+))\s+[A-Za-z][A-Za-z .'-]*")
+
+
 def _first_clause(rest: str) -> str:
-    """The phrase fallback's answer: up to the end of the line or of the sentence."""
-    return re.split(r"\.\s|;\s", _first_line(rest), maxsplit=1)[0]
+    """The phrase fallback's answer: up to the end of the line or of the sentence; of a
+    worked equation its result ("40 / 2 = 20" -> "20"), of a number with units the number."""
+    clause = re.split(r"\.\s|;\s", _first_line(rest), maxsplit=1)[0]
+    if "=" in clause and "\\" not in clause:  # plain arithmetic, not LaTeX
+        clause = clause.rsplit("=", 1)[1]
+    match = _NUMBER_THEN_WORDS.fullmatch(clause.strip().rstrip("."))
+    return match.group(1) if match else clause
 
 
 def extract_answer(text: str, *, think_end: str = "</think>") -> str | None:

@@ -126,3 +126,14 @@ def test_grader_from_a_non_main_thread(grader):
 def test_invalid_timeout():
     with pytest.raises(LedError, match="timeout_s"):
         Grader(timeout_s=0)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("So the answer is 18 dollars.", "18"),
+    ("The final answer is 400 / 360 = 0.125 dollars.", "0.125"),
+    ("Answer: x = 5", "5"),
+    ("The answer is $1,250 per month.", "1,250"),
+    ("The answer is \\frac{a}{b} = c", "\\frac{a}{b} = c"),
+])
+def test_phrase_answers_drop_units_and_working(text, expected):
+    assert extract_answer(text) == expected
