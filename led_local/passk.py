@@ -225,16 +225,18 @@ def plot_pass_at_k(
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     all_ks: set[int] = set()
+    top = 0.0
     for label, curve in curves.items():
         points = sorted((int(k), v) for k, v in curve.items() if v is not None)
         if any(k < 1 for k, _ in points):
             raise PassAtKError(f"curve {label!r}: k must be >= 1, got {[k for k, _ in points]}")
         all_ks.update(k for k, _ in points)
+        top = max([top] + [v for _, v in points])
         ax.plot([k for k, _ in points], [v for _, v in points], marker="o", label=label)
     ax.set_xscale("log", base=2)
     if all_ks:
         ax.set_xticks(sorted(all_ks), labels=[str(k) for k in sorted(all_ks)])
-    ax.set_ylim(0.0, 1.0)
+    ax.set_ylim(0.0, min(1.0, top * 1.15 + 0.02))  # small models: keep their curves readable
     ax.set_xlabel("k")
     ax.set_ylabel("pass@k")
     ax.grid(True, alpha=0.3)
