@@ -205,7 +205,8 @@ def chat(ctx: click.Context, model: str, system: str | None, max_tokens: int,
 
 class _StopFlag:
     """SIGINT sets a flag instead of raising, so Ctrl-C never lands inside llama.cpp's eval
-    callback (an exception there would be swallowed and cut the decode short)."""
+    callback (an exception there would be swallowed and cut the decode short). The first
+    Ctrl-C restores the usual handler, so a second one interrupts at once."""
 
     def __init__(self) -> None:
         self.set = False
@@ -216,6 +217,7 @@ class _StopFlag:
 
     def _handle(self, *_args: object) -> None:
         self.set = True
+        signal.signal(signal.SIGINT, self._old)
 
     def __exit__(self, *exc: object) -> None:
         signal.signal(signal.SIGINT, self._old)
@@ -294,6 +296,8 @@ def solve(ctx: click.Context, model: str, problems: str, output: str, samples: i
     click.echo(f"{state}: {progress.done}/{progress.total} samples in {output}, "
                f"pass@1 so far {acc} ({progress.correct}/{progress.graded}), "
                f"{progress.tokens} tokens in {elapsed:.1f}s this session", err=True)
+    if stop.set:
+        ctx.exit(130)  # interrupted, as a shell reports Ctrl-C
 
 
 class _Bar:
