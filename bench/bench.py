@@ -28,10 +28,11 @@ PROMPT = ("Please reason step by step, and put your final answer within \\boxed{
 
 
 def decode_variants() -> dict[str, tuple[DecodeConfig, str]]:
-    led = DecodeConfig(method="led")
-    always = DecodeConfig(method="led", led=LEDConfig(exploit=False))
+    # think_end "": the whole response in LED's scope, as for a model that never closes it
+    led = DecodeConfig(method="led", think_end="")
+    always = DecodeConfig(method="led", led=LEDConfig(exploit=False), think_end="")
     variants = {
-        "sample": (DecodeConfig(method="sample"), "auto"),
+        "sample": (DecodeConfig(method="sample", think_end=""), "auto"),
         "led (callback)": (led, "callback"),
         "led no-exploit (callback)": (always, "callback"),
     }
@@ -52,7 +53,7 @@ def bench_decode(model: str, *, tokens: int, rounds: int, threads: int | None) -
         for r in range(rounds):
             for name, engine in engines.items():
                 toks = prompt_tokens(engine, PROMPT)
-                res = generate(engine, toks, max_tokens=tokens, seed=r, think_end="")
+                res = generate(engine, toks, max_tokens=tokens, seed=r)
                 rates[name].append(len(res.tokens) / res.decode_s)
                 explored[name] = explored.get(name, 0) + sum(d is not None for d in res.depths)
                 generated[name] = generated.get(name, 0) + len(res.tokens)

@@ -48,7 +48,6 @@ def run_jobs(
     parallel: int,
     max_tokens: int,
     seed: int,
-    think_end: str,
     should_stop: Callable[[], bool] = lambda: False,
     on_step: Callable[[int], None] = lambda n: None,
 ) -> Iterator[Finished]:
@@ -95,7 +94,7 @@ def run_jobs(
             return
         seqs = [running[s][1] for s in sorted(running)]
         before = sum(len(s.tokens) for s in seqs)
-        engine.step(seqs, think_end=think_end)
+        engine.step(seqs)
         on_step(sum(len(s.tokens) for s in seqs) - before)
         for slot in sorted(running):
             job, seq, t0 = running[slot]

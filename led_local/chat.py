@@ -18,12 +18,11 @@ class ChatSession:
     """History plus generation settings; ``send`` streams the assistant's reply."""
 
     def __init__(self, engine: Engine, *, system: str | None = None, max_tokens: int = 1024,
-                 seed: int = 0, think_end: str = "</think>") -> None:
+                 seed: int = 0) -> None:
         self.engine = engine
         self.system = system
         self.max_tokens = max_tokens
         self.seed = seed
-        self.think_end = think_end
         self.messages: list[dict[str, str]] = []
         self.turn = 0
         self.last_finish: str | None = None
@@ -60,7 +59,7 @@ class ChatSession:
         seed = (self.seed + self.turn) & 0xFFFFFFFF  # a fresh but reproducible stream per turn
         info: dict = {}
         for piece in stream_generate(self.engine, tokens, max_tokens=self.max_tokens, seed=seed,
-                                     think_end=self.think_end, timing=info):
+                                     timing=info):
             reply["content"] += piece.text
             yield piece
         self.last_finish = info.get("finish_reason")

@@ -95,13 +95,13 @@ def decode_config(ctx: click.Context, kw: dict) -> DecodeConfig:
             raise UserError(f"{flag} applies to --method {'/'.join(methods)}, not {method}")
     led = LEDConfig(temperature=kw["temperature"], depths=kw["led_depths"],
                     candidates=kw["led_candidates"], exploit=not kw["no_exploit"],
-                    norm=kw["led_norm"], think_end=kw["think_end"])
+                    norm=kw["led_norm"])
     return DecodeConfig(
         method=method, temperature=kw["temperature"],
         top_k=20 if kw["top_k"] is None else kw["top_k"],
         top_p=0.95 if kw["top_p"] is None else kw["top_p"],
         min_p=0.0 if kw["min_p"] is None else kw["min_p"],
-        led=led, dola_layers=kw["dola_layers"] or "high",
+        led=led, dola_layers=kw["dola_layers"] or "high", think_end=kw["think_end"],
     )
 
 
@@ -140,8 +140,7 @@ def generate(ctx: click.Context, model: str, prompt: str, raw: bool, system: str
     seed = gen.new_seed() if seed is None else seed
     with open_engine(model, cfg, kw) as engine:
         tokens = gen.prompt_tokens(engine, prompt, raw=raw, system=system)
-        result = gen.generate(engine, tokens, max_tokens=max_tokens, seed=seed,
-                              think_end=kw["think_end"])
+        result = gen.generate(engine, tokens, max_tokens=max_tokens, seed=seed)
     record = result.to_json()
     if as_json:
         click.echo(json.dumps(record, ensure_ascii=False))
@@ -178,8 +177,7 @@ def chat(ctx: click.Context, model: str, system: str | None, max_tokens: int,
     with open_engine(model, cfg, kw) as engine:
         engine.rt.apply_chat_template([{"role": "user", "content": "hi"}])  # fail early
         session = ChatSession(engine, system=system, max_tokens=max_tokens,
-                              seed=new_seed() if seed is None else seed,
-                              think_end=kw["think_end"])
+                              seed=new_seed() if seed is None else seed)
         click.echo(f"Chatting with {engine.info.name} ({cfg.method}). /reset, /exit.", err=True)
         while True:
             try:
@@ -198,7 +196,7 @@ def chat(ctx: click.Context, model: str, system: str | None, max_tokens: int,
             if not text:
                 continue
             try:
-                _print_reply(session, text, think_end=kw["think_end"])
+                _print_reply(session, text, think_end=cfg.think_end)
             except ContextFullError as e:
                 click.echo(f"\n{e}", err=True)
 
@@ -287,7 +285,7 @@ def solve(ctx: click.Context, model: str, problems: str, output: str, samples: i
     bar = _Bar(min(len(items), limit or len(items)) * samples)
     with _StopFlag() as stop:
         progress = solving.solve(model, items, output, cfg, opts, template=template,
-                                 think_end=kw["think_end"], on_progress=bar.update,
+                                 on_progress=bar.update,
                                  should_stop=lambda: stop.set, verbose=kw["verbose"])
     bar.close()
     elapsed = time.perf_counter() - progress.start if progress.start else 0.0

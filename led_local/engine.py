@@ -179,12 +179,12 @@ class Engine:
         self.rt.seq_rm(slot, -1, -1)
         self._cached.pop(slot, None)
 
-    def start(self, seq: Sequence, n_prompt: int, *, think_end: str) -> None:
+    def start(self, seq: Sequence, n_prompt: int) -> None:
         """Pick the first token of a sequence whose slot holds the just-prefilled prompt."""
         seq.n_past = n_prompt
-        self._pick([seq], [self._prompt_row], think_end=think_end)
+        self._pick([seq], [self._prompt_row])
 
-    def step(self, seqs: list[Sequence], *, think_end: str) -> None:
+    def step(self, seqs: list[Sequence]) -> None:
         """Decode every live sequence's pending token in one llama_decode and pick the next."""
         live = [s for s in seqs if not s.done]
         if not live:
@@ -198,10 +198,10 @@ class Engine:
         for s in live:
             self._cached.setdefault(s.slot, []).append(s.pending)
             s.n_past += 1
-        self._pick(live, list(range(len(live))), think_end=think_end)
+        self._pick(live, list(range(len(live))))
 
     # -- token choice ---------------------------------------------------------------------
-    def _pick(self, seqs: list[Sequence], rows: list[int], *, think_end: str) -> None:
+    def _pick(self, seqs: list[Sequence], rows: list[int]) -> None:
         """Choose each sequence's next token from output row rows[i] of the last decode
         (and, for LED and DoLa, from the states captured for those rows, in the same order)."""
         cfg = self.cfg
@@ -235,7 +235,7 @@ class Engine:
         for i, s in enumerate(seqs):
             if self.logprobs and not self.rt.is_eog(chosen[i]):
                 s.logprobs.append(token_logprob(final[i], chosen[i], temperature=temp))
-            self._accept(s, chosen[i], depth[i], think_end)
+            self._accept(s, chosen[i], depth[i])
 
     def _project(self, states: np.ndarray) -> np.ndarray:
         """(R, m, n_embd) captured states -> (R, m, V) logits in one ggml product."""
@@ -251,13 +251,14 @@ class Engine:
         z[:, 1:] = self._project(states[idx])
         return z
 
-    def _accept(self, s: Sequence, tok: int, depth: int | None, think_end: str) -> None:
+    def _accept(self, s: Sequence, tok: int, depth: int | None) -> None:
         if self.rt.is_eog(tok):  # the end-of-generation token is not part of the text
             s.finish_reason = "stop"
             return
         s.tokens.append(tok)
         s.depths.append(depth)
         s.pending = tok
+        think_end = self.cfg.think_end
         if s.in_scope and think_end:
             s._text_tail = (s._text_tail + self.rt.token_text(tok))[-(len(think_end) + 64):]
             if think_end in s._text_tail:

@@ -78,7 +78,7 @@ class Result:
 
 
 def generate_step(engine: Engine, tokens: list[int], *, max_tokens: int, seed: int,
-                  think_end: str, timing: dict | None = None) -> Iterator[Sequence]:
+                  timing: dict | None = None) -> Iterator[Sequence]:
     """Prefill ``tokens`` into slot 0, then yield the sequence after every new token."""
     if max_tokens < 1:
         raise LedError(f"--max-tokens must be >= 1, got {max_tokens}")
@@ -86,18 +86,18 @@ def generate_step(engine: Engine, tokens: list[int], *, max_tokens: int, seed: i
     engine.prefill(0, tokens)
     t1 = time.perf_counter()
     seq = engine.new_sequence(0, seed=(seed,), max_tokens=max_tokens)
-    engine.start(seq, len(tokens), think_end=think_end)
+    engine.start(seq, len(tokens))
     if timing is not None:
         timing.update(prompt_s=t1 - t0, start=t1)
     while True:
         yield seq
         if seq.done:
             return
-        engine.step([seq], think_end=think_end)
+        engine.step([seq])
 
 
 def stream_generate(engine: Engine, tokens: list[int], *, max_tokens: int, seed: int,
-                    think_end: str, timing: dict | None = None) -> Iterator[Piece]:
+                    timing: dict | None = None) -> Iterator[Piece]:
     """Yield a Piece per emitted token; the text is UTF-8-safe (split characters wait).
 
     ``timing``, when given, receives prompt_s, start and, at the end, finish_reason.
@@ -105,8 +105,7 @@ def stream_generate(engine: Engine, tokens: list[int], *, max_tokens: int, seed:
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     seen = 0
     seq = None
-    for seq in generate_step(engine, tokens, max_tokens=max_tokens, seed=seed,
-                             think_end=think_end, timing=timing):
+    for seq in generate_step(engine, tokens, max_tokens=max_tokens, seed=seed, timing=timing):
         while seen < len(seq.tokens):
             tok = seq.tokens[seen]
             text = decoder.decode(engine.rt.token_bytes(tok))
@@ -120,13 +119,12 @@ def stream_generate(engine: Engine, tokens: list[int], *, max_tokens: int, seed:
         timing["finish_reason"] = seq.finish_reason
 
 
-def generate(engine: Engine, tokens: list[int], *, max_tokens: int, seed: int,
-             think_end: str = "</think>") -> Result:
+def generate(engine: Engine, tokens: list[int], *, max_tokens: int, seed: int) -> Result:
     """Generate to the end and return the record (text, tokens, LED stats, timing)."""
     timing: dict = {}
     seq = None
     for seq in generate_step(engine, tokens, max_tokens=max_tokens, seed=seed,  # noqa: B007
-                             think_end=think_end, timing=timing):
+                             timing=timing):
         pass
     decode_s = time.perf_counter() - timing["start"]
     text = b"".join(engine.rt.token_bytes(t) for t in seq.tokens).decode("utf-8", "replace")

@@ -35,6 +35,7 @@ class DecodeConfig:
     min_p: float = 0.0
     led: LEDConfig = field(default_factory=LEDConfig)
     dola_layers: str = "high"
+    think_end: str = "</think>"  # LED's scope ends here; solve reads the answer after it
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -62,7 +63,7 @@ class DecodeConfig:
         elif self.method == "led":
             d = asdict(self.led)
             d.pop("temperature")
-            p.update({f"led_{k}": v for k, v in d.items()})
+            p.update({f"led_{k}": v for k, v in d.items()}, led_think_end=self.think_end)
         elif self.method == "dola":
             p.update(dola_layers=self.dola_layers)
         if self.method == "greedy":

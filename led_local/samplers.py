@@ -35,7 +35,6 @@ class LEDConfig:
     candidates: int = 8
     exploit: bool = True
     norm: bool = False
-    think_end: str = "</think>"
 
     def __post_init__(self) -> None:
         if not np.isfinite(self.temperature) or self.temperature < 0:

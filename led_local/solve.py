@@ -85,7 +85,6 @@ def solve(
     opts: SolveOptions,
     *,
     template: str,
-    think_end: str = "</think>",
     on_progress: Callable[[Progress], None] = lambda p: None,
     should_stop: Callable[[], bool] = lambda: False,
     verbose: bool = False,
@@ -123,10 +122,10 @@ def solve(
                 on_progress(progress)
 
             for fin in run_jobs(engine, jobs, parallel=parallel, max_tokens=opts.max_tokens,
-                                seed=opts.seed, think_end=think_end, should_stop=should_stop,
+                                seed=opts.seed, should_stop=should_stop,
                                 on_step=step):
                 problem = by_id[fin.job.key]
-                rec = _record(engine, fin, problem, fp, think_end, grader, opts.logprobs)
+                rec = _record(engine, fin, problem, fp, grader, opts.logprobs)
                 run.append(rec)
                 progress.done += 1
                 if rec["correct"] is not None:
@@ -139,11 +138,11 @@ def solve(
     return progress
 
 
-def _record(engine: Engine, fin, problem: Problem, fp: dict, think_end: str,
-            grader: Grader, logprobs: bool) -> dict:
+def _record(engine: Engine, fin, problem: Problem, fp: dict, grader: Grader,
+            logprobs: bool) -> dict:
     seq = fin.seq
     text = b"".join(engine.rt.token_bytes(t) for t in seq.tokens).decode("utf-8", "replace")
-    answer = extract_answer(text, think_end=think_end or "</think>")
+    answer = extract_answer(text, think_end=engine.cfg.think_end or "</think>")
     rec = {
         "problem_id": problem.id,
         "sample": fin.job.sample,

@@ -13,15 +13,16 @@ from led_local.samplers import LEDConfig
 QUESTION = "What is 15 + 27? Answer briefly."
 
 
-def _run(path, cfg, *, seed, max_tokens=24, capture="auto", think_end="</think>"):
+def _run(path, cfg, *, seed, max_tokens=24, capture="auto"):
     with Engine(path, cfg, n_ctx=512, capture=capture) as e:
         toks = prompt_tokens(e, QUESTION)
-        return generate(e, toks, max_tokens=max_tokens, seed=seed, think_end=think_end)
+        return generate(e, toks, max_tokens=max_tokens, seed=seed)
 
 
-def _led(**kw) -> DecodeConfig:
+def _led(think_end: str = "</think>", **kw) -> DecodeConfig:
     t = kw.pop("temperature", 0.6)
-    return DecodeConfig(method="led", temperature=t, led=LEDConfig(temperature=t, **kw))
+    return DecodeConfig(method="led", temperature=t, led=LEDConfig(temperature=t, **kw),
+                        think_end=think_end)
 
 
 def test_greedy_method_is_deterministic(smollm2):
@@ -64,8 +65,8 @@ def test_led_depths_are_valid_indices(smollm2):
 
 def test_no_exploration_after_the_think_end_marker(smollm2):
     # SmolLM2 does not think; let its first space end the scope instead of </think>
-    with Engine(smollm2, _led(exploit=False), n_ctx=512) as e:
-        r = generate(e, prompt_tokens(e, QUESTION), max_tokens=40, seed=4, think_end=" ")
+    with Engine(smollm2, _led(exploit=False, think_end=" "), n_ctx=512) as e:
+        r = generate(e, prompt_tokens(e, QUESTION), max_tokens=40, seed=4)
         text = b""
         end = None
         for i, tok in enumerate(r.tokens):

@@ -240,7 +240,7 @@ def test_k_equal_to_vocabulary():
 def test_config_defaults_are_the_reference_ones():
     cfg = LEDConfig()
     assert (cfg.temperature, cfg.depths, cfg.candidates) == (0.6, 8, 8)
-    assert cfg.exploit and not cfg.norm and cfg.think_end == "</think>"
+    assert cfg.exploit and not cfg.norm
 
 
 @pytest.mark.parametrize(("field", "value"), [
