@@ -157,6 +157,14 @@ class LayerInputCapture:
         return out
 
 
+def _layer_inp_ok(info) -> bool:
+    """Whether this build and architecture can use the layer-input export."""
+    from led_local.gguf_info import LAYER_INP_ARCHITECTURES
+
+    patched = native.layer_inp_patch_version() is not None
+    return patched and info.architecture in LAYER_INP_ARCHITECTURES
+
+
 def make_capture(info, layers: list[int], *, prefer: str = "auto"):
     """The capture for this build and architecture: ``prefer`` is auto, callback or layer-inp.
 
@@ -165,8 +173,7 @@ def make_capture(info, layers: list[int], *, prefer: str = "auto"):
     """
     from led_local.gguf_info import LAYER_INP_ARCHITECTURES
 
-    patched = native.layer_inp_patch_version() is not None
-    layer_inp_ok = patched and info.architecture in LAYER_INP_ARCHITECTURES
+    layer_inp_ok = _layer_inp_ok(info)
     if prefer == "layer-inp" and not layer_inp_ok:
         raise UnsupportedModelError(
             "--capture layer-inp needs led-local's patched llama.cpp (make install) and one of "
@@ -179,9 +186,6 @@ def make_capture(info, layers: list[int], *, prefer: str = "auto"):
 
 def capture_path(info) -> str:
     """Which capture ``make_capture(info, ...)`` picks by default, for ``led-local info``."""
-    from led_local.gguf_info import LAYER_INP_ARCHITECTURES
-
-    patched = native.layer_inp_patch_version() is not None
-    if patched and info.architecture in LAYER_INP_ARCHITECTURES:
+    if _layer_inp_ok(info):
         return "layer-inp (patched llama.cpp)"
     return "eval-callback (stock llama.cpp)"

@@ -233,9 +233,7 @@ class Engine:
             chosen = [s.sampler.sample(self.rt.ctx, r) for s, r in zip(seqs, rows)]
         temp = 0.0 if cfg.method == "greedy" else cfg.temperature
         for i, s in enumerate(seqs):
-            if self.logprobs and not self.rt.is_eog(chosen[i]):
-                s.logprobs.append(token_logprob(final[i], chosen[i], temperature=temp))
-            self._accept(s, chosen[i], depth[i])
+            self._accept(s, chosen[i], depth[i], final[i] if self.logprobs else None, temp)
 
     def _project(self, states: np.ndarray) -> np.ndarray:
         """(R, m, n_embd) captured states -> (R, m, V) logits in one ggml product."""
@@ -251,12 +249,17 @@ class Engine:
         z[:, 1:] = self._project(states[idx])
         return z
 
-    def _accept(self, s: Sequence, tok: int, depth: int | None) -> None:
+    def _accept(self, s: Sequence, tok: int, depth: int | None, final: np.ndarray | None,
+                temperature: float) -> None:
+        """Append ``tok`` (unless it ends generation), its depth and, given the final logits,
+        its log-probability; update the thinking scope and the stop condition."""
         if self.rt.is_eog(tok):  # the end-of-generation token is not part of the text
             s.finish_reason = "stop"
             return
         s.tokens.append(tok)
         s.depths.append(depth)
+        if final is not None:
+            s.logprobs.append(token_logprob(final, tok, temperature=temperature))
         s.pending = tok
         think_end = self.cfg.think_end
         if s.in_scope and think_end:

@@ -150,14 +150,9 @@ def inspect_model(path: str | os.PathLike) -> ModelInfo:
 
 
 def read_tensors(path: str | os.PathLike, names: list[str]) -> dict[str, np.ndarray]:
-    """Tensors of the file dequantized to float32, numpy shape = reversed ggml ne.
-
-    Uses ggml's own converters (bit-identical to llama.cpp's) and falls back to ``gguf``'s
-    numpy dequantizer when the loaded build lacks them.
-    """
+    """Small tensors of the file (norms, biases) dequantized to float32, numpy shape =
+    reversed ggml ne. The LM head itself never passes here: ``head`` uses it as stored."""
     from gguf.quants import dequantize
-
-    from led_local import native
 
     g = GGUFFile(path)
     out = {}
@@ -165,9 +160,7 @@ def read_tensors(path: str | os.PathLike, names: list[str]) -> dict[str, np.ndar
         if name not in g.tensors:
             raise LedError(f"tensor {name} not found in {path}")
         t = g.tensors[name]
-        raw = g.tensor_bytes(name)
-        arr = native.dequantize(raw, t.ggml_type, int(np.prod(t.shape)))
-        if arr is None:
-            arr = dequantize(raw.reshape(t.shape[:-1] + (-1,)), GGMLQuantizationType(t.ggml_type))
+        raw = g.tensor_bytes(name).reshape(t.shape[:-1] + (-1,))
+        arr = dequantize(raw, GGMLQuantizationType(t.ggml_type))
         out[name] = np.ascontiguousarray(arr, dtype=np.float32).reshape(t.shape)
     return out

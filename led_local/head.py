@@ -22,8 +22,6 @@ from led_local import native
 from led_local.gguf_file import GGUFFile
 from led_local.gguf_info import ModelInfo, read_tensors
 
-GGML_F32 = 0
-
 
 class LMHead:
     """Projects hidden states (n, n_embd) to logits (n, V) exactly as the model's graph does
@@ -83,7 +81,7 @@ class LMHead:
         ctx = native.ggml_init(native.InitParams(self._scratch.size, self._scratch.ctypes.data,
                                                  False))
         try:
-            xt = native.ggml_new_tensor_2d(ctx, GGML_F32, k, m)
+            xt = native.ggml_new_tensor_2d(ctx, native.GGML_TYPE_F32, k, m)
             ctypes.memmove(native.GGMLTensor.from_address(xt).data, x.ctypes.data, x.nbytes)
             y = native.ggml_mul_mat(ctx, self._w, xt)
             graph = native.ggml_new_graph(ctx)

@@ -18,7 +18,6 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import llama_cpp
-import numpy as np
 from llama_cpp import _ggml
 
 GGML_MAX_DIMS = 4
@@ -77,46 +76,6 @@ _tensor_get.restype = None
 def tensor_get(tensor: int, dst: int, offset: int, size: int) -> None:
     """Copy ``size`` bytes at ``offset`` of a ggml tensor (any backend) to host address ``dst``."""
     _tensor_get(tensor, dst, offset, size)
-
-
-class _TypeTraits(ctypes.Structure):
-    """Mirror of ``struct ggml_type_traits`` (ggml.h)."""
-
-    _fields_ = [
-        ("type_name", ctypes.c_char_p),
-        ("blck_size", ctypes.c_int64),
-        ("blck_size_interleave", ctypes.c_int64),
-        ("type_size", ctypes.c_size_t),
-        ("is_quantized", ctypes.c_bool),
-        ("to_float", ctypes.c_void_p),
-        ("from_float_ref", ctypes.c_void_p),
-    ]
-
-
-# const struct ggml_type_traits * ggml_get_type_traits(enum ggml_type type);
-_type_traits = _symbol(_ggml.libggml, ["ggml_get_type_traits"])
-if _type_traits is not None:
-    _type_traits.argtypes = [ctypes.c_int]
-    _type_traits.restype = ctypes.POINTER(_TypeTraits)
-# typedef void (*ggml_to_float_t)(const void * x, float * y, int64_t k);
-_ToFloat = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
-
-
-def dequantize(raw: np.ndarray, ggml_type: int, n_values: int) -> np.ndarray | None:
-    """ggml's own row conversion of ``raw`` (the tensor's bytes) to float32, or None when this
-    build lacks it. Bit-identical to what llama.cpp dequantizes, and fast (C, no Python loop)."""
-    if _type_traits is None:
-        return None
-    traits = _type_traits(ggml_type).contents
-    out = np.empty(n_values, np.float32)
-    src = np.ascontiguousarray(raw)
-    if ggml_type == GGML_TYPE_F32:
-        out[:] = src.view(np.float32).reshape(-1)[:n_values]
-        return out
-    if not traits.to_float:
-        return None
-    _ToFloat(traits.to_float)(src.ctypes.data, out.ctypes.data, n_values)
-    return out
 
 
 class InitParams(ctypes.Structure):

@@ -83,7 +83,7 @@ def format_passk(report: dict, ks: list[int]) -> str:
     acc = pct(report["mean_accuracy"], report["mean_accuracy_se"])
     lines.append(f"mean accuracy (pass@1)  {acc}")
     for k in ks:
-        skipped = report["skipped"].get(k) or report["skipped"].get(str(k)) or []
+        skipped = report["skipped"].get(k) or []
         note = f"   ({len(skipped)} problems with < {k} samples left out)" if skipped else ""
         value = pct(report[f"pass@{k}"], report[f"pass@{k}_se"])
         lines.append(f"pass@{k:<3}                 {value}{note}")
@@ -109,7 +109,7 @@ def format_compare(report: dict, ks: list[int]) -> str:
              f"{int(100 * report['ci'])}% bootstrap CI over problems",
              f"{'':8}{'A':>9}{'B':>9}{'B - A':>9}   CI"]
     for k in ks:
-        row = report["per_k"].get(k) or report["per_k"].get(str(k))
+        row = report["per_k"].get(k)
         if row is None or row["pass@k_a"] is None:
             lines.append(f"pass@{k:<3} n/a (no problem has {k} samples in both runs)")
             continue

@@ -187,9 +187,6 @@ class Runtime:
             raise LedError(f"the model's chat template failed: {e}") from None
 
     # -- decoding -------------------------------------------------------------------------
-    def clear(self) -> None:
-        llama_cpp.llama_memory_clear(self.memory, True)
-
     def seq_rm(self, seq: int, p0: int = -1, p1: int = -1) -> None:
         llama_cpp.llama_memory_seq_rm(self.memory, seq, p0, p1)
 
@@ -220,7 +217,3 @@ class Runtime:
         """A copy of output row ``row``'s logits (V,) float32 from the last decode."""
         ptr = llama_cpp.llama_get_logits_ith(self.ctx, row)
         return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy()
-
-    def logits_into(self, row: int, out: np.ndarray) -> None:
-        ptr = llama_cpp.llama_get_logits_ith(self.ctx, row)
-        out[...] = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
