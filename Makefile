@@ -24,16 +24,29 @@ else ifeq ($(BACKEND),metal)
 else
   $(error BACKEND must be cpu, cuda or metal, not '$(BACKEND)')
 endif
+# AMX: ggml's AMX buffer type crashes (SIGSEGV at ldtilecfg) on Intel CPUs with AMX, so on x86
+# the CPU backend is compiled without the AMX instructions even where -march=native has them;
+# the other extra buffer types (the repack kernels) stay. AMX=1 builds it in anyway.
+AMX     ?= 0
+ARCH    := $(shell uname -m)
+ifeq ($(AMX),1)
+  NO_AMX_FLAGS :=
+else ifneq ($(filter x86_64 amd64 AMD64 i386 i686,$(ARCH)),)
+  NO_AMX_FLAGS := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
+else
+  NO_AMX_FLAGS :=
+endif
 CMAKE_ARGS := $(BACKEND_CMAKE) -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF \
-              -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
-# The build key changes with the version, the backend and every patch's bytes.
-BUILD_KEY = $(shell cat $(PATCHES) /dev/null | sha256sum | cut -c1-16)-$(LLAMA_CPP_PYTHON_VERSION)-$(BACKEND)
+              -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF \
+              $(if $(NO_AMX_FLAGS),-DCMAKE_C_FLAGS='$(NO_AMX_FLAGS)' -DCMAKE_CXX_FLAGS='$(NO_AMX_FLAGS)')
+# The build key changes with the version, the backend, the AMX choice and every patch's bytes.
+BUILD_KEY = $(shell cat $(PATCHES) /dev/null | sha256sum | cut -c1-16)-$(LLAMA_CPP_PYTHON_VERSION)-$(BACKEND)-amx$(AMX)
 
 SMOLLM2 := models/SmolLM2-135M-Instruct.Q4_1.gguf
 GEMMA3  := models/gemma-3-270m-q4_k_m.gguf
 MODEL   ?= $(SMOLLM2)
 
-.PHONY: install models demo test bench lint clean
+.PHONY: install models demo test bench lint clean build-flags
 
 install: $(VENV)/.led-local
 
@@ -85,7 +98,7 @@ $(GEMMA3):
 	cd models && grep " $(notdir $@)$$" SHA256SUMS | sed 's/$$/.part/' | sha256sum -c --quiet
 	mv $@.part $@
 
-DATASET      ?= ../shared/datasets/gsm8k_test.jsonl
+DATASET      ?= gsm8k
 DEMO_OPTS    ?= -n 4 --limit 8 --max-tokens 256 --parallel 16
 DEMO_PROMPT  := Please reason step by step, and put your final answer within \\boxed{}. \
     A baker makes 24 muffins, sells 15 and bakes 9 more. How many muffins does she have?
@@ -103,6 +116,10 @@ test: install models
 
 bench: install models
 	$(PY) bench/bench.py $(MODEL)
+
+# What the C/C++ compilers of the llama.cpp build get (a test checks the AMX protection).
+build-flags:
+	@echo "$(NO_AMX_FLAGS)"
 
 lint: install
 	$(VENV)/bin/ruff check led_local tests bench

@@ -16,11 +16,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from led_local import native  # noqa: E402
-from led_local.engine import Engine  # noqa: E402
-from led_local.generate import generate, prompt_tokens  # noqa: E402
-from led_local.methods import DecodeConfig  # noqa: E402
-from led_local.samplers import LEDConfig  # noqa: E402
+from led_local.decoding.engine import Engine  # noqa: E402
+from led_local.decoding.generate import generate, prompt_tokens  # noqa: E402
+from led_local.decoding.methods import DecodeConfig  # noqa: E402
+from led_local.decoding.samplers import LEDConfig  # noqa: E402
+from led_local.llama import native  # noqa: E402
 
 PROMPT = ("Please reason step by step, and put your final answer within \\boxed{}. "
           "A farmer has 17 sheep and buys 3 more pens of 12 sheep each. He then sells a third "
@@ -75,8 +75,8 @@ def bench_batch(model: str, problems: str, *, n_problems: int, samples: int, max
     """solve's generated tokens/s at --parallel 16 and 1, for sample and for LED."""
     import tempfile
 
-    from led_local.problems import REFERENCE_PROMPT, load_problems
-    from led_local.solve import SolveOptions, solve
+    from led_local.eval.problems import REFERENCE_PROMPT, load_problems
+    from led_local.eval.solve import SolveOptions, solve
 
     items = load_problems(problems)[:n_problems]
     rates: dict[tuple[str, int], float] = {}
@@ -108,8 +108,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--problems", default=str(Path(__file__).resolve().parents[2] / "shared" /
-                                              "datasets" / "gsm8k_test.jsonl"))
+    ap.add_argument("--problems", default="gsm8k", help="problem file or bundled set name")
     ap.add_argument("--n-problems", type=int, default=4)
     ap.add_argument("--samples", type=int, default=16)
     ap.add_argument("--max-tokens", type=int, default=192)

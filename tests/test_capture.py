@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from tinymodel import forward, write_tiny_llama
 
-from led_local import native
-from led_local.capture import CallbackCapture, LayerInputCapture, make_capture, tensor_name
 from led_local.errors import UnsupportedModelError
-from led_local.gguf_info import inspect_model
-from led_local.runtime import Runtime
+from led_local.llama import native
+from led_local.llama.capture import CallbackCapture, LayerInputCapture, make_capture, tensor_name
+from led_local.llama.gguf_info import inspect_model
+from led_local.llama.runtime import Runtime
 
 CAPTURES = [CallbackCapture, LayerInputCapture]
 # llama.cpp's default KV cache is F16 and its CPU flash attention rounds through F16

@@ -1,4 +1,4 @@
-"""DoLa (led_local/dola.py) against an independent numpy transcription of Hugging Face
+"""DoLa (led_local/decoding/dola.py) against an independent numpy transcription of Hugging Face
 transformers' ``_dola_select_contrast`` / ``_relative_top_filter`` and its layer choice."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from led_local import dola
-from led_local.gguf_info import ModelInfo
+from led_local.decoding import dola
+from led_local.llama.gguf_info import ModelInfo
 
 CHI2_LIMIT = 30.0  # p < 1e-3 for up to 10 degrees of freedom
 
@@ -213,7 +213,7 @@ def model_info(n_layer: int, tied: bool) -> ModelInfo:
         path=Path("tiny.gguf"), name="tiny", architecture="llama", n_layer=n_layer, n_embd=8,
         n_vocab=16, head_tensor="token_embd.weight" if tied else "output.weight",
         head_type="F32", tied=tied, chat_template=None, norm_eps=1e-5, final_softcap=0.0,
-        logit_scale=1.0, has_output_bias=False, norm_is_layernorm=False,
+        logit_scale=1.0, has_output_bias=False, norm_is_layernorm=False, gguf=None,
     )
 
 

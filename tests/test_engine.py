@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from led_local import native
-from led_local.engine import Engine
-from led_local.generate import generate, prompt_tokens
-from led_local.methods import DecodeConfig
-from led_local.samplers import LEDConfig
+from led_local.decoding.engine import Engine
+from led_local.decoding.generate import generate, prompt_tokens
+from led_local.decoding.methods import DecodeConfig
+from led_local.decoding.samplers import LEDConfig
+from led_local.llama import native
 
 QUESTION = "What is 15 + 27? Answer briefly."
 

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from led_local.errors import LedError
-from led_local.grading import Grader, extract_answer, split_thinking
+from led_local.eval.grading import Grader, extract_answer, split_thinking
 
 
 def test_split_thinking_uses_last_marker():

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from led_local.capture import CallbackCapture, LayerInputCapture
-from led_local.gguf_info import inspect_model
-from led_local.head import LMHead
-from led_local.runtime import Runtime
+from led_local.llama.capture import CallbackCapture, LayerInputCapture
+from led_local.llama.gguf_info import inspect_model
+from led_local.llama.head import LMHead
+from led_local.llama.runtime import Runtime
 
 PROMPT = "Question: what is 17 times 3? Answer step by step."
 

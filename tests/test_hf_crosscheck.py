@@ -28,11 +28,11 @@ transformers = pytest.importorskip(
 pytest.importorskip("accelerate", reason="transformers needs accelerate to load a GGUF")
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
 
-from led_local import native  # noqa: E402
-from led_local.capture import CallbackCapture, LayerInputCapture  # noqa: E402
-from led_local.gguf_info import inspect_model  # noqa: E402
-from led_local.head import LMHead  # noqa: E402
-from led_local.runtime import Runtime  # noqa: E402
+from led_local.llama import native  # noqa: E402
+from led_local.llama.capture import CallbackCapture, LayerInputCapture  # noqa: E402
+from led_local.llama.gguf_info import inspect_model  # noqa: E402
+from led_local.llama.head import LMHead  # noqa: E402
+from led_local.llama.runtime import Runtime  # noqa: E402
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 TEXT = (

@@ -8,7 +8,7 @@ from fractions import Fraction
 import pytest
 
 from led_local.errors import LedError
-from led_local.passk import paired_compare, pass_at_k, plot_pass_at_k, summarize
+from led_local.eval.passk import paired_compare, pass_at_k, plot_pass_at_k, summarize
 
 
 def exact_pass_at_k(n: int, c: int, k: int) -> Fraction:

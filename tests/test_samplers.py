@@ -1,5 +1,6 @@
-"""LED sampler (led_local/samplers.py) on tiny hand-made distributions: every expected value
-comes from plain-Python math written here from LED.md, never from the module's own helpers."""
+"""LED sampler (led_local/decoding/samplers.py) on tiny hand-made distributions: every
+expected value comes from plain-Python math written here from LED.md, never from the
+module's own helpers."""
 
 from __future__ import annotations
 
@@ -9,8 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from led_local.errors import LedError
-from led_local.samplers import (
+from led_local.decoding.samplers import (
     LEDConfig,
     led_base,
     led_explore,
@@ -18,6 +18,7 @@ from led_local.samplers import (
     token_logprob,
     top_candidates,
 )
+from led_local.errors import LedError
 
 # d = 3 depths, V = 5 tokens; depth 0 is the final layer.
 Z = [

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from led_local.cli import main
 from led_local.errors import LedError
-from led_local.problems import load_problems
+from led_local.eval.problems import load_problems
 
 ROOT = Path(__file__).resolve().parent.parent
 GSM8K = Path(__file__).resolve().parent / "data" / "gsm8k-3.jsonl"  # GSM8K test, MIT licence
@@ -78,10 +78,10 @@ def test_rerun_resumes_and_repairs_a_torn_line(smollm2, problems, tmp_path):
 
 
 def test_interrupted_run_leaves_a_valid_file_and_resumes(smollm2, problems, tmp_path):
-    from led_local.methods import DecodeConfig
-    from led_local.problems import REFERENCE_PROMPT
-    from led_local.solve import SolveOptions
-    from led_local.solve import solve as solve_api
+    from led_local.decoding.methods import DecodeConfig
+    from led_local.eval.problems import REFERENCE_PROMPT
+    from led_local.eval.solve import SolveOptions
+    from led_local.eval.solve import solve as solve_api
 
     out = tmp_path / "stop.jsonl"
     items = load_problems(problems)

@@ -17,9 +17,9 @@ from typing import Any
 import llama_cpp
 import numpy as np
 
-from led_local import native
 from led_local.errors import ContextFullError, LedError
-from led_local.gguf_info import ModelInfo, inspect_model
+from led_local.llama import native
+from led_local.llama.gguf_info import ModelInfo, inspect_model
 
 _backend_ready = False
 

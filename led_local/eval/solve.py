@@ -13,14 +13,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from led_local.batch import Job, context_size, run_jobs
-from led_local.engine import Engine
+from led_local.decoding.batch import Job, context_size, run_jobs
+from led_local.decoding.engine import Engine
+from led_local.decoding.methods import DecodeConfig
 from led_local.errors import LedError
-from led_local.grading import Grader, extract_answer
-from led_local.methods import DecodeConfig
-from led_local.problems import Problem, render
-from led_local.runfile import RunFile
-from led_local.runtime import Runtime
+from led_local.eval.grading import Grader, extract_answer
+from led_local.eval.problems import Problem, render
+from led_local.eval.runfile import RunFile
+from led_local.llama.gguf_info import ModelInfo, model_info
+from led_local.llama.runtime import Runtime
 
 
 @dataclass(frozen=True)
@@ -62,10 +63,10 @@ class Progress:
     last: dict | None = None
 
 
-def fingerprint(model: str | os.PathLike, cfg: DecodeConfig, opts: SolveOptions,
+def fingerprint(model: str | os.PathLike | ModelInfo, cfg: DecodeConfig, opts: SolveOptions,
                 template: str) -> dict:
     """The fields that must agree for a run file to be resumed."""
-    p = Path(model)
+    p = Path(model.path if isinstance(model, ModelInfo) else model)
     return {
         "model": f"{p.name}:{p.stat().st_size}",
         "method": cfg.method,
@@ -78,7 +79,7 @@ def fingerprint(model: str | os.PathLike, cfg: DecodeConfig, opts: SolveOptions,
 
 
 def solve(
-    model: str | os.PathLike,
+    model: str | os.PathLike | ModelInfo,
     problems: list[Problem],
     out: str | os.PathLike,
     cfg: DecodeConfig,
@@ -91,7 +92,8 @@ def solve(
 ) -> Progress:
     """Generate, grade and append every missing (problem, sample) record of the run ``out``."""
     problems = problems[: opts.limit] if opts.limit else problems
-    fp = fingerprint(model, cfg, opts, template)
+    info = model_info(model)
+    fp = fingerprint(info, cfg, opts, template)
     run = RunFile(out, fp, force=opts.force)  # validates before anything is written
     wanted = [(p, i) for p in problems for i in range(opts.samples)]
     todo = [(p, i) for p, i in wanted if (p.id, i) not in run.done]
@@ -103,12 +105,12 @@ def solve(
     if not todo:
         return progress
     # size the shared context from the prompts actually left to run (vocabulary-only load)
-    with Runtime(model, vocab_only=True, verbose=verbose) as vocab:
+    with Runtime(info.path, info=info, vocab_only=True, verbose=verbose) as vocab:
         prompts = {p.id: tuple(vocab.tokenize(vocab.apply_chat_template(
             [{"role": "user", "content": render(template, p)}]))) for p, _ in todo}
     longest = max(len(t) for t in prompts.values())
     parallel = min(opts.parallel, len(todo))
-    engine = Engine(model, cfg, n_ctx=context_size(parallel, longest, opts.max_tokens),
+    engine = Engine(info, cfg, n_ctx=context_size(parallel, longest, opts.max_tokens),
                     n_seq=parallel + 1, threads=opts.threads, capture=opts.capture,
                     logprobs=opts.logprobs, verbose=verbose, batch_invariant=True)
     by_id = {p.id: p for p in problems}

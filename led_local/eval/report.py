@@ -7,8 +7,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from led_local.errors import LedError
-from led_local.passk import paired_compare, summarize
-from led_local.runfile import read_records
+from led_local.eval.passk import paired_compare, summarize
+from led_local.eval.runfile import read_records
 
 DEFAULT_KS = (1, 2, 4, 8, 16)
 

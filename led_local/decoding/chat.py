@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from led_local.engine import Engine
+from led_local.decoding.engine import Engine
+from led_local.decoding.generate import Piece, stream_generate
 from led_local.errors import ContextFullError
-from led_local.generate import Piece, stream_generate
 
 
 class ChatSession:

@@ -22,8 +22,8 @@ import ctypes
 
 import numpy as np
 
-from led_local import native
 from led_local.errors import UnsupportedModelError
+from led_local.llama import native
 
 
 def tensor_name(h: int, architecture: str) -> str:
@@ -159,7 +159,7 @@ class LayerInputCapture:
 
 def _layer_inp_ok(info) -> bool:
     """Whether this build and architecture can use the layer-input export."""
-    from led_local.gguf_info import LAYER_INP_ARCHITECTURES
+    from led_local.llama.gguf_info import LAYER_INP_ARCHITECTURES
 
     patched = native.layer_inp_patch_version() is not None
     return patched and info.architecture in LAYER_INP_ARCHITECTURES
@@ -171,7 +171,7 @@ def make_capture(info, layers: list[int], *, prefer: str = "auto"):
     auto picks the layer-input export on the patched build for architectures whose graph
     registers block inputs there, and the eval callback otherwise.
     """
-    from led_local.gguf_info import LAYER_INP_ARCHITECTURES
+    from led_local.llama.gguf_info import LAYER_INP_ARCHITECTURES
 
     layer_inp_ok = _layer_inp_ok(info)
     if prefer == "layer-inp" and not layer_inp_ok:

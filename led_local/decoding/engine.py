@@ -14,14 +14,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from led_local import dola
-from led_local.capture import make_capture
+from led_local.decoding import dola
+from led_local.decoding.methods import DecodeConfig, LlamaSampler, seed_sequence
+from led_local.decoding.samplers import led_base, led_explore, token_logprob
 from led_local.errors import LedError
-from led_local.gguf_info import inspect_model
-from led_local.head import LMHead
-from led_local.methods import DecodeConfig, LlamaSampler, seed_sequence
-from led_local.runtime import Runtime, default_threads
-from led_local.samplers import led_base, led_explore, token_logprob
+from led_local.llama.capture import make_capture
+from led_local.llama.gguf_info import ModelInfo, model_info
+from led_local.llama.head import LMHead
+from led_local.llama.runtime import Runtime, default_threads
 
 
 @dataclass
@@ -62,7 +62,7 @@ class Engine:
 
     def __init__(
         self,
-        model: str | os.PathLike,
+        model: str | os.PathLike | ModelInfo,
         cfg: DecodeConfig,
         *,
         n_ctx: int = 4096,
@@ -74,7 +74,7 @@ class Engine:
         verbose: bool = False,
         batch_invariant: bool = False,
     ) -> None:
-        self.info = inspect_model(model)
+        self.info = model_info(model)
         self.cfg = cfg
         self.logprobs = logprobs
         self.head: LMHead | None = None

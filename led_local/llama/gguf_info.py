@@ -7,14 +7,14 @@ LedError instead of a crash inside llama.cpp.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from gguf.constants import GGMLQuantizationType
 
 from led_local.errors import LedError, UnsupportedModelError
-from led_local.gguf_file import ArrayInfo, GGUFFile
+from led_local.llama.gguf_file import ArrayInfo, GGUFFile
 
 GGUF_MAGIC = b"GGUF"
 
@@ -51,6 +51,8 @@ class ModelInfo:
     logit_scale: float  # 1 = none; granite divides by it, command-r/cohere2 multiply
     has_output_bias: bool
     norm_is_layernorm: bool
+    # the parsed file, kept so that nothing parses it again (its map holds the head's bytes)
+    gguf: GGUFFile = field(repr=False, compare=False)
 
     @property
     def led_supported(self) -> bool:
@@ -102,6 +104,12 @@ def _check_file(path: Path) -> None:
         raise LedError(f"not a GGUF file (bad magic {magic!r}): {path}")
 
 
+def model_info(model: str | os.PathLike | ModelInfo) -> ModelInfo:
+    """``model`` itself when it was read already, else ``inspect_model(model)``: a command
+    reads each model file's metadata once and hands the ModelInfo down."""
+    return model if isinstance(model, ModelInfo) else inspect_model(model)
+
+
 def inspect_model(path: str | os.PathLike) -> ModelInfo:
     """Read and validate a GGUF file's metadata and tensor table.
 
@@ -146,19 +154,19 @@ def inspect_model(path: str | os.PathLike) -> ModelInfo:
         logit_scale=float(f.get(f"{arch}.logit_scale", 1.0) or 1.0),
         has_output_bias="output.bias" in g.tensors,
         norm_is_layernorm="output_norm.bias" in g.tensors,
+        gguf=g,
     )
 
 
-def read_tensors(path: str | os.PathLike, names: list[str]) -> dict[str, np.ndarray]:
+def read_tensors(g: GGUFFile, names: list[str]) -> dict[str, np.ndarray]:
     """Small tensors of the file (norms, biases) dequantized to float32, numpy shape =
     reversed ggml ne. The LM head itself never passes here: ``head`` uses it as stored."""
     from gguf.quants import dequantize
 
-    g = GGUFFile(path)
     out = {}
     for name in names:
         if name not in g.tensors:
-            raise LedError(f"tensor {name} not found in {path}")
+            raise LedError(f"tensor {name} not found in {g.path}")
         t = g.tensors[name]
         raw = g.tensor_bytes(name).reshape(t.shape[:-1] + (-1,))
         arr = dequantize(raw, GGMLQuantizationType(t.ggml_type))

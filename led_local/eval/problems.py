@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 from led_local.errors import LedError
@@ -12,6 +14,25 @@ from led_local.errors import LedError
 # The reference's math prompt (LED.md), followed by the question, through the chat template.
 REFERENCE_PROMPT = ("Please reason step by step, and put your final answer within \\boxed{}."
                     "\n{question}")
+
+
+# Problem sets shipped inside the package (led_local/data), usable by name; checked by sha256.
+BUNDLED = {
+    "gsm8k": ("gsm8k.jsonl", "fe9e73ac6ed5df4a9214d344f7f643f31e53c163ca1070288ea7f1f0e38ba9cc"),
+}
+
+
+def resolve_problems(name_or_path: str | os.PathLike) -> Path:
+    """A problem file's path: an existing file as given, else a bundled set by name."""
+    p = Path(name_or_path)
+    if p.exists() or str(name_or_path) not in BUNDLED:
+        return p
+    filename, sha256 = BUNDLED[str(name_or_path)]
+    path = Path(str(resources.files("led_local") / "data" / filename))
+    if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != sha256:
+        raise LedError(f"the bundled problem set {name_or_path!r} is missing or damaged "
+                       f"({path}); reinstall led-local")
+    return path
 
 
 @dataclass(frozen=True)
@@ -30,10 +51,12 @@ def load_problems(path: str | os.PathLike) -> list[Problem]:
 
     Errors name the file and line: malformed JSON, a line that is not an object, a missing or
     non-string id/question, a duplicate id; an empty file is an error too.
+    ``path`` may also name a bundled set (``gsm8k``).
     """
-    p = Path(path)
+    p = resolve_problems(path)
     if not p.is_file():
-        raise LedError(f"problem file not found: {p}")
+        known = ", ".join(sorted(BUNDLED))
+        raise LedError(f"problem file not found: {p} (bundled sets: {known})")
     problems: list[Problem] = []
     seen: dict[str, int] = {}
     with p.open(encoding="utf-8") as f:

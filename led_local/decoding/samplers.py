@@ -1,4 +1,4 @@
-"""Pure numpy samplers: Latent Exploration Decoding, exactly as ../shared/docs/LED.md states it.
+"""Pure numpy samplers: Latent Exploration Decoding, exactly as docs/LED.md states it.
 
 Everything here works on arrays of logits and an explicit ``np.random.Generator``; nothing
 knows about llama.cpp, tokenizers or global random state. Depth 0 is always the model's

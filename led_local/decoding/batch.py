@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from led_local.engine import Engine, Sequence
+from led_local.decoding.engine import Engine, Sequence
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,8 @@ import ctypes
 
 import numpy as np
 
-from led_local import native
-from led_local.gguf_file import GGUFFile
-from led_local.gguf_info import ModelInfo, read_tensors
+from led_local.llama import native
+from led_local.llama.gguf_info import ModelInfo, read_tensors
 
 
 class LMHead:
@@ -37,11 +36,11 @@ class LMHead:
         names = ["output_norm.weight"]
         names += ["output_norm.bias"] if info.norm_is_layernorm else []
         names += ["output.bias"] if info.has_output_bias else []
-        t = read_tensors(info.path, names)
+        t = read_tensors(info.gguf, names)
         self.norm_weight = t["output_norm.weight"]
         self.norm_bias = t.get("output_norm.bias")
         self.bias = t.get("output.bias")
-        self._file = GGUFFile(info.path)  # keeps the map (and so the head's bytes) alive
+        self._file = info.gguf  # keeps the map (and so the head's bytes) alive
         head = self._file.tensors[info.head_tensor]
         self.n_vocab, width = head.shape
         if width != info.n_embd:

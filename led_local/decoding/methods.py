@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass, field
 import llama_cpp
 import numpy as np
 
+from led_local.decoding.samplers import LEDConfig
 from led_local.errors import LedError
-from led_local.samplers import LEDConfig
 
 METHODS = ("led", "sample", "greedy", "dola")
 

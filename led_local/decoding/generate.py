@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from led_local.engine import Engine, Sequence
+from led_local.decoding.engine import Engine, Sequence
 from led_local.errors import LedError
 
 

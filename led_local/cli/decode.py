@@ -1,0 +1,123 @@
+"""``generate`` and ``chat``: one response, or a conversation, from a model."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from led_local.cli.common import (
+    StopFlag,
+    UserError,
+    decode_config,
+    decoding_options,
+    main,
+    model_argument,
+    open_engine,
+    user_errors,
+)
+
+
+@main.command()
+@model_argument
+@click.option("-p", "--prompt", required=True, help="The prompt (a user message unless --raw).")
+@click.option("--raw", is_flag=True, help="Use the prompt verbatim, without the chat template.")
+@click.option("--system", default=None, help="System message (chat template only).")
+@click.option("-n", "--max-tokens", type=int, default=512, show_default=True)
+@click.option("-s", "--seed", type=int, default=None, help="Random seed [default: random].")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@decoding_options
+@click.pass_context
+@user_errors
+def generate(ctx: click.Context, model: str, prompt: str, raw: bool, system: str | None,
+             max_tokens: int, seed: int | None, as_json: bool, **kw) -> None:
+    """Generate one response to PROMPT with MODEL (a GGUF file)."""
+    from led_local.decoding import generate as gen
+
+    cfg = decode_config(ctx, kw)
+    if raw and system:
+        raise UserError("--system needs the chat template; drop --raw")
+    seed = gen.new_seed() if seed is None else seed
+    with open_engine(model, cfg, kw) as engine:
+        tokens = gen.prompt_tokens(engine, prompt, raw=raw, system=system)
+        result = gen.generate(engine, tokens, max_tokens=max_tokens, seed=seed)
+    record = result.to_json()
+    if as_json:
+        click.echo(json.dumps(record, ensure_ascii=False))
+        return
+    click.echo(result.text)
+    t = record["timing"]
+    click.echo(f"[{cfg.method}] {record['n_tokens']} tokens ({result.finish_reason}), "
+               f"{t['tokens_per_s']} tokens/s, LED explored {record['led']['explored']}, "
+               f"seed {seed}", err=True)
+
+
+@main.command()
+@model_argument
+@click.option("--system", default=None, help="System message.")
+@click.option("-n", "--max-tokens", type=int, default=1024, show_default=True,
+              help="Most tokens per reply.")
+@click.option("-s", "--seed", type=int, default=None, help="Random seed [default: random].")
+@decoding_options
+@click.pass_context
+@user_errors
+def chat(ctx: click.Context, model: str, system: str | None, max_tokens: int,
+         seed: int | None, **kw) -> None:
+    """Chat with MODEL; /reset forgets the conversation, /exit (or Ctrl-D) leaves.
+
+    Replies stream as they are generated, thinking shown dim; Ctrl-C stops a reply and
+    keeps the session."""
+    from led_local.decoding.chat import ChatSession
+    from led_local.decoding.generate import new_seed
+    from led_local.errors import ContextFullError
+
+    cfg = decode_config(ctx, kw)
+    if max_tokens < 1:
+        raise UserError(f"--max-tokens must be >= 1, got {max_tokens}")
+    with open_engine(model, cfg, kw) as engine:
+        engine.rt.apply_chat_template([{"role": "user", "content": "hi"}])  # fail early
+        session = ChatSession(engine, system=system, max_tokens=max_tokens,
+                              seed=new_seed() if seed is None else seed)
+        click.echo(f"Chatting with {engine.info.name} ({cfg.method}). /reset, /exit.", err=True)
+        while True:
+            try:
+                line = click.prompt(">", prompt_suffix=" ", default="", show_default=False,
+                                    err=True)
+            except (EOFError, click.Abort):
+                click.echo("", err=True)
+                return
+            text = line.strip()
+            if text in ("/exit", "/quit"):
+                return
+            if text == "/reset":
+                session.reset()
+                click.echo("(conversation reset)", err=True)
+                continue
+            if not text:
+                continue
+            try:
+                _print_reply(session, text, think_end=cfg.think_end)
+            except ContextFullError as e:
+                click.echo(f"\n{e}", err=True)
+
+
+def _print_reply(session, text: str, *, think_end: str) -> None:
+    """Stream one reply: thinking dim, answer plain; Ctrl-C stops the reply only."""
+    thinking = None
+    shown = ""
+    with StopFlag() as stop:
+        for piece in session.send(text):
+            if thinking is None:
+                thinking = session.opened_thinking
+            shown += piece.text
+            if not thinking and shown.lstrip().startswith("<think>") and think_end:
+                thinking = True
+            click.echo(click.style(piece.text, dim=thinking), nl=False)
+            if thinking and think_end and think_end in shown:
+                thinking = False
+            if stop.set:
+                click.echo("\n(stopped)", err=True)
+                return
+    click.echo("")
+    if session.context_full():
+        click.echo("(context full: /reset to start over, or raise --ctx)", err=True)

@@ -1,0 +1,149 @@
+"""``solve``, ``passk`` and ``compare``: problem sets, run files and pass@k."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import click
+
+from led_local.cli.common import (
+    StopFlag,
+    UserError,
+    decode_config,
+    decoding_options,
+    main,
+    model_argument,
+    user_errors,
+)
+
+
+@main.command()
+@model_argument
+@click.argument("problems", type=click.Path(path_type=str))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=str),
+              help="Run file (JSONL, one record per sample); resumed when it exists.")
+@click.option("-n", "--samples", type=int, default=16, show_default=True,
+              help="Samples per problem.")
+@click.option("--parallel", type=int, default=16, show_default=True,
+              help="Sequences decoded together.")
+@click.option("--max-tokens", type=int, default=2048, show_default=True,
+              help="Most tokens per sample.")
+@click.option("--limit", type=int, default=None, help="Only the first L problems.")
+@click.option("--prompt-template", type=click.Path(path_type=str), default=None,
+              help="File with a {question} slot [default: the reference math prompt].")
+@click.option("-s", "--seed", type=int, default=0, show_default=True, help="Run seed.")
+@click.option("--logprobs", is_flag=True, help="Record each token's final-layer log-probability.")
+@click.option("--force", is_flag=True,
+              help="Start a new run over an incompatible run file (kept as a .bak).")
+@decoding_options
+@click.pass_context
+@user_errors
+def solve(ctx: click.Context, model: str, problems: str, output: str, samples: int,
+          parallel: int, max_tokens: int, limit: int | None, prompt_template: str | None,
+          seed: int, logprobs: bool, force: bool, **kw) -> None:
+    """Sample every problem of PROBLEMS (JSONL) N times with MODEL, grade, write a run file."""
+    from led_local.eval import solve as solving
+    from led_local.eval.problems import load_problems, load_template
+    from led_local.llama.gguf_info import inspect_model
+
+    cfg = decode_config(ctx, kw)
+    if ctx.get_parameter_source("n_ctx") == click.core.ParameterSource.COMMANDLINE:
+        raise UserError("--ctx does not apply to solve: the context is sized from the prompts, "
+                        "--parallel and --max-tokens")
+    opts = solving.SolveOptions(samples=samples, parallel=parallel, max_tokens=max_tokens,
+                                seed=seed, limit=limit, logprobs=logprobs, threads=kw["threads"],
+                                capture=kw["capture"], force=force)
+    info = inspect_model(model)  # read once, handed down
+    items = load_problems(problems)
+    template = load_template(prompt_template)
+    bar = _Bar(min(len(items), limit or len(items)) * samples)
+    with StopFlag() as stop:
+        progress = solving.solve(info, items, output, cfg, opts, template=template,
+                                 on_progress=bar.update,
+                                 should_stop=lambda: stop.set, verbose=kw["verbose"])
+    bar.close()
+    elapsed = time.perf_counter() - progress.start if progress.start else 0.0
+    acc = f"{100 * progress.correct / progress.graded:.1f}%" if progress.graded else "n/a"
+    state = "stopped early; run again to resume" if stop.set else "done"
+    click.echo(f"{state}: {progress.done}/{progress.total} samples in {output}, "
+               f"pass@1 so far {acc} ({progress.correct}/{progress.graded}), "
+               f"{progress.tokens} tokens in {elapsed:.1f}s this session", err=True)
+    if stop.set:
+        ctx.exit(130)  # interrupted, as a shell reports Ctrl-C
+
+
+class _Bar:
+    """A tqdm bar on stderr: samples done, generated tokens/s, ETA."""
+
+    def __init__(self, total: int) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, unit="sample", file=sys.stderr, dynamic_ncols=True)
+        self._shown = 0.0
+
+    def update(self, p) -> None:
+        """Called after every decode step; redraws at most once a second (and at the end)."""
+        now = time.perf_counter()
+        if now - self._shown < 1.0 and p.done < p.total:
+            return
+        self._shown = now
+        if self.bar.n == 0 and p.done:
+            self.bar.initial = p.done  # samples resumed from an earlier run
+        self.bar.n = p.done
+        if p.start:
+            rate = p.tokens / max(1e-9, now - p.start)
+            acc = f"{100 * p.correct / p.graded:.0f}%" if p.graded else "-"
+            self.bar.set_postfix_str(f"{rate:.0f} tok/s, acc {acc}", refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+@main.command()
+@click.argument("run", type=click.Path(path_type=str))
+@click.option("--k", "ks", default=None, help="Comma-separated k values [default: 1,2,4,8,16 "
+              "up to the samples per problem].")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@user_errors
+def passk(run: str, ks: str | None, as_json: bool) -> None:
+    """Unbiased pass@k, mean accuracy and maj@n of a run file."""
+    from led_local.eval import report
+    from led_local.eval.grading import Grader
+
+    r = report.Run(run)
+    k_list = report.parse_ks(ks) if ks else report.default_ks(r.max_samples)
+    with Grader() as grader:
+        out = report.passk_report(r, k_list, equivalent=grader.equivalent)
+    if as_json:
+        click.echo(json.dumps(out))
+    else:
+        click.echo(report.format_passk(out, k_list))
+
+
+@main.command()
+@click.argument("run_a", type=click.Path(path_type=str))
+@click.argument("run_b", type=click.Path(path_type=str))
+@click.option("--k", "ks", default=None, help="Comma-separated k values.")
+@click.option("--plot", type=click.Path(path_type=str), default=None,
+              help="Write a pass@k-versus-k plot (PNG).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@user_errors
+def compare(run_a: str, run_b: str, ks: str | None, plot: str | None, as_json: bool) -> None:
+    """Compare two runs problem by problem: pass@k of each, B - A with a bootstrap CI."""
+    from led_local.eval import report
+    from led_local.eval.passk import plot_pass_at_k
+
+    a, b = report.Run(run_a), report.Run(run_b)
+    k_list = report.parse_ks(ks) if ks else report.default_ks(min(a.max_samples, b.max_samples))
+    out = report.compare_report(a, b, k_list)
+    if plot:
+        plot_pass_at_k(report.curves([a, b], k_list), plot, title="pass@k")
+    if as_json:
+        click.echo(json.dumps(out))
+    else:
+        click.echo(report.format_compare(out, k_list))
+        if plot:
+            click.echo(f"plot written to {plot}", err=True)

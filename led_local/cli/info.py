@@ -1,0 +1,33 @@
+"""``info``: what led-local sees in a model file."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from led_local.cli.common import main, model_argument, user_errors
+
+
+@main.command()
+@model_argument
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@user_errors
+def info(model: str, as_json: bool) -> None:
+    """Describe MODEL: architecture, sizes, LM head, chat template, capture path."""
+    from led_local.llama.capture import capture_path
+    from led_local.llama.gguf_info import inspect_model
+
+    m = inspect_model(model)
+    record = {
+        "name": m.name, "architecture": m.architecture, "blocks": m.n_layer, "width": m.n_embd,
+        "vocabulary": m.n_vocab, "lm_head": m.head_tensor, "lm_head_type": m.head_type,
+        "tied": m.tied, "chat_template": bool(m.chat_template), "led_supported": m.led_supported,
+        "capture": capture_path(m), "final_softcap": m.final_softcap or None,
+        "head_memory_mb": round(m.n_vocab * m.n_embd * 4 / 1e6, 1),
+    }
+    if as_json:
+        click.echo(json.dumps(record))
+        return
+    for key, value in record.items():
+        click.echo(f"{key:16} {value}")
