@@ -117,9 +117,9 @@ test: install models
 bench: install models
 	$(PY) bench/bench.py $(MODEL)
 
-# What the C/C++ compilers of the llama.cpp build get (a test checks the AMX protection).
+# The CMake arguments of the llama.cpp build (a test checks the AMX protection in them).
 build-flags:
-	@echo "$(NO_AMX_FLAGS)"
+	@echo "$(CMAKE_ARGS)"
 
 lint: install
 	$(VENV)/bin/ruff check led_local tests bench
