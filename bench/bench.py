@@ -4,6 +4,8 @@ decode: one prompt decoded with --method sample and with LED (gated, always-expl
 capture paths), rounds interleaved so machine noise hits every variant alike.
 batch: generated tokens/s of ``solve`` with --parallel 16 versus --parallel 1, for sample and
 LED, on the same GSM8K problems.
+bufts: the build's default (CPU extra buffer types on: the repack kernels; AMX is not compiled
+in) against loading the model without extra buffer types, prompt and decode speed.
 """
 
 from __future__ import annotations
@@ -70,6 +72,46 @@ def bench_decode(model: str, *, tokens: int, rounds: int, threads: int | None) -
         print(f"{name:28} {med:9.1f} {med / base:9.2f} {frac:15.2f}")
 
 
+def bench_bufts(model: str, *, tokens: int, rounds: int, threads: int | None) -> None:
+    """Prompt and decode tokens/s with llama.cpp's extra buffer types on (default) and off."""
+    import llama_cpp
+
+    defaults = llama_cpp.llama_model_default_params
+
+    def load(extra: bool) -> Engine:
+        def params():
+            p = defaults()
+            p.use_extra_bufts = extra
+            return p
+
+        llama_cpp.llama_model_default_params = params
+        try:
+            return Engine(model, DecodeConfig(method="sample", think_end=""), n_ctx=1024,
+                          threads=threads)
+        finally:
+            llama_cpp.llama_model_default_params = defaults
+
+    engines = {"extra bufts on (default)": load(True), "extra bufts off": load(False)}
+    rates = {name: ([], []) for name in engines}
+    long_prompt = " ".join([PROMPT] * 6)
+    try:
+        for r in range(rounds):
+            for name, engine in engines.items():
+                toks = prompt_tokens(engine, long_prompt, raw=True)
+                res = generate(engine, toks, max_tokens=tokens, seed=r)
+                rates[name][0].append(len(toks) / res.prompt_s)
+                rates[name][1].append(len(res.tokens) / res.decode_s)
+    finally:
+        for engine in engines.values():
+            engine.close()
+    print(f"buffer-type benchmark: {Path(model).name}, {tokens} tokens x {rounds} rounds")
+    base_p, base_d = (statistics.median(x) for x in rates["extra bufts on (default)"])
+    print(f"{'variant':26} {'prompt tok/s':>13} {'ratio':>6} {'decode tok/s':>13} {'ratio':>6}")
+    for name, (ps, ds) in rates.items():
+        p, d = statistics.median(ps), statistics.median(ds)
+        print(f"{name:26} {p:13.1f} {p / base_p:6.2f} {d:13.1f} {d / base_d:6.2f}")
+
+
 def bench_batch(model: str, problems: str, *, n_problems: int, samples: int, max_tokens: int,
                 threads: int | None) -> None:
     """solve's generated tokens/s at --parallel 16 and 1, for sample and for LED."""
@@ -104,7 +146,7 @@ def bench_batch(model: str, problems: str, *, n_problems: int, samples: int, max
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("model")
-    ap.add_argument("--what", choices=["decode", "batch", "all"], default="all")
+    ap.add_argument("--what", choices=["decode", "batch", "bufts", "all"], default="all")
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
@@ -115,6 +157,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.what in ("decode", "all"):
         bench_decode(args.model, tokens=args.tokens, rounds=args.rounds, threads=args.threads)
+    if args.what in ("bufts", "all"):
+        bench_bufts(args.model, tokens=args.tokens, rounds=args.rounds, threads=args.threads)
     if args.what in ("batch", "all"):
         bench_batch(args.model, args.problems, n_problems=args.n_problems, samples=args.samples,
                     max_tokens=args.max_tokens, threads=args.threads)
