@@ -9,6 +9,9 @@
   the patched build that ``make install`` produces. Unpatched, the layer-input export aborts
   the process on architectures whose graph does not register its block inputs (qwen2,
   gemma3), so led-local only uses it when this symbol is there.
+- what the build contains, for ``led-local doctor``: ggml's version, its backend devices and
+  their memory, the CPU backend's compiled instruction sets (``ggml_cpu_has_*``) and its extra
+  buffer types (through ``ggml_backend_reg_get_proc_address``).
 """
 
 from __future__ import annotations
@@ -175,3 +178,93 @@ def set_llama_logging(sink: Callable[[str], None] | None) -> None:
     cb = llama_cpp.llama_log_callback(_log)
     _log_callback_ref[:] = [cb]
     llama_cpp.llama_log_set(cb, None)
+
+
+# -- what the build contains: versions, backend devices, CPU features, extra buffer types ----
+# (ggml.h, ggml-backend.h, ggml-cpu.h; read by ``led-local doctor``)
+
+LAYER_INP_PATCH_VERSION = 1  # what patches/0001-layer-inp-export.patch exports
+DEVICE_TYPES = ("CPU", "GPU", "IGPU", "ACCEL", "META")  # enum ggml_backend_dev_type
+# ggml_cpu_has_<name>: instruction sets the CPU backend was compiled with (ggml-cpu.h)
+CPU_FEATURES = (
+    "sse3", "ssse3", "avx", "avx_vnni", "avx2", "bmi2", "f16c", "fma", "avx512", "avx512_vbmi",
+    "avx512_vnni", "avx512_bf16", "amx_int8", "neon", "arm_fma", "fp16_va", "dotprod",
+    "matmul_int8", "sve", "sme", "riscv_v", "vsx", "vxe", "wasm_simd", "llamafile",
+)
+
+
+def _optional(name: str, argtypes: list, restype: Any) -> Any | None:
+    fn = _symbol(_ggml.libggml, [name])
+    if fn is not None:
+        fn.argtypes = argtypes
+        fn.restype = restype
+    return fn
+
+
+_str = ctypes.c_char_p
+_ggml_version = _optional("ggml_version", [], _str)
+_dev_count = _bind("ggml_backend_dev_count", [], ctypes.c_size_t)
+_dev_get = _bind("ggml_backend_dev_get", [ctypes.c_size_t], _vp)
+_dev_name = _bind("ggml_backend_dev_name", [_vp], _str)
+_dev_description = _bind("ggml_backend_dev_description", [_vp], _str)
+_dev_type = _bind("ggml_backend_dev_type", [_vp], ctypes.c_int)
+_dev_memory = _bind("ggml_backend_dev_memory", [_vp, ctypes.POINTER(ctypes.c_size_t),
+                                                ctypes.POINTER(ctypes.c_size_t)], None)
+_dev_reg = _bind("ggml_backend_dev_backend_reg", [_vp], _vp)
+_reg_name = _bind("ggml_backend_reg_name", [_vp], _str)
+_reg_proc = _bind("ggml_backend_reg_get_proc_address", [_vp, _str], _vp)
+_buft_name = _bind("ggml_backend_buft_name", [_vp], _str)
+# typedef ggml_backend_buffer_type_t * (*ggml_backend_dev_get_extra_bufts_t)(ggml_backend_dev_t)
+_GetExtraBufts = ctypes.CFUNCTYPE(ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p)
+
+
+def ggml_version() -> str | None:
+    """ggml's version string, or None where the library predates ``ggml_version``."""
+    return _ggml_version().decode() if _ggml_version is not None else None
+
+
+def backend_devices() -> list[dict[str, Any]]:
+    """ggml's backend devices: name, description, type (CPU, GPU, ...), backend (its
+    registry's name), memory_free and memory_total in bytes."""
+    devices = []
+    for i in range(_dev_count()):
+        dev = _dev_get(i)
+        free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
+        _dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
+        kind = _dev_type(dev)
+        devices.append({
+            "name": _dev_name(dev).decode(), "description": _dev_description(dev).decode(),
+            "type": DEVICE_TYPES[kind] if 0 <= kind < len(DEVICE_TYPES) else str(kind),
+            "backend": _reg_name(_dev_reg(dev)).decode(),
+            "memory_free": int(free.value), "memory_total": int(total.value),
+        })
+    return devices
+
+
+def cpu_features() -> dict[str, bool]:
+    """{feature: compiled in} for every ``ggml_cpu_has_<feature>`` this ggml exports."""
+    out = {}
+    for name in CPU_FEATURES:
+        fn = _optional(f"ggml_cpu_has_{name}", [], ctypes.c_int)
+        if fn is not None:
+            out[name] = bool(fn())
+    return out
+
+
+def cpu_extra_buffer_types() -> list[str]:
+    """Names of the extra buffer types the CPU device offers (e.g. CPU_REPACK, AMX): where
+    llama.cpp puts weights it can repack for faster kernels, when a model is loaded with
+    ``use_extra_bufts``. AMX is listed only when compiled in and the CPU has it."""
+    for i in range(_dev_count()):
+        dev = _dev_get(i)
+        if _dev_type(dev) != DEVICE_TYPES.index("CPU"):
+            continue
+        proc = _reg_proc(_dev_reg(dev), b"ggml_backend_dev_get_extra_bufts")
+        if not proc:
+            return []
+        bufts = _GetExtraBufts(proc)(dev)
+        names = []
+        while bufts and bufts[len(names)]:
+            names.append(_buft_name(bufts[len(names)]).decode())
+        return names
+    return []
