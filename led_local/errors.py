@@ -14,3 +14,8 @@ class UnsupportedModelError(LedError):
 
 class ContextFullError(LedError):
     """The prompt or the conversation does not fit in the context window."""
+
+
+class OutputError(LedError):
+    """Writing an output failed part-way (disk full, file too large, made read-only): what
+    was written before is intact. The CLI prints one line and exits with code 1."""

@@ -123,11 +123,13 @@ def write_tiny_llama(
     seed: int = 0,
     tied: bool = False,
     arch: str = "llama",
+    chat_template: str | None = None,
 ) -> TinyModel:
     """Write a random-weight F32 llama GGUF (SPM tokenizer, ChatML template) to ``path``.
 
     ``arch`` "qwen2" adds q/k/v biases and "qwen3" q/k norms to the same weights, for checks
     that the capture works on those graphs too (``forward`` models llama only).
+    ``chat_template`` replaces the ChatML template (tests of hostile templates).
 
     Linear weights have std 1/sqrt(in) so activations stay O(1), embeddings std 0.5,
     norm weights 1 + 0.1 * N(0, 1). With ``tied`` no output.weight is written and llama.cpp uses
@@ -187,7 +189,7 @@ def write_tiny_llama(
     w.add_eot_token_id(tokens.index("<|im_end|>"))
     w.add_add_bos_token(True)
     w.add_add_eos_token(False)
-    w.add_chat_template(CHATML_TEMPLATE)
+    w.add_chat_template(CHATML_TEMPLATE if chat_template is None else chat_template)
 
     w.add_tensor("token_embd.weight", token_embd)
     for il, layer in enumerate(layers):

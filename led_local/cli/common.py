@@ -14,7 +14,7 @@ import click
 
 from led_local.decoding.methods import METHODS, DecodeConfig
 from led_local.decoding.samplers import LEDConfig
-from led_local.errors import LedError
+from led_local.errors import LedError, OutputError
 
 
 class UserError(click.ClickException):
@@ -23,13 +23,22 @@ class UserError(click.ClickException):
     exit_code = 2
 
 
+class WriteFailed(click.ClickException):
+    """An OutputError on its way out: ``Error: <message>`` and exit code 1."""
+
+    exit_code = 1
+
+
 def user_errors(f: Callable) -> Callable:
-    """Turn LedError into a one-line message with exit code 2, never a traceback."""
+    """Turn LedError into a one-line message with exit code 2 (OutputError: 1), never a
+    traceback."""
 
     @functools.wraps(f)
     def wrapper(*args, **kwargs):
         try:
             return f(*args, **kwargs)
+        except OutputError as e:
+            raise WriteFailed(str(e)) from None
         except LedError as e:
             raise UserError(str(e)) from None
 
@@ -71,6 +80,8 @@ def decoding_options(f: Callable) -> Callable:
         click.option("--capture", type=click.Choice(["auto", "callback", "layer-inp"]),
                      default="auto", show_default=True,
                      help="How hidden states leave llama.cpp (layer-inp needs the patched build)."),
+        click.option("--chat-template", "chat_template", type=click.Path(path_type=str),
+                     default=None, help="Jinja chat template file to use instead of the model's."),
         click.option("-v", "--verbose", is_flag=True, help="Show llama.cpp's own log on stderr."),
     ]
     for option in reversed(options):
@@ -102,10 +113,24 @@ def decode_config(ctx: click.Context, kw: dict) -> DecodeConfig:
     )
 
 
+def model_with_template(model, path: str | None):
+    """``model`` (a path or ModelInfo) read, with the chat template of the file ``path``
+    (``--chat-template``) in place of its own; ``model`` as given without one."""
+    if path is None:
+        return model
+    import dataclasses
+
+    from led_local.llama.gguf_info import model_info
+    from led_local.llama.template import load_chat_template
+
+    return dataclasses.replace(model_info(model), chat_template=load_chat_template(path))
+
+
 def open_engine(model: str, cfg: DecodeConfig, kw: dict, **extra):
     from led_local.decoding.engine import Engine
 
-    return Engine(model, cfg, n_ctx=kw["n_ctx"], threads=kw["threads"], capture=kw["capture"],
+    return Engine(model_with_template(model, kw.get("chat_template")), cfg, n_ctx=kw["n_ctx"],
+                  threads=kw["threads"], capture=kw["capture"],
                   verbose=kw["verbose"], **extra)
 
 

@@ -15,6 +15,7 @@ from led_local.cli.common import (
     decoding_options,
     main,
     model_argument,
+    model_with_template,
     user_errors,
 )
 
@@ -36,7 +37,7 @@ from led_local.cli.common import (
 @click.option("-s", "--seed", type=int, default=0, show_default=True, help="Run seed.")
 @click.option("--logprobs", is_flag=True, help="Record each token's final-layer log-probability.")
 @click.option("--force", is_flag=True,
-              help="Start a new run over an incompatible run file (kept as a .bak).")
+              help="Start a new run over an incompatible file (moved aside as a .bak).")
 @decoding_options
 @click.pass_context
 @user_errors
@@ -45,7 +46,8 @@ def solve(ctx: click.Context, model: str, problems: str, output: str, samples: i
           seed: int, logprobs: bool, force: bool, **kw) -> None:
     """Sample every problem of PROBLEMS (JSONL) N times with MODEL, grade, write a run file."""
     from led_local.eval import solve as solving
-    from led_local.eval.problems import load_problems, load_template
+    from led_local.eval.problems import load_problems, load_template, resolve_problems
+    from led_local.eval.runfile import check_not_input
     from led_local.llama.gguf_info import inspect_model
 
     cfg = decode_config(ctx, kw)
@@ -55,13 +57,17 @@ def solve(ctx: click.Context, model: str, problems: str, output: str, samples: i
     opts = solving.SolveOptions(samples=samples, parallel=parallel, max_tokens=max_tokens,
                                 seed=seed, limit=limit, logprobs=logprobs, threads=kw["threads"],
                                 capture=kw["capture"], force=force)
-    info = inspect_model(model)  # read once, handed down
+    check_not_input(output, {"the model": model, "the problem file": resolve_problems(problems),
+                             "the prompt template": prompt_template,
+                             "the chat template": kw["chat_template"]}, option="-o")
+    info = model_with_template(inspect_model(model), kw["chat_template"])  # read once
     items = load_problems(problems)
     template = load_template(prompt_template)
     bar = _Bar(min(len(items), limit or len(items)) * samples)
     with StopFlag() as stop:
         progress = solving.solve(info, items, output, cfg, opts, template=template,
                                  on_progress=bar.update,
+                                 on_notice=lambda m: bar.bar.write(m, file=sys.stderr),
                                  should_stop=lambda: stop.set, verbose=kw["verbose"])
     bar.close()
     elapsed = time.perf_counter() - progress.start if progress.start else 0.0
@@ -135,7 +141,10 @@ def compare(run_a: str, run_b: str, ks: str | None, plot: str | None, as_json: b
     """Compare two runs problem by problem: pass@k of each, B - A with a bootstrap CI."""
     from led_local.eval import report
     from led_local.eval.passk import plot_pass_at_k
+    from led_local.eval.runfile import check_not_input
 
+    if plot:
+        check_not_input(plot, {"run A": run_a, "run B": run_b}, option="--plot")
     a, b = report.Run(run_a), report.Run(run_b)
     k_list = report.parse_ks(ks) if ks else report.default_ks(min(a.max_samples, b.max_samples))
     out = report.compare_report(a, b, k_list)

@@ -24,7 +24,7 @@ def info(model: str, as_json: bool) -> None:
         "vocabulary": m.n_vocab, "lm_head": m.head_tensor, "lm_head_type": m.head_type,
         "tied": m.tied, "chat_template": bool(m.chat_template), "led_supported": m.led_supported,
         "capture": capture_path(m), "final_softcap": m.final_softcap or None,
-        "head_memory_mb": round(m.n_vocab * m.n_embd * 4 / 1e6, 1),
+        "head_memory_mb": round(m.gguf.tensors[m.head_tensor].n_bytes / 1e6, 1),  # as stored
     }
     if as_json:
         click.echo(json.dumps(record))

@@ -29,7 +29,8 @@ class Job:
 
 @dataclass
 class Finished:
-    """A finished sample: its job, its sequence and its wall time in seconds."""
+    """A finished sample: its job, its sequence and its wall time in seconds (the time the
+    caller spent between yields, grading other samples, left out)."""
 
     job: Job
     seq: Sequence
@@ -61,7 +62,7 @@ def run_jobs(
     prompt_slot = parallel
     queue = iter(jobs)
     free = list(range(parallel - 1, -1, -1))
-    running: dict[int, tuple[Job, Sequence, float]] = {}
+    running: dict[int, tuple[Job, Sequence, float]] = {}  # t0 shifted by the caller's time
     exhausted = False
     loaded_key: str | None = None
     while True:
@@ -102,4 +103,9 @@ def run_jobs(
                 del running[slot]
                 engine.free(slot)
                 free.append(slot)
-                yield Finished(job, seq, time.perf_counter() - t0)
+                paused = time.perf_counter()
+                yield Finished(job, seq, paused - t0)
+                away = time.perf_counter() - paused  # the caller's time is no sample's
+                for other in running:
+                    j, q, start = running[other]
+                    running[other] = (j, q, start + away)

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 from led_local.decoding.engine import Engine
 from led_local.decoding.generate import Piece, stream_generate
-from led_local.errors import ContextFullError
+from led_local.errors import ContextFullError, LedError
 
 
 class ChatSession:
@@ -43,14 +43,21 @@ class ChatSession:
         longer fits in the context.
         """
         self.messages.append({"role": "user", "content": text})
-        prompt = self._render()
-        self.opened_thinking = prompt.rstrip().endswith("<think>")  # e.g. Qwen3's templates
-        tokens = self.engine.rt.tokenize(prompt)
-        if len(tokens) >= self.engine.rt.n_ctx_seq:
+        try:
+            prompt = self._render()
+            tokens = self.engine.rt.tokenize(prompt, limit=self.engine.rt.n_ctx_seq)
+        except ContextFullError:
+            tokens = None
+        except LedError:
+            self.messages.pop()
+            raise
+        self.opened_thinking = tokens is not None and prompt.rstrip().endswith("<think>")
+        if tokens is None or len(tokens) >= self.engine.rt.n_ctx_seq:
             self.messages.pop()
             raise ContextFullError(
-                f"the conversation ({len(tokens)} tokens) no longer fits the context of "
-                f"{self.engine.rt.n_ctx_seq}; /reset to start over or raise --ctx"
+                f"the conversation{'' if tokens is None else f' ({len(tokens)} tokens)'} no "
+                f"longer fits the context of {self.engine.rt.n_ctx_seq}; /reset to start over "
+                "or raise --ctx"
             )
         reply = {"role": "assistant", "content": ""}
         self.messages.append(reply)

@@ -19,11 +19,12 @@ from led_local.errors import LedError
 def prompt_tokens(engine: Engine, prompt: str, *, raw: bool = False,
                   system: str | None = None) -> list[int]:
     """Token ids of ``prompt``: through the model's chat template unless ``raw``."""
+    limit = engine.rt.n_ctx_seq  # a prompt that cannot fit never reaches the tokenizer
     if raw:
-        return engine.rt.tokenize(prompt)
+        return engine.rt.tokenize(prompt, limit=limit)
     messages = [{"role": "system", "content": system}] if system else []
     messages.append({"role": "user", "content": prompt})
-    return engine.rt.tokenize(engine.rt.apply_chat_template(messages))
+    return engine.rt.tokenize(engine.rt.apply_chat_template(messages), limit=limit)
 
 
 def new_seed() -> int:

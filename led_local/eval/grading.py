@@ -44,7 +44,9 @@ def split_thinking(text: str, *, think_end: str = "</think>") -> tuple[str, str]
 
 
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
-_PHRASE = re.compile(r"(?:final answer|the answer is|answer\s*:)[\s*]*(?:is\b)?[\s*]*:?(.*)", re.I)
+# "final answer" counts only when "is", ":" or "=" follows ("the final answer to ..." does not)
+_PHRASE = re.compile(r"(?:final answer[\s*]*(?:is\b|:|=)|the answer is|answer\s*:)[\s*]*:?(.*)",
+                     re.I)
 _HASHES = re.compile(r"####\s*(.*)")
 # Thousands-grouped or plain numbers; a minus glued to a preceding word/digit is a hyphen.
 _NUMBER = re.compile(r"(?<![\w.])-?(?:\d{1,3}(?:,\d{3})+(?!\d)(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)")
@@ -53,23 +55,26 @@ _PLAIN_WORD = re.compile(r"[A-Za-z]{2,}")
 _HAS_MATH_DELIMITER = re.compile(r"(?<!\\)\$|\\boxed|\\\(|\\\[")  # `\$` is a dollar sign
 
 
-def _balanced(text: str, open_at: int) -> str | None:
-    """Content of the brace group opening at text[open_at] ('{'), or None if unclosed."""
-    depth = 0
-    i = open_at
-    while i < len(text):
+MAX_ANSWER_CHARS = 1000  # a longer candidate is not taken as an answer
+
+
+def _closing_braces(text: str) -> dict[int, int]:
+    """{index of '{': index of its matching '}'} for every closed group, in one pass; `\\{`
+    and `\\}` are literal braces, not grouping."""
+    stack: list[int] = []
+    close: dict[int, int] = {}
+    i, n = 0, len(text)
+    while i < n:
         ch = text[i]
-        if ch == "\\":  # `\{` and `\}` are literal braces, not grouping
+        if ch == "\\":
             i += 2
             continue
         if ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-            if depth == 0:
-                return text[open_at + 1 : i]
+            stack.append(i)
+        elif ch == "}" and stack:
+            close[stack.pop()] = i
         i += 1
-    return None
+    return close
 
 
 def _clean(answer: str) -> str | None:
@@ -109,18 +114,24 @@ def extract_answer(text: str, *, think_end: str = "</think>") -> str | None:
     The thinking (text before the last `think_end`) is never used: if the answer part holds
     nothing, the result is None. In order of preference: the content of the last balanced
     `\\boxed{...}` / `\\fbox{...}`; the last "final answer is X" / "the answer is X" /
-    "answer: X" phrase; the last "#### X" line (GSM8K); the last number. Numbers are kept
+    "answer: X" phrase ("final answer" only when "is", ":" or "=" follows it); the last
+    "#### X" line (GSM8K); the last number. Linear time in the text; a candidate longer
+    than MAX_ANSWER_CHARS (1000) is passed over. Numbers are kept
     as written ("2,125" stays "2,125": the Grader treats thousands separators as equal).
     Surrounding whitespace, `$` and a trailing period are stripped.
     """
     answer_part = split_thinking(text, think_end=think_end)[1]
+    close = _closing_braces(answer_part)
     for match in reversed(list(_BOXED.finditer(answer_part))):
-        content = _balanced(answer_part, match.end() - 1)
-        if content is not None and (cleaned := _clean(content)) is not None:
+        end = close.get(match.end() - 1)
+        if end is None or end - match.end() > MAX_ANSWER_CHARS:
+            continue
+        if (cleaned := _clean(answer_part[match.end():end])) is not None:
             return cleaned
     for pattern, take in ((_PHRASE, _first_clause), (_HASHES, _first_line)):
         for match in reversed(list(pattern.finditer(answer_part))):
-            if (cleaned := _clean(take(match.group(1)))) is not None:
+            candidate = take(match.group(1)[: MAX_ANSWER_CHARS + 1])
+            if len(candidate) <= MAX_ANSWER_CHARS and (cleaned := _clean(candidate)) is not None:
                 return cleaned
     numbers = _NUMBER.findall(answer_part)
     return numbers[-1] if numbers else None
@@ -272,7 +283,15 @@ class Grader:
         process = ctx.Process(
             target=_worker_main, args=(child_conn,), daemon=True, name="led-local-grader"
         )
-        process.start()
+        # an ignored SIGINT survives exec and Python keeps it ignored: a Ctrl-C while the
+        # worker imports cannot kill it (only the main thread may change handlers)
+        main_thread = threading.current_thread() is threading.main_thread()
+        old = signal.signal(signal.SIGINT, signal.SIG_IGN) if main_thread else None
+        try:
+            process.start()
+        finally:
+            if main_thread:
+                signal.signal(signal.SIGINT, old)
         child_conn.close()
         self._process, self._conn = process, parent_conn
         try:
@@ -283,6 +302,10 @@ class Grader:
             process.join(0.5)
             exitcode = process.exitcode
             self._stop(grace_s=0.0)
+            if exitcode is not None and exitcode < 0:
+                raise GraderError(
+                    f"the math-verify grading worker was killed by signal {-exitcode} while "
+                    "starting")
             if exitcode is None:
                 raise GraderError(
                     f"the math-verify grading worker did not start within "

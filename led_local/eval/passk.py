@@ -8,6 +8,7 @@ which writes one PNG. Randomness (the bootstrap) comes from an explicit seeded
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -64,24 +65,48 @@ def _mean_se(values: Sequence[float]) -> tuple[float | None, float | None]:
     return float(arr.mean()), se
 
 
+VOTE_BUDGET_S = 10.0  # seconds of equivalence checks per problem in a majority vote
+MAX_VOTE_CHARS = 200  # longer answers are grouped by their text alone
+
+
 def _majority_correct(
-    flags: Sequence[bool], answers: Sequence[str | None], equivalent: Callable[[str, str], bool]
+    flags: Sequence[bool],
+    answers: Sequence[str | None],
+    equivalent: Callable[[str, str], bool],
+    *,
+    budget_s: float = VOTE_BUDGET_S,
 ) -> bool:
-    """Whether the majority answer is correct; ties go to the group seen first."""
-    groups: list[list[int]] = []  # sample indices; groups[g][0] is the group's first member
+    """Whether the majority answer is correct; ties go to the group seen first.
+
+    Answers are grouped by their whitespace-normalised text first; then each group is
+    merged into the first earlier group that ``equivalent`` matches, comparing one answer
+    per group, answers of at most MAX_VOTE_CHARS characters only, and only while the
+    problem's ``budget_s`` lasts (after it, groups stay as their texts made them).
+    """
+    by_text: dict[str, list[int]] = {}  # insertion order = order of first appearance
     for i, answer in enumerate(answers):
-        if answer is None:
-            continue
-        for group in groups:
-            if equivalent(str(answers[group[0]]).strip(), answer.strip()):
-                group.append(i)
-                break
-        else:
-            groups.append([i])
-    if not groups:
+        if answer is not None:
+            by_text.setdefault(" ".join(answer.split()), []).append(i)
+    if not by_text:
         return False
+    deadline = time.monotonic() + budget_s
+    reps: list[str] = []
+    groups: list[list[int]] = []
+    for text, members in by_text.items():
+        target = None
+        for g, rep in enumerate(reps):
+            if time.monotonic() > deadline or len(text) > MAX_VOTE_CHARS:
+                break
+            if len(rep) <= MAX_VOTE_CHARS and equivalent(rep, text):
+                target = g
+                break
+        if target is None:
+            reps.append(text)
+            groups.append(list(members))
+        else:
+            groups[target].extend(members)
     best = max(groups, key=len)  # max() keeps the first of equal-sized groups
-    return bool(flags[best[0]])
+    return bool(flags[min(best)])
 
 
 def summarize(
@@ -90,6 +115,7 @@ def summarize(
     ks: Sequence[int],
     answers: Mapping[str, Sequence[str | None]] | None = None,
     equivalent: Callable[[str, str], bool] | None = None,
+    vote_budget_s: float = VOTE_BUDGET_S,
 ) -> dict[str, Any]:
     """Aggregate per-sample correctness `{problem_id: [bool] * n}` over problems.
 
@@ -100,8 +126,9 @@ def summarize(
     ids of problems with n < k}. Standard errors are across problems, None below 2.
     With `answers` (same shape as `results`, None = no answer extracted) also `maj@n` and
     `maj@n_se`: per problem the most frequent answer, grouping answers with
-    `equivalent(a, b)` (default: equal strings after strip), ties to the group that
-    appears first, correct if that group's first member is; no answer at all = wrong.
+    `equivalent(a, b)` (default: equal strings after strip) within `vote_budget_s` seconds
+    per problem (see `_majority_correct`), ties to the group that appears first, correct if
+    that group's first member is; no answer at all = wrong.
     """
     counts = _counts(results, "results")
     if not counts:
@@ -128,7 +155,8 @@ def summarize(
         if bad:
             raise PassAtKError(f"answers and results differ in sample count for {bad[:5]!r}")
         same = equivalent if equivalent is not None else (lambda a, b: a == b)
-        maj = [float(_majority_correct(results[p], answers[p], same)) for p in results]
+        maj = [float(_majority_correct(results[p], answers[p], same, budget_s=vote_budget_s))
+               for p in results]
         summary["maj@n"], summary["maj@n_se"] = _mean_se(maj)
     return summary
 

@@ -59,14 +59,21 @@ def load_problems(path: str | os.PathLike) -> list[Problem]:
         raise LedError(f"problem file not found: {p} (bundled sets: {known})")
     problems: list[Problem] = []
     seen: dict[str, int] = {}
-    with p.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with p.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise LedError(f"{p}:{lineno}: not UTF-8 text (byte {e.start + 1} of the "
+                               "line)") from None
             if not line.strip():
                 continue
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
                 raise LedError(f"{p}:{lineno}: malformed JSON ({e.msg})") from None
+            except RecursionError:
+                raise LedError(f"{p}:{lineno}: JSON nested too deeply") from None
             if not isinstance(obj, dict):
                 raise LedError(f"{p}:{lineno}: expected a JSON object, got {type(obj).__name__}")
             for key in ("id", "question"):
@@ -96,7 +103,10 @@ def load_template(path: str | os.PathLike | None) -> str:
     p = Path(path)
     if not p.is_file():
         raise LedError(f"prompt template not found: {p}")
-    text = p.read_text(encoding="utf-8")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise LedError(f"prompt template {p} is not UTF-8 text (byte {e.start})") from None
     if "{question}" not in text:
         raise LedError(f"prompt template {p} has no {{question}} placeholder")
     return text

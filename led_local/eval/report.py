@@ -24,12 +24,19 @@ class Run:
             raise LedError(f"run file has no records: {self.path}")
         by_problem: dict[str, list[dict]] = defaultdict(list)
         for r in records:
-            by_problem[str(r["problem_id"])].append(r)
+            by_problem[r["problem_id"]].append(r)
         self.correct: dict[str, list[bool]] = {}
         self.answers: dict[str, list[str | None]] = {}
+        self.golds: dict[str, str | None] = {}
         self.ungraded: list[str] = []
+        self.skipped = sum(r.get("finish_reason") == "skipped" for r in records)
         for pid, recs in by_problem.items():
-            recs.sort(key=lambda r: int(r["sample"]))
+            recs.sort(key=lambda r: r["sample"])
+            golds = {r.get("gold") for r in recs}
+            if len(golds) > 1:
+                raise LedError(f"{self.path}: problem {pid!r} has records with different gold "
+                               f"answers ({', '.join(sorted(map(repr, golds)))[:120]})")
+            self.golds[pid] = recs[0].get("gold")
             if any(r.get("correct") is None for r in recs):
                 self.ungraded.append(pid)
                 continue
@@ -68,6 +75,7 @@ def passk_report(run: Run, ks: list[int], *, equivalent=None) -> dict:
     run.check_ks(ks)
     out = summarize(run.correct, ks=ks, answers=run.answers, equivalent=equivalent)
     out["ungraded_problems"] = len(run.ungraded)
+    out["skipped_samples"] = run.skipped
     return out
 
 
@@ -89,14 +97,22 @@ def format_passk(report: dict, ks: list[int]) -> str:
         lines.append(f"pass@{k:<3}                 {value}{note}")
     if "maj@n" in report:
         lines.append(f"maj@n                   {pct(report['maj@n'], report.get('maj@n_se'))}")
+    if report.get("skipped_samples"):
+        lines.append(f"({report['skipped_samples']} samples skipped: prompt too long for the "
+                     "context; counted wrong)")
     if report.get("ungraded_problems"):
         lines.append(f"({report['ungraded_problems']} problems without a gold answer not scored)")
     return "\n".join(lines)
 
 
 def compare_report(a: Run, b: Run, ks: list[int], *, n_boot: int = 2000, seed: int = 0) -> dict:
+    """paired_compare() of two runs; refused when a shared problem has different golds."""
     for run in (a, b):
         run.check_ks(ks)
+    for pid in sorted(set(a.golds) & set(b.golds)):
+        if a.golds[pid] != b.golds[pid]:
+            raise LedError(f"problem {pid!r} has gold {a.golds[pid]!r} in {a.path} but "
+                           f"{b.golds[pid]!r} in {b.path}: the runs are of different problems")
     out = paired_compare(a.correct, b.correct, ks=ks, n_boot=n_boot, seed=seed)
     out["a"], out["b"] = a.label, b.label
     return out

@@ -16,12 +16,12 @@ from pathlib import Path
 from led_local.decoding.batch import Job, context_size, run_jobs
 from led_local.decoding.engine import Engine
 from led_local.decoding.methods import DecodeConfig
-from led_local.errors import LedError
+from led_local.errors import ContextFullError, LedError
 from led_local.eval.grading import Grader, extract_answer
 from led_local.eval.problems import Problem, render
-from led_local.eval.runfile import RunFile
+from led_local.eval.runfile import RunFile, problem_hash
 from led_local.llama.gguf_info import ModelInfo, model_info
-from led_local.llama.runtime import Runtime
+from led_local.llama.runtime import Runtime, context_limit, max_token_bytes
 
 
 @dataclass(frozen=True)
@@ -88,15 +88,46 @@ def solve(
     template: str,
     on_progress: Callable[[Progress], None] = lambda p: None,
     should_stop: Callable[[], bool] = lambda: False,
+    on_notice: Callable[[str], None] = lambda message: None,
     verbose: bool = False,
 ) -> Progress:
-    """Generate, grade and append every missing (problem, sample) record of the run ``out``."""
+    """Generate, grade and append every missing (problem, sample) record of the run ``out``.
+
+    The run file is locked for the whole call. A problem whose content (question, gold,
+    prompt) differs from its records in ``out`` is refused (``force``: a new run). A problem
+    whose prompt cannot fit the model's context is written as ``skipped`` records (no
+    answer, wrong when it has a gold answer) and the run goes on. ``on_notice`` gets one-line
+    messages: where a forced restart moved the old file, which problems were skipped.
+    """
     problems = problems[: opts.limit] if opts.limit else problems
     info = model_info(model)
     fp = fingerprint(info, cfg, opts, template)
-    run = RunFile(out, fp, force=opts.force)  # validates before anything is written
-    wanted = [(p, i) for p in problems for i in range(opts.samples)]
-    todo = [(p, i) for p, i in wanted if (p.id, i) not in run.done]
+    run = RunFile(out, fp, force=opts.force)  # locks; validates before anything is written
+    try:
+        return _solve(info, problems, run, cfg, opts, template=template,
+                      on_progress=on_progress, should_stop=should_stop, on_notice=on_notice,
+                      verbose=verbose)
+    finally:
+        run.close()
+
+
+def _solve(info: ModelInfo, problems: list[Problem], run: RunFile, cfg: DecodeConfig,
+           opts: SolveOptions, *, template: str, on_progress, should_stop, on_notice,
+           verbose: bool) -> Progress:
+    by_id = {p.id: p for p in problems}
+    with Runtime(info.path, info=info, vocab_only=True, verbose=verbose) as vocab:
+        chats, hashes, skipped = _prompts(vocab, problems, template)
+        _check_unchanged(run, by_id, hashes)
+        wanted = [(p, i) for p in problems for i in range(opts.samples)]
+        todo = [(p, i) for p, i in wanted if (p.id, i) not in run.done]
+        prompts: dict[str, tuple[int, ...]] = {}
+        for pid in dict.fromkeys(p.id for p, _ in todo):
+            if pid in skipped:
+                continue
+            try:  # size checked by bytes, then tokens, before llama.cpp's tokenizer sees it
+                prompts[pid] = tuple(vocab.tokenize(chats[pid], limit=context_limit(info)))
+            except ContextFullError as e:
+                skipped[pid] = str(e)
     progress = Progress(total=len(wanted), done=len(wanted) - len(todo))
     for rec in run.records:
         if rec.get("correct") is not None:
@@ -104,44 +135,104 @@ def solve(
             progress.correct += bool(rec["correct"])
     if not todo:
         return progress
-    # size the shared context from the prompts actually left to run (vocabulary-only load)
-    with Runtime(info.path, info=info, vocab_only=True, verbose=verbose) as vocab:
-        prompts = {p.id: tuple(vocab.tokenize(vocab.apply_chat_template(
-            [{"role": "user", "content": render(template, p)}]))) for p, _ in todo}
+    run.open_for_append()
+    if run.backup is not None:
+        on_notice(f"the old {run.path} was moved to {run.backup}")
+    for pid, reason in skipped.items():
+        samples = [i for p, i in todo if p.id == pid]
+        if samples:
+            on_notice(f"problem {pid!r} skipped: {reason}")
+        for i in samples:
+            rec = _skipped_record(by_id[pid], i, run.fingerprint, hashes[pid], reason)
+            run.append(rec)
+            progress.done += 1
+            progress.graded += rec["correct"] is not None
+            on_progress(progress)
+    todo = [(p, i) for p, i in todo if p.id not in skipped]
+    if not todo:
+        return progress
     longest = max(len(t) for t in prompts.values())
     parallel = min(opts.parallel, len(todo))
     engine = Engine(info, cfg, n_ctx=context_size(parallel, longest, opts.max_tokens),
                     n_seq=parallel + 1, threads=opts.threads, capture=opts.capture,
                     logprobs=opts.logprobs, verbose=verbose, batch_invariant=True)
-    by_id = {p.id: p for p in problems}
     jobs = [Job(p.id, i, prompts[p.id]) for p, i in todo]
-    run.open_for_append()
     progress.start = time.perf_counter()
-    try:
-        with engine, Grader(timeout_s=opts.grade_timeout_s) as grader:
-            def step(n: int) -> None:
-                progress.tokens += n
-                on_progress(progress)
+    with engine, Grader(timeout_s=opts.grade_timeout_s) as grader:
+        def step(n: int) -> None:
+            progress.tokens += n
+            on_progress(progress)
 
-            for fin in run_jobs(engine, jobs, parallel=parallel, max_tokens=opts.max_tokens,
-                                seed=opts.seed, should_stop=should_stop,
-                                on_step=step):
-                problem = by_id[fin.job.key]
-                rec = _record(engine, fin, problem, fp, grader, opts.logprobs)
-                run.append(rec)
-                progress.done += 1
-                if rec["correct"] is not None:
-                    progress.graded += 1
-                    progress.correct += bool(rec["correct"])
-                progress.last = rec
-                on_progress(progress)
-    finally:
-        run.close()
+        for fin in run_jobs(engine, jobs, parallel=parallel, max_tokens=opts.max_tokens,
+                            seed=opts.seed, should_stop=should_stop, on_step=step):
+            problem = by_id[fin.job.key]
+            rec = _record(engine, fin, problem, run.fingerprint, grader, opts.logprobs,
+                          hashes[problem.id])
+            run.append(rec)
+            progress.done += 1
+            if rec["correct"] is not None:
+                progress.graded += 1
+                progress.correct += bool(rec["correct"])
+            progress.last = rec
+            on_progress(progress)
     return progress
 
 
+def _prompts(vocab: Runtime, problems: list[Problem], template: str
+             ) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+    """Each problem's full prompt (chat template applied), its problem hash, and the
+    problems whose user message is too large for the model's context by its bytes alone
+    (with the reason), which never reach the chat template or the tokenizer."""
+    limit = context_limit(vocab.info)
+    most_bytes = limit * max_token_bytes(vocab.info)
+    chats: dict[str, str] = {}
+    hashes: dict[str, str] = {}
+    skipped: dict[str, str] = {}
+    for p in problems:
+        user = render(template, p)
+        size = len(user.encode("utf-8", "replace"))
+        if size > most_bytes:
+            skipped[p.id] = (f"the prompt is {size} bytes, more than the model's context of "
+                             f"{limit} tokens can hold")
+            hashes[p.id] = problem_hash(p.question, p.answer, user)
+            continue
+        chats[p.id] = vocab.apply_chat_template([{"role": "user", "content": user}])
+        hashes[p.id] = problem_hash(p.question, p.answer, chats[p.id])
+    return chats, hashes, skipped
+
+
+def _check_unchanged(run: RunFile, by_id: dict[str, Problem], hashes: dict[str, str]) -> None:
+    """Refuse (or with force, restart) a run whose records of a problem were made from
+    another question, gold answer or prompt (records without a hash: another gold)."""
+    for rec in run.records:
+        p = by_id.get(rec["problem_id"])
+        if p is None:
+            continue
+        recorded = rec.get("problem_hash")
+        changed = (recorded != hashes[p.id]) if recorded is not None else \
+            (rec.get("gold") != p.answer)
+        if changed:
+            run.refuse_or_restart(
+                f"problem {p.id!r} changed since {run.path} was written (its question, gold "
+                "answer or prompt differ from the recorded ones); use another -o, or --force "
+                "to start a new run (the old file is kept as a backup)")
+            return
+
+
+def _skipped_record(problem: Problem, sample: int, fp: dict, phash: str, reason: str) -> dict:
+    rec = {
+        "problem_id": problem.id, "sample": sample, **fp, "problem_hash": phash, "text": "",
+        "answer": None, "gold": problem.answer,
+        "correct": None if problem.answer is None else False,
+        "n_tokens": 0, "finish_reason": "skipped", "error": reason, "time_s": 0.0,
+    }
+    if problem.extra:
+        rec["extra"] = problem.extra
+    return rec
+
+
 def _record(engine: Engine, fin, problem: Problem, fp: dict, grader: Grader,
-            logprobs: bool) -> dict:
+            logprobs: bool, phash: str) -> dict:
     seq = fin.seq
     text = b"".join(engine.rt.token_bytes(t) for t in seq.tokens).decode("utf-8", "replace")
     answer = extract_answer(text, think_end=engine.cfg.think_end or "</think>")
@@ -149,6 +240,7 @@ def _record(engine: Engine, fin, problem: Problem, fp: dict, grader: Grader,
         "problem_id": problem.id,
         "sample": fin.job.sample,
         **fp,
+        "problem_hash": phash,
         "text": text,
         "answer": answer,
         "gold": problem.answer,

@@ -7,6 +7,7 @@ reads those directly and leaves tensor data in the map until a tensor is asked f
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 import struct
@@ -22,14 +23,22 @@ _SCALAR = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?
            10: "<Q", 11: "<q", 12: "<d"}
 _STRING, _ARRAY = 8, 9
 SMALL_ARRAY = 64  # numeric arrays up to this length are read; longer ones only counted
+MAX_NESTING = 8  # arrays of arrays deeper than this are refused
+
+
+def damaged(path: str | os.PathLike, what: str) -> LedError:
+    """The error for malformed metadata: names the file and what is wrong (the key)."""
+    return LedError(f"damaged or unsupported GGUF {path}: {what}")
 
 
 @dataclass(frozen=True)
 class ArrayInfo:
-    """A metadata array too long (or of strings) to be worth reading: its type and length."""
+    """A metadata array too long (or of strings) to be worth reading: its type, its length
+    and, for strings, the longest one's size in bytes."""
 
     elem_type: int
     count: int
+    max_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -41,6 +50,10 @@ class TensorInfo:
     ggml_type: int
     offset: int
     n_bytes: int
+
+
+class _Nested(Exception):
+    """Arrays nested past MAX_NESTING."""
 
 
 class GGUFFile:
@@ -64,17 +77,27 @@ class GGUFFile:
             if version not in (2, 3):
                 raise LedError(f"unsupported GGUF version {version}: {self.path}")
             self.fields: dict[str, object] = {}
+            key = "(header)"
             for _ in range(n_kv):
+                key = "(a key name)"
                 key = self._string()
-                self.fields[key] = self._value(self._unpack("<I"))
+                self.fields[key] = self._value(self._unpack("<I"), depth=0)
+            key = "(the tensor table)"
             raw = []
             for _ in range(n_tensors):
                 name = self._string()
                 dims = [self._unpack("<Q") for _ in range(self._unpack("<I"))]
                 raw.append((name, dims, self._unpack("<I"), self._unpack("<Q")))
         except (struct.error, IndexError, UnicodeDecodeError, OverflowError):
-            raise LedError(f"corrupt or truncated GGUF header: {self.path}") from None
-        align = int(self.fields.get("general.alignment", 32))
+            raise LedError(f"corrupt or truncated GGUF header: {self.path} (at {key})") from None
+        except _Nested:
+            raise damaged(self.path, f"key {key!r} nests arrays more than {MAX_NESTING} "
+                          "deep") from None
+        align = self.fields.get("general.alignment", 32)
+        if not isinstance(align, int) or isinstance(align, bool) or align < 1 or \
+                align & (align - 1):
+            raise damaged(self.path, f"key 'general.alignment' must be a positive power of "
+                          f"two, got {align!r}")
         data_start = (self._pos + align - 1) // align * align
         self.tensors: dict[str, TensorInfo] = {}
         for name, dims, gtype, off in raw:
@@ -83,7 +106,7 @@ class GGUFFile:
             except (ValueError, KeyError):
                 raise LedError(
                     f"tensor {name} has unknown ggml type {gtype}: {self.path}") from None
-            n = int(np.prod(dims)) if dims else 1
+            n = math.prod(dims)
             self.tensors[name] = TensorInfo(name, tuple(reversed(dims)), gtype,
                                             data_start + off, n // block * type_size)
 
@@ -102,27 +125,34 @@ class GGUFFile:
     def _string(self) -> str:
         return self._read(self._unpack("<Q")).decode("utf-8")
 
-    def _value(self, vtype: int):
+    def _value(self, vtype: int, *, depth: int):
         if vtype in _SCALAR:
             return self._unpack(_SCALAR[vtype])
         if vtype == _STRING:
             return self._string()
         if vtype != _ARRAY:
             raise IndexError(f"bad value type {vtype}")
+        if depth >= MAX_NESTING:
+            raise _Nested
         etype, count = self._unpack("<I"), self._unpack("<Q")
+        longest = 0
         if etype in _SCALAR and count <= SMALL_ARRAY:
             return [self._unpack(_SCALAR[etype]) for _ in range(count)]
         if etype in _SCALAR:
             self._pos += struct.calcsize(_SCALAR[etype]) * count
         elif etype == _STRING:
             for _ in range(count):
-                self._pos += 8 + struct.unpack_from("<Q", self._map, self._pos)[0]
+                n = struct.unpack_from("<Q", self._map, self._pos)[0]
+                longest = max(longest, n)
+                self._pos += 8 + n
+                if self._pos > self.size:
+                    raise IndexError("past end")
         else:
             for _ in range(count):
-                self._value(etype)
+                self._value(etype, depth=depth + 1)
         if self._pos > self.size:
             raise IndexError("past end")
-        return ArrayInfo(etype, count)
+        return ArrayInfo(etype, count, longest)
 
     def tensor_bytes(self, name: str) -> np.ndarray:
         """The raw bytes of tensor ``name`` (uint8 view of the map, no copy)."""

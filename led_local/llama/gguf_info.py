@@ -6,6 +6,7 @@ LedError instead of a crash inside llama.cpp.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,7 @@ import numpy as np
 from gguf.constants import GGMLQuantizationType
 
 from led_local.errors import LedError, UnsupportedModelError
-from led_local.llama.gguf_file import ArrayInfo, GGUFFile
+from led_local.llama.gguf_file import ArrayInfo, GGUFFile, damaged
 
 GGUF_MAGIC = b"GGUF"
 
@@ -125,37 +126,65 @@ def inspect_model(path: str | os.PathLike) -> ModelInfo:
     arch = f.get("general.architecture")
     if not isinstance(arch, str) or not arch:
         raise LedError(f"GGUF file has no general.architecture: {p}")
-    n_layer = f.get(f"{arch}.block_count")
-    n_embd = f.get(f"{arch}.embedding_length")
-    if n_layer is None or n_embd is None:
+    if f.get(f"{arch}.block_count") is None or f.get(f"{arch}.embedding_length") is None:
         raise UnsupportedModelError(f"architecture '{arch}' has no block_count/embedding_length")
+    n_layer = _integer(f, f"{arch}.block_count", p)
+    n_embd = _integer(f, f"{arch}.embedding_length", p)
+    eps_key = f"{arch}.attention.layer_norm_rms_epsilon"
+    if eps_key not in f:
+        eps_key = f"{arch}.attention.layer_norm_epsilon"
+    eps = _number(f, eps_key, p, 1e-5)
+    softcap = _number(f, f"{arch}.final_logit_softcapping", p, 0.0)
+    logit_scale = _number(f, f"{arch}.logit_scale", p, 1.0)
     head_name = "output.weight" if "output.weight" in g.tensors else "token_embd.weight"
     if head_name not in g.tensors:
         raise UnsupportedModelError(f"no LM head (output.weight or token_embd.weight) in {p}")
     head = g.tensors[head_name]
     tokens = f.get("tokenizer.ggml.tokens")
     n_vocab = tokens.count if isinstance(tokens, ArrayInfo) else int(head.shape[0])
-    eps = f.get(f"{arch}.attention.layer_norm_rms_epsilon",
-                f.get(f"{arch}.attention.layer_norm_epsilon", 1e-5))
     template = f.get("tokenizer.chat_template")
     return ModelInfo(
         path=p,
         name=str(f.get("general.name", p.stem)),
         architecture=arch,
-        n_layer=int(n_layer),
-        n_embd=int(n_embd),
+        n_layer=n_layer,
+        n_embd=n_embd,
         n_vocab=n_vocab,
         head_tensor=head_name,
         head_type=GGMLQuantizationType(head.ggml_type).name,
         tied=head_name == "token_embd.weight",
         chat_template=template if isinstance(template, str) else None,
-        norm_eps=float(eps),
-        final_softcap=float(f.get(f"{arch}.final_logit_softcapping", 0.0) or 0.0),
-        logit_scale=float(f.get(f"{arch}.logit_scale", 1.0) or 1.0),
+        norm_eps=eps,
+        final_softcap=softcap,
+        logit_scale=logit_scale or 1.0,
         has_output_bias="output.bias" in g.tensors,
         norm_is_layernorm="output_norm.bias" in g.tensors,
         gguf=g,
     )
+
+
+def _integer(fields: dict, key: str, path: Path) -> int:
+    """A positive integer metadata value, or a one-line "damaged GGUF" error naming ``key``."""
+    value = fields.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise damaged(path, f"key {key!r} must be a positive integer, got {_show(value)}")
+    return value
+
+
+def _number(fields: dict, key: str, path: Path, default: float) -> float:
+    """A finite, non-negative number (``default`` when absent), or a "damaged GGUF" error."""
+    value = fields.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            not math.isfinite(value) or value < 0:
+        raise damaged(path, f"key {key!r} must be a non-negative number, got {_show(value)}")
+    return float(value)
+
+
+def _show(value: object) -> str:
+    if isinstance(value, ArrayInfo):
+        return f"an array of {value.count}"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def read_tensors(g: GGUFFile, names: list[str]) -> dict[str, np.ndarray]:

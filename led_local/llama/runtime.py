@@ -19,6 +19,7 @@ import numpy as np
 
 from led_local.errors import ContextFullError, LedError
 from led_local.llama import native
+from led_local.llama.gguf_file import ArrayInfo
 from led_local.llama.gguf_info import ModelInfo, inspect_model
 
 _backend_ready = False
@@ -35,6 +36,21 @@ def _init_backend(verbose: bool) -> None:
 def default_threads() -> int:
     """Physical-ish core count for llama.cpp: all cores up to 8 (decode is bandwidth-bound)."""
     return max(1, min(8, os.cpu_count() or 1))
+
+
+def max_token_bytes(info: ModelInfo) -> int:
+    """An upper bound on the bytes of text one token covers: four times the longest entry of
+    the GGUF vocabulary (at least 16), a margin for byte tokens and normalisation."""
+    tokens = info.gguf.fields.get("tokenizer.ggml.tokens")
+    longest = tokens.max_bytes if isinstance(tokens, ArrayInfo) else 0
+    return 4 * max(16, longest)
+
+
+def context_limit(info: ModelInfo) -> int:
+    """The most tokens a prompt may have for this model: its training context length
+    (``<arch>.context_length``), or 1 Mi tokens when the file does not say."""
+    n = info.gguf.fields.get(f"{info.architecture}.context_length")
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1 << 20
 
 
 class Runtime:
@@ -138,18 +154,28 @@ class Runtime:
         self.close()
 
     # -- tokens ---------------------------------------------------------------------------
-    def tokenize(self, text: str, *, special: bool = True) -> list[int]:
+    def tokenize(self, text: str, *, special: bool = True, limit: int | None = None) -> list[int]:
         """Token ids of ``text``, special tokens parsed; BOS added when the vocab wants it
-        and the text does not already start with it."""
+        and the text does not already start with it. With ``limit``, a text that cannot fit
+        in ``limit`` tokens raises ContextFullError, judged first by its size in bytes (no
+        token spans more bytes than the vocabulary's longest, ``max_token_bytes``) and only
+        then by tokenizing, so that a huge text never reaches llama.cpp's tokenizer."""
         data = text.encode("utf-8")
+        if limit is not None and len(data) > limit * max_token_bytes(self.info):
+            raise ContextFullError(f"the prompt is {len(data)} bytes, more than {limit} tokens "
+                                   "can hold")
         bos = self.token_text(llama_cpp.llama_vocab_bos(self.vocab))
         add_special = not (bos and text.startswith(bos))
-        n_max = len(data) + 8
+        n_max = len(data) + 8 if limit is None else min(len(data) + 8, limit + 1)
         buf = (llama_cpp.llama_token * n_max)()
         n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, n_max, add_special, special)
+        if n < 0 and limit is not None and -n > limit:
+            raise ContextFullError(f"the prompt is {-n} tokens, more than the {limit} that fit")
         if n < 0:
             buf = (llama_cpp.llama_token * -n)()
             n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, -n, add_special, special)
+        if limit is not None and n > limit:
+            raise ContextFullError(f"the prompt is {n} tokens, more than the {limit} that fit")
         return list(buf[:n])
 
     def token_bytes(self, token: int, *, special: bool = True) -> bytes:
@@ -170,21 +196,18 @@ class Runtime:
         return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
 
     def apply_chat_template(self, messages: Sequence[dict[str, str]]) -> str:
-        """Render messages with the model's own chat template (GGUF metadata)."""
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+        """Render messages with the model's chat template (GGUF metadata, or the one a
+        ``--chat-template`` file put in ``info``), in a time- and size-limited worker."""
+        from led_local.llama.template import render_chat_template
 
         template = self.info.chat_template
         if not template:
-            raise LedError(f"{self.info.path.name} has no chat template in its metadata; use --raw")
-        fmt = Jinja2ChatFormatter(
-            template,
+            raise LedError(f"{self.info.path.name} has no chat template in its metadata; use "
+                           "--raw or --chat-template FILE")
+        return render_chat_template(
+            template, list(messages),
             eos_token=self.token_text(llama_cpp.llama_vocab_eos(self.vocab)),
-            bos_token=self.token_text(llama_cpp.llama_vocab_bos(self.vocab)),
-        )
-        try:
-            return fmt(messages=list(messages)).prompt
-        except Exception as e:  # templates raise on roles they do not support
-            raise LedError(f"the model's chat template failed: {e}") from None
+            bos_token=self.token_text(llama_cpp.llama_vocab_bos(self.vocab)))
 
     # -- decoding -------------------------------------------------------------------------
     def seq_rm(self, seq: int, p0: int = -1, p1: int = -1) -> None:
