@@ -125,7 +125,7 @@ def _solve(info: ModelInfo, problems: list[Problem], run: RunFile, cfg: DecodeCo
             if pid in skipped:
                 continue
             try:  # size checked by bytes, then tokens, before llama.cpp's tokenizer sees it
-                prompts[pid] = tuple(vocab.tokenize(chats[pid], limit=context_limit(info)))
+                prompts[pid] = tuple(vocab.tokenize(chats[pid], limit=context_limit(info) - 1))
             except ContextFullError as e:
                 skipped[pid] = str(e)
     progress = Progress(total=len(wanted), done=len(wanted) - len(todo))
