@@ -36,6 +36,8 @@ from led_local.cli.common import (
               help="File with a {question} slot [default: the reference math prompt].")
 @click.option("-s", "--seed", type=int, default=0, show_default=True, help="Run seed.")
 @click.option("--logprobs", is_flag=True, help="Record each token's final-layer log-probability.")
+@click.option("--embed", is_flag=True,
+              help="Record each response's mean final-norm hidden state (for passk --select).")
 @click.option("--force", is_flag=True,
               help="Start a new run over an incompatible file (moved aside as a .bak).")
 @decoding_options
@@ -43,7 +45,7 @@ from led_local.cli.common import (
 @user_errors
 def solve(ctx: click.Context, model: str, problems: str, output: str, samples: int,
           parallel: int, max_tokens: int, limit: int | None, prompt_template: str | None,
-          seed: int, logprobs: bool, force: bool, **kw) -> None:
+          seed: int, logprobs: bool, embed: bool, force: bool, **kw) -> None:
     """Sample every problem of PROBLEMS (JSONL) N times with MODEL, grade, write a run file."""
     from led_local.eval import solve as solving
     from led_local.eval.problems import load_problems, load_template, resolve_problems
@@ -56,7 +58,7 @@ def solve(ctx: click.Context, model: str, problems: str, output: str, samples: i
                         "--parallel and --max-tokens")
     opts = solving.SolveOptions(samples=samples, parallel=parallel, max_tokens=max_tokens,
                                 seed=seed, limit=limit, logprobs=logprobs, threads=kw["threads"],
-                                capture=kw["capture"], force=force)
+                                capture=kw["capture"], force=force, embed=embed)
     check_not_input(output, {"the model": model, "the problem file": resolve_problems(problems),
                              "the prompt template": prompt_template,
                              "the chat template": kw["chat_template"]}, option="-o")
@@ -108,17 +110,59 @@ class _Bar:
         self.bar.close()
 
 
+def select_options(f):
+    """--select and the RepExp options shared by passk and compare."""
+    options = [
+        click.option("--select", type=click.Choice(["repexp"]), default=None,
+                     help="Score the answers a selector verifies first: repexp = RepExp's "
+                     "diverse selection, beside random (needs solve --embed)."),
+        click.option("--dim", type=int, default=512, show_default=True,
+                     help="repexp: random projection size (0 = the features unprojected)."),
+        click.option("--lambda", "lam", type=float, default=1.0, show_default=True,
+                     help="repexp: ridge lambda."),
+        click.option("--seed", type=int, default=0, show_default=True,
+                     help="repexp: projection and bootstrap seed."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _check_select(ctx: click.Context, select: str | None) -> None:
+    if select is None:
+        for name in ("dim", "lam", "seed"):
+            if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE:
+                flag = "--lambda" if name == "lam" else f"--{name}"
+                raise UserError(f"{flag} applies to --select repexp")
+
+
 @main.command()
 @click.argument("run", type=click.Path(path_type=str))
 @click.option("--k", "ks", default=None, help="Comma-separated k values [default: 1,2,4,8,16 "
-              "up to the samples per problem].")
+              "up to the samples per problem; with --select: every k up to N].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@select_options
+@click.pass_context
 @user_errors
-def passk(run: str, ks: str | None, as_json: bool) -> None:
+def passk(ctx: click.Context, run: str, ks: str | None, as_json: bool, select: str | None,
+          dim: int, lam: float, seed: int) -> None:
     """Unbiased pass@k, mean accuracy and maj@n of a run file."""
     from led_local.eval import report
     from led_local.eval.grading import Grader
 
+    _check_select(ctx, select)
+    if select == "repexp":
+        from led_local.eval import repexp
+
+        pools = repexp.Pools(run)
+        k_list = report.parse_ks(ks) if ks else None
+        out = repexp.passk_repexp(pools, dim=dim, lam=lam, seed=seed, ks=k_list)
+        if as_json:
+            click.echo(json.dumps(out))
+        else:
+            click.echo(repexp.format_passk_repexp(
+                out, k_list or repexp.display_ks(pools.max_samples)))
+        return
     r = report.Run(run)
     k_list = report.parse_ks(ks) if ks else report.default_ks(r.max_samples)
     with Grader() as grader:
@@ -136,8 +180,11 @@ def passk(run: str, ks: str | None, as_json: bool) -> None:
 @click.option("--plot", type=click.Path(path_type=str), default=None,
               help="Write a pass@k-versus-k plot (PNG).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@select_options
+@click.pass_context
 @user_errors
-def compare(run_a: str, run_b: str, ks: str | None, plot: str | None, as_json: bool) -> None:
+def compare(ctx: click.Context, run_a: str, run_b: str, ks: str | None, plot: str | None,
+            as_json: bool, select: str | None, dim: int, lam: float, seed: int) -> None:
     """Compare two runs problem by problem: pass@k of each, B - A with a bootstrap CI."""
     from led_local.eval import report
     from led_local.eval.passk import plot_pass_at_k
@@ -145,6 +192,10 @@ def compare(run_a: str, run_b: str, ks: str | None, plot: str | None, as_json: b
 
     if plot:
         check_not_input(plot, {"run A": run_a, "run B": run_b}, option="--plot")
+    _check_select(ctx, select)
+    if select == "repexp":
+        _compare_repexp(run_a, run_b, ks, plot, as_json, dim=dim, lam=lam, seed=seed)
+        return
     a, b = report.Run(run_a), report.Run(run_b)
     k_list = report.parse_ks(ks) if ks else report.default_ks(min(a.max_samples, b.max_samples))
     out = report.compare_report(a, b, k_list)
@@ -154,5 +205,25 @@ def compare(run_a: str, run_b: str, ks: str | None, plot: str | None, as_json: b
         click.echo(json.dumps(out))
     else:
         click.echo(report.format_compare(out, k_list))
+        if plot:
+            click.echo(f"plot written to {plot}", err=True)
+
+
+def _compare_repexp(run_a: str, run_b: str, ks: str | None, plot: str | None, as_json: bool,
+                    *, dim: int, lam: float, seed: int) -> None:
+    from led_local.eval import repexp, report
+    from led_local.eval.passk import plot_pass_at_k
+
+    a, b = repexp.Pools(run_a), repexp.Pools(run_b)
+    k_list = report.parse_ks(ks) if ks else None
+    out = repexp.compare_repexp(a, b, dim=dim, lam=lam, seed=seed, ks=k_list)
+    show = k_list or repexp.display_ks(out["ks"][-1])
+    if plot:
+        plot_pass_at_k(repexp.compare_curves(out, show), plot,
+                       title="pass@k: random vs RepExp selection")
+    if as_json:
+        click.echo(json.dumps(out))
+    else:
+        click.echo(repexp.format_compare_repexp(out, show))
         if plot:
             click.echo(f"plot written to {plot}", err=True)

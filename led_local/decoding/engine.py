@@ -27,7 +27,10 @@ from led_local.llama.runtime import Runtime, default_threads
 @dataclass
 class Sequence:
     """One sequence being generated in KV slot ``slot``; ``pending`` is the token chosen but
-    not yet decoded. ``depths`` holds the chosen LED depth per token (None: not explored)."""
+    not yet decoded (once done: the end-of-generation token, or the last token).
+    ``depths`` holds the chosen LED depth per token (None: not explored). With the engine's
+    ``embed``, ``embed_sum`` accumulates (float64) the final-norm states at the response's
+    positions, ``embed_count`` of them (see ``Engine``)."""
 
     slot: int
     max_tokens: int
@@ -41,6 +44,8 @@ class Sequence:
     pending: int | None = None
     rng: np.random.Generator | None = None
     sampler: LlamaSampler | None = None
+    embed_sum: np.ndarray | None = None
+    embed_count: int = 0
     _text_tail: str = ""
 
     @property
@@ -51,6 +56,14 @@ class Sequence:
     def explored(self) -> int:
         return sum(d is not None for d in self.depths)
 
+    @property
+    def embedding(self) -> np.ndarray | None:
+        """(n_embd,) float32 mean final-norm state over the response's tokens (the last one,
+        end-of-generation included), or None when none was captured."""
+        if self.embed_sum is None or self.embed_count == 0:
+            return None
+        return (self.embed_sum / self.embed_count).astype(np.float32)
+
 
 class Engine:
     """A model loaded for one decoding method, with ``n_seq`` KV slots.
@@ -58,6 +71,12 @@ class Engine:
     n_ctx: total context (shared by the slots); threads: llama.cpp's and the projection's
     threads (default: all cores up to 8; both run one after the other, never together);
     capture: auto, callback or layer-inp; logprobs: record each token's final-layer logprob.
+    embed: average each sequence's final-norm hidden state (the LM head's input) over its
+    response tokens, read from llama.cpp's embeddings output of the same decodes (switched on
+    around each step only), plus one extra decode of every finished sequence's last token
+    (the end-of-generation token, or the last token of a length-cut response), whose state
+    no step computes. The state at the prompt's last token is left out. Sampled tokens do not
+    change: the graph and every step's outputs are the same with embeddings on.
     """
 
     def __init__(
@@ -73,8 +92,10 @@ class Engine:
         logprobs: bool = False,
         verbose: bool = False,
         batch_invariant: bool = False,
+        embed: bool = False,
     ) -> None:
         self.info = model_info(model)
+        self.embed = embed
         self.cfg = cfg
         self.logprobs = logprobs
         self.head: LMHead | None = None
@@ -183,6 +204,8 @@ class Engine:
         """Pick the first token of a sequence whose slot holds the just-prefilled prompt."""
         seq.n_past = n_prompt
         self._pick([seq], [self._prompt_row])
+        if self.embed and seq.done:
+            self._embed_last([seq])
 
     def step(self, seqs: list[Sequence]) -> None:
         """Decode every live sequence's pending token in one llama_decode and pick the next."""
@@ -193,12 +216,49 @@ class Engine:
             # LED outside every sequence's thinking scope needs no hidden states
             wanted = self.cfg.method == "dola" or any(s.in_scope for s in live)
             self.capture.begin(np.arange(len(live) if wanted else 0, dtype=np.int64))
+        # only a response token's state counts, not the prompt's last token's
+        in_response = [s for s in live if s.tokens] if self.embed else []
+        if in_response:
+            self.rt.set_embeddings(True)
         self.rt.decode([s.pending for s in live], [s.n_past for s in live],
                        [s.slot for s in live], [True] * len(live))
+        if in_response:
+            self._add_states(live, in_response)
+            self.rt.set_embeddings(False)
         for s in live:
             self._cached.setdefault(s.slot, []).append(s.pending)
             s.n_past += 1
         self._pick(live, list(range(len(live))))
+        if self.embed:
+            self._embed_last([s for s in live if s.done])
+
+    # -- response features (embed) --------------------------------------------------------
+    def _add_states(self, rows: list[Sequence], wanted: list[Sequence]) -> None:
+        """Add output row i's final-norm state to rows[i]'s sum, for the sequences wanted."""
+        keep = {id(s) for s in wanted}
+        for i, s in enumerate(rows):
+            if id(s) not in keep:
+                continue
+            h = self.rt.embedding(i)
+            if s.embed_sum is None:
+                s.embed_sum = np.zeros(h.shape[0], np.float64)
+            s.embed_sum += h
+            s.embed_count += 1
+
+    def _embed_last(self, done: list[Sequence]) -> None:
+        """Decode each just-finished sequence's last token (never fed by a step) in one batch,
+        embeddings on, and add its state; the logits are ignored, the slot is left to free."""
+        if not done:
+            return
+        self.rt.set_embeddings(True)
+        try:
+            self.rt.decode([s.pending for s in done], [s.n_past for s in done],
+                           [s.slot for s in done], [True] * len(done))
+            self._add_states(done, done)
+        finally:
+            self.rt.set_embeddings(False)
+        for s in done:
+            self._cached.setdefault(s.slot, []).append(s.pending)
 
     # -- token choice ---------------------------------------------------------------------
     def _pick(self, seqs: list[Sequence], rows: list[int]) -> None:
@@ -255,6 +315,7 @@ class Engine:
         its log-probability; update the thinking scope and the stop condition."""
         if self.rt.is_eog(tok):  # the end-of-generation token is not part of the text
             s.finish_reason = "stop"
+            s.pending = tok
             return
         s.tokens.append(tok)
         s.depths.append(depth)

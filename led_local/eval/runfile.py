@@ -46,7 +46,7 @@ __all__ = ["FINGERPRINT_KEYS", "RunFile", "RunLock", "RunLockedError", "check_no
            "problem_hash", "read_records"]
 
 FINGERPRINT_KEYS = ("model", "method", "params", "seed", "max_tokens", "prompt_template",
-                    "logprobs")
+                    "logprobs", "embed")
 _write = os.write  # the one syscall that appends records (tests inject failures here)
 
 

@@ -6,12 +6,15 @@ progress through a callback; it prints nothing itself.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from led_local.decoding.batch import Job, context_size, run_jobs
 from led_local.decoding.engine import Engine
@@ -38,6 +41,7 @@ class SolveOptions:
     capture: str = "auto"
     force: bool = False
     grade_timeout_s: float = 5.0
+    embed: bool = False
 
     def __post_init__(self) -> None:
         if self.samples < 1:
@@ -65,9 +69,10 @@ class Progress:
 
 def fingerprint(model: str | os.PathLike | ModelInfo, cfg: DecodeConfig, opts: SolveOptions,
                 template: str) -> dict:
-    """The fields that must agree for a run file to be resumed."""
+    """The fields that must agree for a run file to be resumed (``embed`` only when on, so a
+    run without it has the same records as before the option existed)."""
     p = Path(model.path if isinstance(model, ModelInfo) else model)
-    return {
+    fp = {
         "model": f"{p.name}:{p.stat().st_size}",
         "method": cfg.method,
         "params": cfg.params(),
@@ -76,6 +81,9 @@ def fingerprint(model: str | os.PathLike | ModelInfo, cfg: DecodeConfig, opts: S
         "prompt_template": hashlib.sha256(template.encode()).hexdigest()[:16],
         "logprobs": opts.logprobs,
     }
+    if opts.embed:
+        fp["embed"] = True
+    return fp
 
 
 def solve(
@@ -155,7 +163,8 @@ def _solve(info: ModelInfo, problems: list[Problem], run: RunFile, cfg: DecodeCo
     parallel = min(opts.parallel, len(todo))
     engine = Engine(info, cfg, n_ctx=context_size(parallel, longest, opts.max_tokens),
                     n_seq=parallel + 1, threads=opts.threads, capture=opts.capture,
-                    logprobs=opts.logprobs, verbose=verbose, batch_invariant=True)
+                    logprobs=opts.logprobs, verbose=verbose, batch_invariant=True,
+                    embed=opts.embed)
     jobs = [Job(p.id, i, prompts[p.id]) for p, i in todo]
     progress.start = time.perf_counter()
     with engine, Grader(timeout_s=opts.grade_timeout_s) as grader:
@@ -253,6 +262,15 @@ def _record(engine: Engine, fin, problem: Problem, fp: dict, grader: Grader,
         rec["led"] = {"explored": seq.explored, "depths": seq.depths}
     if logprobs:
         rec["logprobs"] = [round(x, 6) for x in seq.logprobs]
+    if seq.embedding is not None:
+        rec["embedding"] = encode_embedding(seq.embedding)
+        rec["embedding_dim"] = int(seq.embedding.shape[0])
     if problem.extra:
         rec["extra"] = problem.extra  # the problem line's other fields, kept as given
     return rec
+
+
+def encode_embedding(vec: np.ndarray) -> str:
+    """A feature as base64 of little-endian float32 (decode: ``np.frombuffer(base64.b64decode(s),
+    "<f4")``)."""
+    return base64.b64encode(np.asarray(vec, "<f4").tobytes()).decode("ascii")

@@ -236,6 +236,20 @@ class Runtime:
         if rc != 0:
             raise RuntimeError(f"llama_decode failed with code {rc}")
 
+    def set_embeddings(self, on: bool) -> None:
+        """Export the final-norm hidden state (the LM head's input) of every output row of the
+        following decodes. While on, llama.cpp makes every token of a batch an output."""
+        llama_cpp.llama_set_embeddings(self.ctx, on)
+
+    def embedding(self, row: int) -> np.ndarray:
+        """A copy of output row ``row``'s final-norm state (n_embd_out,) float32 from the last
+        decode made with embeddings on."""
+        ptr = llama_cpp.llama_get_embeddings_ith(self.ctx, row)
+        if not ptr:
+            raise RuntimeError(f"llama.cpp has no embedding for output row {row}")
+        n = llama_cpp.llama_model_n_embd_out(self.model)
+        return np.ctypeslib.as_array(ptr, shape=(n,)).copy()
+
     def logits(self, row: int) -> np.ndarray:
         """A copy of output row ``row``'s logits (V,) float32 from the last decode."""
         ptr = llama_cpp.llama_get_logits_ith(self.ctx, row)
