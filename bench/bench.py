@@ -6,6 +6,8 @@ batch: generated tokens/s of ``solve`` with --parallel 16 versus --parallel 1, f
 LED, on the same GSM8K problems.
 bufts: the build's default (CPU extra buffer types on: the repack kernels; AMX is not compiled
 in) against loading the model without extra buffer types, prompt and decode speed.
+embed: the cost of ``solve --embed`` (the mean final-norm state per answer), with and without
+it on the same problems, --method sample, --parallel 16, runs alternated.
 """
 
 from __future__ import annotations
@@ -143,10 +145,40 @@ def bench_batch(model: str, problems: str, *, n_problems: int, samples: int, max
         print(f"{method:8} {one:10.1f} {many:11.1f} {many / one:6.2f}x")
 
 
+def bench_embed(model: str, problems: str, *, n_problems: int, samples: int, max_tokens: int,
+                threads: int | None, rounds: int) -> None:
+    """solve's generated tokens/s with and without --embed, alternated ``rounds`` times."""
+    import tempfile
+
+    from led_local.eval.problems import REFERENCE_PROMPT, load_problems
+    from led_local.eval.solve import SolveOptions, solve
+
+    items = load_problems(problems)[:n_problems]
+    rates: dict[bool, list[float]] = {False: [], True: []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(rounds):
+            for embed in (False, True):
+                out = Path(tmp) / f"{r}-{embed}.jsonl"
+                opts = SolveOptions(samples=samples, parallel=16, max_tokens=max_tokens,
+                                    threads=threads, embed=embed)
+                p = solve(model, items, out, DecodeConfig(method="sample"), opts,
+                          template=REFERENCE_PROMPT)
+                rates[embed].append(p.tokens / (time.perf_counter() - p.start))
+                print(f"  round {r} embed={embed!s:5}: {p.tokens} tokens, "
+                      f"{rates[embed][-1]:.1f} tokens/s", flush=True)
+    plain, embed = statistics.median(rates[False]), statistics.median(rates[True])
+    print(f"embed benchmark: {Path(model).name}, {n_problems} problems x {samples} samples, "
+          f"--max-tokens {max_tokens}, --parallel 16, {rounds} rounds (median)")
+    print(f"{'solve':16} {'tokens/s':>9} {'x plain':>8}")
+    print(f"{'sample':16} {plain:9.1f} {1.0:8.2f}")
+    print(f"{'sample --embed':16} {embed:9.1f} {embed / plain:8.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("model")
-    ap.add_argument("--what", choices=["decode", "batch", "bufts", "all"], default="all")
+    ap.add_argument("--what", choices=["decode", "batch", "bufts", "embed", "all"],
+                    default="all")
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
@@ -162,6 +194,9 @@ def main() -> None:
     if args.what in ("batch", "all"):
         bench_batch(args.model, args.problems, n_problems=args.n_problems, samples=args.samples,
                     max_tokens=args.max_tokens, threads=args.threads)
+    if args.what in ("embed", "all"):
+        bench_embed(args.model, args.problems, n_problems=args.n_problems, samples=args.samples,
+                    max_tokens=args.max_tokens, threads=args.threads, rounds=args.rounds)
 
 
 if __name__ == "__main__":

@@ -220,11 +220,13 @@ class Engine:
         in_response = [s for s in live if s.tokens] if self.embed else []
         if in_response:
             self.rt.set_embeddings(True)
-        self.rt.decode([s.pending for s in live], [s.n_past for s in live],
-                       [s.slot for s in live], [True] * len(live))
-        if in_response:
+        try:
+            self.rt.decode([s.pending for s in live], [s.n_past for s in live],
+                           [s.slot for s in live], [True] * len(live))
             self._add_states(live, in_response)
-            self.rt.set_embeddings(False)
+        finally:
+            if in_response:
+                self.rt.set_embeddings(False)
         for s in live:
             self._cached.setdefault(s.slot, []).append(s.pending)
             s.n_past += 1
