@@ -6,6 +6,8 @@ batch: generated tokens/s of ``solve`` with --parallel 16 versus --parallel 1, f
 LED, on the same GSM8K problems.
 bufts: the build's default (CPU extra buffer types on: the repack kernels; AMX is not compiled
 in) against loading the model without extra buffer types, prompt and decode speed.
+serve: `led-local serve` with 1, 4 and 8 streaming clients, the prompt cache, and solve's
+batched throughput at the same parallelism (bench/serve_bench.py).
 """
 
 from __future__ import annotations
@@ -146,7 +148,8 @@ def bench_batch(model: str, problems: str, *, n_problems: int, samples: int, max
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("model")
-    ap.add_argument("--what", choices=["decode", "batch", "bufts", "all"], default="all")
+    ap.add_argument("--what", choices=["decode", "batch", "bufts", "serve", "all"],
+                    default="all")
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
@@ -162,6 +165,10 @@ def main() -> None:
     if args.what in ("batch", "all"):
         bench_batch(args.model, args.problems, n_problems=args.n_problems, samples=args.samples,
                     max_tokens=args.max_tokens, threads=args.threads)
+    if args.what in ("serve", "all"):
+        from serve_bench import bench_serve
+
+        bench_serve(args.model, tokens=args.max_tokens, threads=args.threads)
 
 
 if __name__ == "__main__":

@@ -252,4 +252,5 @@ def _work(state: ServerState, req: P._Common, chat: bool) -> Work:
                 seed=new_seed() if req.seed is None else req.seed, stop=req.stops(),
                 emit=lambda event: None, top_n=req.top_n(),
                 logprobs=req.logprobs is True if chat else req.logprobs is not None,
-                split=chat and state.reasoning, thinking=thinking)
+                split=chat and state.reasoning, thinking=thinking,
+                cache_prompt=req.cache_prompt)

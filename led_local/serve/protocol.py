@@ -97,6 +97,7 @@ class _Common(_Strict):
     exploit: bool | None = None
     think_end: str | None = None
     dola_layers: Literal["low", "high"] | None = None
+    cache_prompt: bool = True  # as llama-server: reuse a finished sequence's KV prefix
 
     def stops(self) -> list[str]:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])

@@ -50,6 +50,7 @@ class Work:
     top_n: int = 0
     split: bool = True
     thinking: bool = False  # the prompt already opened a <think> block
+    cache_prompt: bool = True  # reuse the longest cached prefix (False: evaluate it all)
     arrived: float = field(default_factory=time.perf_counter)
     cancelled: bool = False
     first_token: bool = False
@@ -184,7 +185,11 @@ class Scheduler:
     def _admit(self, work: Work) -> None:
         """Load the prompt into the free slot that caches most of it; fork it for each choice."""
         eng = self.engine
-        first = max(self.free, key=lambda s: (eng.common_prefix(s, work.tokens[:-1]), -s))
+        if work.cache_prompt:
+            first = max(self.free, key=lambda s: (eng.common_prefix(s, work.tokens[:-1]), -s))
+        else:
+            first = min(self.free)
+            eng.free(first)
         try:
             eng.load_prefix(first, work.tokens[:-1])
         except LedError as e:

@@ -7,6 +7,7 @@ thread is stopped and the model freed after that.
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from pathlib import Path
@@ -18,6 +19,10 @@ from led_local.serve.metrics import Metrics
 from led_local.serve.scheduler import Scheduler, ServeEngine
 
 GRACE_S = 3
+
+
+def _ignore(*_args: object) -> None:
+    """A signal uvicorn has already acted on."""
 
 
 def serve(model: str, cfg: DecodeConfig, *, host: str = "127.0.0.1", port: int = 8080,
@@ -53,9 +58,15 @@ def serve(model: str, cfg: DecodeConfig, *, host: str = "127.0.0.1", port: int =
         scheduler.start()
         print(f"led-local serve: {state.model_name} ({cfg.method}) on http://{host}:{port}/v1, "
               f"{parallel} slots of {engine.rt.n_ctx_seq} tokens", file=sys.stderr, flush=True)
+        # uvicorn handles the signals while it runs and raises them again once it has shut
+        # down; these handlers receive them then, so that the model is freed and exit is 0
+        previous = {sig: signal.signal(sig, _ignore) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             uvicorn.Server(config).run()
         finally:
             scheduler.stop()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        print("led-local serve: stopped", file=sys.stderr, flush=True)
     finally:
         engine.close()
