@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -120,7 +121,7 @@ def test_seeded_chat_equals_generate_and_streaming(server):
     from click.testing import CliRunner
     out = CliRunner().invoke(main, ["generate", str(ROOT / "models" / "SmolLM2-135M-Instruct"
                                                    ".Q4_1.gguf"), "-p", PROMPT, "-n", "12",
-                                    "-s", "7", "--json"])
+                                    "-s", "7", "--threads", "1", "--json"])
     assert out.exit_code == 0, out.output
     assert r.choices[0].message.content == json.loads(out.stdout)["text"]
     chunks = list(chat(server, seed=7, max_tokens=12, stream=True))
@@ -234,8 +235,14 @@ def test_http_errors_are_openai_shaped(server):
     with pytest.raises(openai.AuthenticationError):
         server.client("wrong").models.list()
     assert server.get("/v1/models")[0] == 401
-    code, _ = server.request("POST", "/v1/completions", b"x" * (8 * 1024 * 1024 + 1), auth)
-    assert code == 413
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    conn.putrequest("POST", "/v1/completions")
+    conn.putheader("Authorization", f"Bearer {KEY}")
+    conn.putheader("Content-Length", str(8 * 1024 * 1024 + 1))
+    conn.endheaders()  # the body is refused before it is sent
+    r = conn.getresponse()
+    assert r.status == 413 and json.loads(r.read())["error"]["message"]
+    conn.close()
     long = "word " * 600
     with pytest.raises(openai.BadRequestError, match="more than the context"):
         chat(server, messages=[{"role": "user", "content": long}])
