@@ -209,7 +209,7 @@ async def _disconnected(request: Request) -> None:
             return
 
 
-def _work(state: ServerState, req: P._Common, chat: bool) -> Work:
+def _work(state: ServerState, req: P.CommonRequest, chat: bool) -> Work:
     """Validate a parsed request against the model and turn it into the decode thread's Work
     (runs in a worker thread: the chat template and the tokenizer take a while)."""
     engine = state.engine

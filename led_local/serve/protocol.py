@@ -71,7 +71,7 @@ class Message(_Strict):
         return "".join(p.text for p in self.content)
 
 
-class _Common(_Strict):
+class CommonRequest(_Strict):
     """Fields shared by chat and text completions (OpenAI's and led-local's own)."""
 
     model: str | None = None
@@ -156,7 +156,7 @@ class _Common(_Strict):
             raise APIError(400, _api_names(str(e))) from None
 
 
-class ChatRequest(_Common):
+class ChatRequest(CommonRequest):
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
@@ -171,7 +171,7 @@ class ChatRequest(_Common):
         return self.top_logprobs or 0
 
 
-class CompletionRequest(_Common):
+class CompletionRequest(CommonRequest):
     prompt: str | list[str] | list[int]
     logprobs: int | None = Field(None, ge=0, le=20)
     echo: bool = False
@@ -195,7 +195,7 @@ class CompletionRequest(_Common):
                            param="prompt")
 
 
-def parse(model: type[_Common], body: bytes) -> _Common:
+def parse(model: type[CommonRequest], body: bytes) -> CommonRequest:
     """Parse and validate a JSON body; malformed JSON or a wrong type is a 400."""
     try:
         req = model.model_validate_json(body)
