@@ -219,6 +219,11 @@ def test_a_client_that_leaves_mid_stream_frees_its_slot(server):
     assert server.health()["slots_busy"] == 1
     stream.close()
     assert server.wait_idle(10)["slots_busy"] == 0
+    impatient = server.client().with_options(timeout=3.0)
+    with pytest.raises(openai.APITimeoutError):  # a non-streaming client gives up
+        impatient.chat.completions.create(model="m", messages=[{"role": "user",
+                                          "content": PROMPT}], max_tokens=400)
+    assert server.wait_idle(10)["slots_busy"] == 0
     assert chat(server, seed=1).choices[0].message.content  # still serving
 
 
