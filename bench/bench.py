@@ -8,6 +8,8 @@ bufts: the build's default (CPU extra buffer types on: the repack kernels; AMX i
 in) against loading the model without extra buffer types, prompt and decode speed.
 embed: the cost of ``solve --embed`` (the mean final-norm state per answer), with and without
 it on the same problems, --method sample, --parallel 16, runs alternated.
+serve: `led-local serve` with 1, 4 and 8 streaming clients, the prompt cache, and solve's
+batched throughput at the same parallelism (bench/serve_bench.py).
 """
 
 from __future__ import annotations
@@ -177,7 +179,7 @@ def bench_embed(model: str, problems: str, *, n_problems: int, samples: int, max
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("model")
-    ap.add_argument("--what", choices=["decode", "batch", "bufts", "embed", "all"],
+    ap.add_argument("--what", choices=["decode", "batch", "bufts", "embed", "serve", "all"],
                     default="all")
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=3)
@@ -197,6 +199,10 @@ def main() -> None:
     if args.what in ("embed", "all"):
         bench_embed(args.model, args.problems, n_problems=args.n_problems, samples=args.samples,
                     max_tokens=args.max_tokens, threads=args.threads, rounds=args.rounds)
+    if args.what in ("serve", "all"):
+        from serve_bench import bench_serve
+
+        bench_serve(args.model, tokens=args.max_tokens, threads=args.threads)
 
 
 if __name__ == "__main__":

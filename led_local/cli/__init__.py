@@ -4,7 +4,13 @@
 commands to the group when imported.
 """
 
-from led_local.cli import decode, doctor, evaluate, info  # noqa: F401  (each registers its commands)
+from led_local.cli import (  # noqa: F401  (each registers its commands)
+    decode,
+    doctor,
+    evaluate,
+    info,
+    serve,
+)
 from led_local.cli.common import main
 
 __all__ = ["main"]

@@ -38,7 +38,8 @@ def generate(ctx: click.Context, model: str, prompt: str, raw: bool, system: str
     if raw and system:
         raise UserError("--system needs the chat template; drop --raw")
     seed = gen.new_seed() if seed is None else seed
-    with open_engine(model, cfg, kw) as engine:
+    # batch-invariant, as solve and serve: a seed gives the same tokens in all three
+    with open_engine(model, cfg, kw, batch_invariant=True) as engine:
         tokens = gen.prompt_tokens(engine, prompt, raw=raw, system=system)
         result = gen.generate(engine, tokens, max_tokens=max_tokens, seed=seed)
     record = result.to_json()

@@ -46,6 +46,7 @@ class Sequence:
     sampler: LlamaSampler | None = None
     embed_sum: np.ndarray | None = None
     embed_count: int = 0
+    cfg: DecodeConfig | None = None  # this sequence's method (None: the engine's)
     _text_tail: str = ""
 
     @property
@@ -134,15 +135,44 @@ class Engine:
         self.close()
 
     # -- sequences ------------------------------------------------------------------------
-    def new_sequence(self, slot: int, *, seed: tuple, max_tokens: int) -> Sequence:
-        """A sequence in ``slot`` whose randomness derives from ``seed`` alone."""
-        seq = Sequence(slot=slot, max_tokens=max_tokens)
+    def new_sequence(self, slot: int, *, seed: tuple, max_tokens: int,
+                     cfg: DecodeConfig | None = None) -> Sequence:
+        """A sequence in ``slot`` whose randomness derives from ``seed`` alone; ``cfg`` gives
+        it its own method (default: the engine's), which ``check_config`` must accept."""
+        seq = Sequence(slot=slot, max_tokens=max_tokens, cfg=cfg)
+        cfg = self._cfg(seq)
         ss = seed_sequence(*seed)
-        if self.cfg.method == "sample":
-            seq.sampler = LlamaSampler(self.cfg, int(ss.generate_state(1, np.uint32)[0]))
+        if cfg.method == "sample":
+            seq.sampler = LlamaSampler(cfg, int(ss.generate_state(1, np.uint32)[0]))
         else:
             seq.rng = np.random.default_rng(ss)
         return seq
+
+    def _cfg(self, seq: Sequence) -> DecodeConfig:
+        return seq.cfg or self.cfg
+
+    def _columns(self, cfg: DecodeConfig) -> list[int]:
+        """Which captured states (columns of ``capture.collect()``) ``cfg`` projects."""
+        return [self.layers.index(h) for h in self._wanted(cfg)]
+
+    def check_config(self, cfg: DecodeConfig) -> None:
+        """Refuse a per-sequence method whose hidden states this engine does not capture."""
+        if cfg.method == "led" and cfg.led.candidates > self.info.n_vocab:
+            raise LedError(f"led_candidates must be <= the vocabulary {self.info.n_vocab}, "
+                           f"got {cfg.led.candidates}")
+        if cfg.method in ("led", "dola") and not set(self._wanted(cfg)) <= set(self.layers):
+            have = f"--method {self.cfg.method}"
+            if self.cfg.method == "led":
+                have += f" --led-depths {self.cfg.led.depths}"
+            elif self.cfg.method == "dola":
+                have += f" --dola-layers {self.cfg.dola_layers}"
+            raise LedError(f"method {cfg.method} with these layers needs hidden states this "
+                           f"engine does not capture (it was started with {have})")
+
+    def _wanted(self, cfg: DecodeConfig) -> list[int]:
+        if cfg.method == "led":
+            return self.info.led_hidden_indices(cfg.led.depths)
+        return self.info.dola_hidden_indices(cfg.dola_layers)
 
     def prefill(self, slot: int, tokens: list[int]) -> None:
         """Evaluate a prompt into ``slot``, reusing the longest prefix already cached there;
@@ -214,7 +244,8 @@ class Engine:
             return
         if self.capture is not None:
             # LED outside every sequence's thinking scope needs no hidden states
-            wanted = self.cfg.method == "dola" or any(s.in_scope for s in live)
+            wanted = any(self._cfg(s).method == "dola"
+                         or (self._cfg(s).method == "led" and s.in_scope) for s in live)
             self.capture.begin(np.arange(len(live) if wanted else 0, dtype=np.int64))
         # only a response token's state counts, not the prompt's last token's
         in_response = [s for s in live if s.tokens] if self.embed else []
@@ -266,49 +297,57 @@ class Engine:
     def _pick(self, seqs: list[Sequence], rows: list[int]) -> None:
         """Choose each sequence's next token from output row rows[i] of the last decode
         (and, for LED and DoLa, from the states captured for those rows, in the same order)."""
-        cfg = self.cfg
         states = self.capture.collect() if self.capture is not None else None
+        cfgs = [self._cfg(s) for s in seqs]
         # llama.cpp's own sampler reads the logits in place; copy them only when needed
         final = None
-        if cfg.method != "sample" or self.logprobs:
+        if self.logprobs or any(c.method != "sample" for c in cfgs):
             final = np.stack([self.rt.logits(r) for r in rows])
+        chosen: list[int] = [0] * len(seqs)
         depth: list[int | None] = [None] * len(seqs)
-        if cfg.method == "led":
-            led = cfg.led
-            bases = [led_base(final[i], temperature=cfg.temperature, k=led.candidates,
-                              exploit=led.exploit, in_scope=s.in_scope, rng=s.rng)
-                     for i, s in enumerate(seqs)]
-            chosen = [b.base for b in bases]
-            explore = [i for i, b in enumerate(bases) if b.explore]
-            if explore:
-                z = self._depth_logits(explore, final, states)
-                for zi, i in zip(z, explore):
-                    step = led_explore(zi, bases[i].candidates, temperature=cfg.temperature,
-                                       rng=seqs[i].rng)
-                    chosen[i], depth[i] = step.token, step.depth
-        elif cfg.method == "dola":
-            prem = self._project(states)
-            chosen = [dola.pick(final[i], prem[i], cfg, s.rng) for i, s in enumerate(seqs)]
-        elif cfg.method == "greedy":
-            chosen = [int(np.argmax(row)) for row in final]
-        else:
-            chosen = [s.sampler.sample(self.rt.ctx, r) for s, r in zip(seqs, rows)]
-        temp = 0.0 if cfg.method == "greedy" else cfg.temperature
-        for i, s in enumerate(seqs):
+        explore: dict[DecodeConfig, list[tuple[int, np.ndarray]]] = {}
+        dola_rows: dict[DecodeConfig, list[int]] = {}
+        for i, (s, cfg) in enumerate(zip(seqs, cfgs)):
+            if cfg.method == "led":
+                led = cfg.led
+                b = led_base(final[i], temperature=cfg.temperature, k=led.candidates,
+                             exploit=led.exploit, in_scope=s.in_scope, rng=s.rng)
+                chosen[i] = b.base
+                if b.explore:
+                    explore.setdefault(cfg, []).append((i, b.candidates))
+            elif cfg.method == "dola":
+                dola_rows.setdefault(cfg, []).append(i)
+            elif cfg.method == "greedy":
+                chosen[i] = int(np.argmax(final[i]))
+            else:
+                chosen[i] = s.sampler.sample(self.rt.ctx, rows[i])
+        for cfg, items in explore.items():  # one projection per configuration
+            idx = [i for i, _ in items]
+            z = self._depth_logits(idx, final, states[:, self._columns(cfg)], cfg)
+            for zi, (i, cand) in zip(z, items):
+                step = led_explore(zi, cand, temperature=cfg.temperature, rng=seqs[i].rng)
+                chosen[i], depth[i] = step.token, step.depth
+        for cfg, idx in dola_rows.items():
+            prem = self._project(states[idx][:, self._columns(cfg)], cfg)
+            for p, i in zip(prem, idx):
+                chosen[i] = dola.pick(final[i], p, cfg, seqs[i].rng)
+        for i, (s, cfg) in enumerate(zip(seqs, cfgs)):
+            temp = 0.0 if cfg.method == "greedy" else cfg.temperature
             self._accept(s, chosen[i], depth[i], final[i] if self.logprobs else None, temp)
 
-    def _project(self, states: np.ndarray) -> np.ndarray:
+    def _project(self, states: np.ndarray, cfg: DecodeConfig) -> np.ndarray:
         """(R, m, n_embd) captured states -> (R, m, V) logits in one ggml product."""
         r, m, n = states.shape
-        out = self.head.project(states.reshape(r * m, n), norm=self.cfg.led.norm)
+        out = self.head.project(states.reshape(r * m, n), norm=cfg.led.norm)
         return out.reshape(r, m, -1)
 
-    def _depth_logits(self, idx: list[int], final: np.ndarray, states: np.ndarray) -> np.ndarray:
+    def _depth_logits(self, idx: list[int], final: np.ndarray, states: np.ndarray,
+                      cfg: DecodeConfig) -> np.ndarray:
         """(E, d, V) LED logits for output rows ``idx``: depth 0 final, 1..d-1 projected."""
-        d = self.cfg.led.depths
+        d = cfg.led.depths
         z = np.empty((len(idx), d, final.shape[1]), np.float32)
         z[:, 0] = final[idx]
-        z[:, 1:] = self._project(states[idx])
+        z[:, 1:] = self._project(states[idx], cfg)
         return z
 
     def _accept(self, s: Sequence, tok: int, depth: int | None, final: np.ndarray | None,
@@ -324,7 +363,7 @@ class Engine:
         if final is not None:
             s.logprobs.append(token_logprob(final, tok, temperature=temperature))
         s.pending = tok
-        think_end = self.cfg.think_end
+        think_end = self._cfg(s).think_end
         if s.in_scope and think_end:
             s._text_tail = (s._text_tail + self.rt.token_text(tok))[-(len(think_end) + 64):]
             if think_end in s._text_tail:

@@ -1,0 +1,256 @@
+"""The HTTP side: Starlette routes, API key, body cap, OpenAI-shaped errors, SSE streams.
+
+Handlers run on the event loop; they validate a request, tokenize its prompt, hand a ``Work``
+to the decode thread and turn the events it sends back into OpenAI responses or SSE chunks.
+A client that disconnects cancels its work (the decode thread frees its slots before its next
+step). Every error is a JSON ``{"error": ...}`` object; nothing raises past the handlers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from dataclasses import dataclass
+
+from sse_starlette import EventSourceResponse
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from led_local.decoding.generate import new_seed
+from led_local.decoding.methods import DecodeConfig
+from led_local.errors import LedError
+from led_local.serve import protocol as P
+from led_local.serve.metrics import Metrics
+from led_local.serve.responses import Collector, stream_chunks
+from led_local.serve.scheduler import QueueFull, Scheduler, ServeEngine, Work
+
+MAX_BODY = 8 * 1024 * 1024
+
+
+@dataclass
+class ServerState:
+    """What the handlers share: the engine (read-only here), its scheduler, the settings."""
+
+    engine: ServeEngine
+    scheduler: Scheduler
+    metrics: Metrics
+    model_name: str
+    base: DecodeConfig
+    api_key: str | None
+    reasoning: bool  # split <think> blocks into reasoning_content
+    created: int
+
+
+def _error(e: P.APIError) -> JSONResponse:
+    return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+
+
+class Guard:
+    """ASGI middleware: the API key, the body cap and the status count, before any route."""
+
+    def __init__(self, app, state: ServerState, *, max_body: int = MAX_BODY) -> None:
+        self.app = app
+        self.state = state
+        self.max_body = max_body
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        status: list[int] = []
+
+        async def counted_send(message) -> None:
+            if message["type"] == "http.response.start":
+                status.append(message["status"])
+            await send(message)
+
+        try:
+            error = self._check(scope)
+            if error is not None:
+                await _error(error)(scope, receive, counted_send)
+                return
+            await self.app(scope, self._capped(receive), counted_send)
+        finally:
+            self.state.metrics.requests.labels(status=str(status[0] if status else 499)).inc()
+
+    def _check(self, scope) -> P.APIError | None:
+        headers = dict(scope["headers"])
+        length = headers.get(b"content-length", b"0")
+        if length.isdigit() and int(length) > self.max_body:
+            return P.APIError(413, f"the body exceeds {self.max_body} bytes")
+        key = self.state.api_key
+        if key and scope["path"] != "/health":
+            auth = headers.get(b"authorization", b"").decode("latin-1")
+            given = auth[7:] if auth.lower().startswith("bearer ") else ""
+            if not hmac.compare_digest(given.encode(), key.encode()):
+                return P.APIError(401, "invalid or missing API key (Authorization: Bearer KEY)",
+                                  type="authentication_error", code="invalid_api_key")
+        return None
+
+    def _capped(self, receive):
+        seen = 0
+
+        async def capped():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_body:
+                    raise P.APIError(413, f"the body exceeds {self.max_body} bytes")
+            return message
+
+        return capped
+
+
+def build_app(state: ServerState) -> Starlette:
+    """The Starlette application over a started scheduler."""
+
+    async def health(request: Request) -> Response:
+        sched = state.scheduler
+        return JSONResponse({"status": "ok", "slots_busy": sched.busy(),
+                             "slots_free": sched.parallel - sched.busy(),
+                             "queue": len(sched.queue)})
+
+    async def metrics(request: Request) -> Response:
+        return Response(state.metrics.render(),
+                        media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    async def models(request: Request) -> Response:
+        return JSONResponse({"object": "list", "data": [
+            {"id": state.model_name, "object": "model", "created": state.created,
+             "owned_by": "led-local"}]})
+
+    async def chat(request: Request) -> Response:
+        return await _complete(request, chat=True)
+
+    async def completions(request: Request) -> Response:
+        return await _complete(request, chat=False)
+
+    async def _complete(request: Request, *, chat: bool) -> Response:
+        body = await request.body()
+        req = P.parse(P.ChatRequest if chat else P.CompletionRequest, body)
+        work = await run_in_threadpool(_work, state, req, chat)
+        queue: asyncio.Queue = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+
+        def emit(event: dict) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, event)
+            except RuntimeError:  # the loop is gone (shutdown): nobody listens any more
+                pass
+
+        work.emit = emit
+        try:
+            state.scheduler.submit(work)
+        except QueueFull as e:
+            raise P.APIError(503, f"the server is busy: {e}; retry later",
+                             type="server_error", code="queue_full",
+                             headers={"Retry-After": "1"}) from None
+        meta = {"id": P.new_id("chatcmpl" if chat else "cmpl"), "created": P.now(),
+                "model": state.model_name, "seed": work.seed}
+        if req.stream:
+            return EventSourceResponse(
+                stream_chunks(queue, work, state.scheduler, meta, chat=chat,
+                              include_usage=req.include_usage()),
+                ping=15, sep="\n")
+        return await _answer(request, queue, work, meta, chat=chat)
+
+    async def _answer(request: Request, queue: asyncio.Queue, work: Work, meta: dict, *,
+                      chat: bool) -> Response:
+        collector = Collector(work, chat=chat)
+        left = asyncio.ensure_future(_disconnected(request))
+        try:
+            while not collector.done:
+                get = asyncio.ensure_future(queue.get())
+                await asyncio.wait({get, left}, return_when=asyncio.FIRST_COMPLETED)
+                if not get.done():
+                    get.cancel()
+                    state.scheduler.cancel(work)
+                    return Response(status_code=499)
+                collector.add(get.result())
+        finally:
+            left.cancel()
+        if collector.error:
+            raise P.APIError(500, collector.error, type="server_error")
+        return JSONResponse(collector.response(meta))
+
+    async def api_error(request: Request, exc: Exception) -> Response:
+        return _error(exc)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        return _error(P.APIError(exc.status_code, f"{request.method} {request.url.path}: "
+                                 f"{exc.detail}", code=code))
+
+    async def crash(request: Request, exc: Exception) -> Response:
+        return _error(P.APIError(500, f"internal error: {type(exc).__name__}",
+                                 type="server_error"))
+
+    routes = [
+        Route("/health", health, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        Route("/v1/models", models, methods=["GET"]),
+        Route("/v1/chat/completions", chat, methods=["POST"]),
+        Route("/v1/completions", completions, methods=["POST"]),
+    ]
+    app = Starlette(routes=routes, exception_handlers={
+        P.APIError: api_error, HTTPException: http_error, Exception: crash})
+    return app
+
+
+async def _disconnected(request: Request) -> None:
+    """Return when the client closes the connection."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+def _work(state: ServerState, req: P.CommonRequest, chat: bool) -> Work:
+    """Validate a parsed request against the model and turn it into the decode thread's Work
+    (runs in a worker thread: the chat template and the tokenizer take a while)."""
+    engine = state.engine
+    cfg = req.decode_config(state.base)
+    try:
+        engine.check_config(cfg)
+    except LedError as e:
+        raise P.APIError(400, str(e), param="method") from None
+    if req.n > state.scheduler.parallel:
+        raise P.APIError(400, f"n must be <= {state.scheduler.parallel} (the server's "
+                         f"--parallel), got {req.n}", param="n")
+    rt = engine.rt
+    thinking = False
+    try:
+        if chat:
+            messages = [{"role": m.role, "content": m.text()} for m in req.messages]
+            prompt = rt.apply_chat_template(messages)
+            thinking = prompt.rstrip().endswith("<think>")
+            tokens = rt.tokenize(prompt)
+        elif isinstance(req.prompt, list) and req.prompt and isinstance(req.prompt[0], int):
+            tokens = list(req.prompt)
+            if not all(0 <= t < rt.n_vocab for t in tokens):
+                raise P.APIError(400, f"prompt: token ids must be in [0, {rt.n_vocab})",
+                                 param="prompt")
+        else:
+            text = req.prompt if isinstance(req.prompt, str) else "".join(req.prompt)
+            tokens = rt.tokenize(text)
+    except LedError as e:
+        raise P.APIError(400, str(e), param="messages" if chat else "prompt") from None
+    if not tokens:
+        raise P.APIError(400, "the prompt is empty", param="messages" if chat else "prompt")
+    room = rt.n_ctx_seq - len(tokens)
+    if room < 1:
+        raise P.APIError(400, f"the prompt has {len(tokens)} tokens, more than the context "
+                         f"of {rt.n_ctx_seq} allows (--ctx)", param="messages" if chat
+                         else "prompt", code="context_length_exceeded")
+    limit = req.limit()
+    max_tokens = room if limit is None else min(limit, room)
+    return Work(tokens=tokens, cfg=cfg, n=req.n, max_tokens=max_tokens,
+                seed=new_seed() if req.seed is None else req.seed, stop=req.stops(),
+                emit=lambda event: None, top_n=req.top_n(),
+                logprobs=req.logprobs is True if chat else req.logprobs is not None,
+                split=chat and state.reasoning, thinking=thinking,
+                cache_prompt=req.cache_prompt)

@@ -1,0 +1,250 @@
+"""The OpenAI-compatible wire format: request models, their validation, errors, responses.
+
+Requests are parsed strictly from JSON (a string where a number belongs is a 400, not a
+silent conversion); unknown fields are ignored, as OpenAI-compatible servers do. The
+non-OpenAI decoding fields (``method``, ``top_k``, ``led_depths``, ...) sit at the top level
+of the body, where the ``openai`` client's ``extra_body`` puts them. Every error leaves the
+server as ``{"error": {"message", "type", "param", "code"}}`` built by ``APIError``.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from led_local.decoding.methods import DecodeConfig
+from led_local.decoding.samplers import LEDConfig
+from led_local.errors import LedError
+
+MAX_STOP = 16
+
+
+class APIError(Exception):
+    """An error answered to the client: HTTP ``status`` and OpenAI's error object."""
+
+    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
+                 param: str | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.param = param
+        self.code = code
+        self.headers = headers or {}
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param,
+                          "code": self.code}}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+
+class StreamOptions(_Strict):
+    include_usage: bool = False
+
+
+class TextPart(_Strict):
+    type: str
+    text: str = ""
+
+
+class Message(_Strict):
+    role: str
+    content: str | list[TextPart] | None = None
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        bad = [p.type for p in self.content if p.type != "text"]
+        if bad:
+            raise APIError(400, f"messages: content parts of type {bad[0]!r} are not supported "
+                           "(text only)", param="messages")
+        return "".join(p.text for p in self.content)
+
+
+class CommonRequest(_Strict):
+    """Fields shared by chat and text completions (OpenAI's and led-local's own)."""
+
+    model: str | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=100)
+    top_p: float | None = Field(None, gt=0, le=1)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    n: int = Field(1, ge=1, le=128)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+    # led-local's decoding fields (the openai client sends them with extra_body)
+    method: Literal["led", "sample", "greedy", "dola"] | None = None
+    top_k: int | None = Field(None, ge=0)
+    min_p: float | None = Field(None, ge=0, le=1)
+    led_depths: int | None = Field(None, ge=2)
+    led_candidates: int | None = Field(None, ge=1)
+    led_norm: bool | None = None
+    exploit: bool | None = None
+    think_end: str | None = None
+    dola_layers: Literal["low", "high"] | None = None
+    cache_prompt: bool = True  # as llama-server: reuse a finished sequence's KV prefix
+
+    def stops(self) -> list[str]:
+        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        if len(stops) > MAX_STOP:
+            raise APIError(400, f"stop: at most {MAX_STOP} strings, got {len(stops)}",
+                           param="stop")
+        return [s for s in stops if s]
+
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    def check_unsupported(self) -> None:
+        """Refuse OpenAI options that would change the output but that LED does not apply,
+        instead of dropping them silently."""
+        for name in ("frequency_penalty", "presence_penalty"):
+            if getattr(self, name):
+                raise APIError(400, f"{name} is not supported (must be 0 or absent)", param=name)
+        if self.logit_bias:
+            raise APIError(400, "logit_bias is not supported", param="logit_bias")
+        if self.stream_options is not None and not self.stream:
+            raise APIError(400, "stream_options needs stream: true", param="stream_options")
+
+    def decode_config(self, base: DecodeConfig) -> DecodeConfig:
+        """The request's method: the server's defaults overridden by the fields given.
+
+        A field for a method that would ignore it is a 400 (top_p: 1 is accepted anywhere,
+        since clients send it as "off")."""
+        method = self.method or base.method
+        only = {"top_k": ("sample", "dola"), "min_p": ("sample", "dola"),
+                "led_depths": ("led",), "led_candidates": ("led",), "exploit": ("led",),
+                "led_norm": ("led", "dola"), "dola_layers": ("dola",)}
+        for name, methods in only.items():
+            if getattr(self, name) is not None and method not in methods:
+                raise APIError(400, f"{name} applies to method {'/'.join(methods)}, not "
+                               f"{method}", param=name)
+        if self.top_p is not None and self.top_p < 1 and method not in ("sample", "dola"):
+            raise APIError(400, f"top_p applies to method sample/dola, not {method} (send 1 "
+                           "or leave it out)", param="top_p")
+        temperature = base.temperature if self.temperature is None else self.temperature
+        led = base.led
+        try:
+            led = LEDConfig(
+                temperature=temperature,
+                depths=led.depths if self.led_depths is None else self.led_depths,
+                candidates=led.candidates if self.led_candidates is None else self.led_candidates,
+                exploit=led.exploit if self.exploit is None else self.exploit,
+                norm=led.norm if self.led_norm is None else self.led_norm)
+            return DecodeConfig(
+                method=method, temperature=temperature,
+                top_k=base.top_k if self.top_k is None else self.top_k,
+                top_p=base.top_p if self.top_p is None else self.top_p,
+                min_p=base.min_p if self.min_p is None else self.min_p,
+                led=led, dola_layers=self.dola_layers or base.dola_layers,
+                think_end=base.think_end if self.think_end is None else self.think_end)
+        except LedError as e:
+            raise APIError(400, _api_names(str(e))) from None
+
+
+class ChatRequest(CommonRequest):
+    messages: list[Message] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+
+    def limit(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+    def top_n(self) -> int:
+        if self.top_logprobs and not self.logprobs:
+            raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+        return self.top_logprobs or 0
+
+
+class CompletionRequest(CommonRequest):
+    prompt: str | list[str] | list[int]
+    logprobs: int | None = Field(None, ge=0, le=20)
+    echo: bool = False
+    suffix: str | None = None
+
+    def limit(self) -> int | None:
+        return self.max_tokens
+
+    def top_n(self) -> int:
+        return self.logprobs or 0
+
+    def check_unsupported(self) -> None:
+        super().check_unsupported()
+        if self.echo:
+            raise APIError(400, "echo is not supported", param="echo")
+        if self.suffix:
+            raise APIError(400, "suffix is not supported", param="suffix")
+        if isinstance(self.prompt, list) and self.prompt and isinstance(self.prompt[0], str) \
+                and len(self.prompt) != 1:
+            raise APIError(400, "prompt: one prompt per request (a string or a list of one)",
+                           param="prompt")
+
+
+def parse(model: type[CommonRequest], body: bytes) -> CommonRequest:
+    """Parse and validate a JSON body; malformed JSON or a wrong type is a 400."""
+    try:
+        req = model.model_validate_json(body)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "json_invalid":
+            raise APIError(400, f"the body is not valid JSON: {err['msg']}") from None
+        raise APIError(400, f"{loc}: {err['msg']}" if loc else err["msg"],
+                       param=loc or None) from None
+    req.check_unsupported()
+    return req
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def chat_logprobs(entries: list[dict]) -> dict:
+    """OpenAI's chat ``logprobs`` object from entries {token, logprob, bytes, top}."""
+    return {"content": [
+        {"token": e["token"], "logprob": e["logprob"], "bytes": e["bytes"],
+         "top_logprobs": [{"token": t, "logprob": lp, "bytes": b} for t, lp, b in e["top"]]}
+        for e in entries]}
+
+
+def text_logprobs(entries: list[dict], offset: int = 0) -> dict:
+    """The legacy completions ``logprobs`` object (tokens, token_logprobs, top_logprobs,
+    text_offset); ``offset`` is where the first entry's text starts."""
+    offsets = []
+    for e in entries:
+        offsets.append(offset)
+        offset += len(e["token"])
+    return {"tokens": [e["token"] for e in entries],
+            "token_logprobs": [e["logprob"] for e in entries],
+            "top_logprobs": [{t: lp for t, lp, _ in e["top"]} for e in entries],
+            "text_offset": offsets}
+
+
+def _api_names(message: str) -> str:
+    """A library message names command-line options (--led-depths); the API's fields are
+    led_depths."""
+    return re.sub(r"--([a-z][a-z-]*)", lambda m: m.group(1).replace("-", "_"), message)

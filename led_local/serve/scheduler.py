@@ -1,0 +1,293 @@
+"""The decode thread: it owns the engine; requests reach it through a FIFO queue.
+
+Up to P choices (a request's ``n`` samples) decode together, one ``llama_decode`` per step, in
+the engine's batch-invariant setting; a request waits in the queue until it has a slot for each
+of its choices, and a finished or cancelled choice frees its slot before the next step. A
+request's prompt minus its last token is loaded into its first slot and forked into the others
+(``n`` > 1 shares the prompt's KV); every choice starts with the prompt's last token pending,
+so its first token is picked in an ordinary step, as ``decoding.batch`` does. Choice i draws
+its randomness from (seed,) for i = 0, as ``generate`` does, and (seed, i) otherwise.
+
+A free slot keeps the KV of the sequence that finished in it: a new request goes to the free
+slot that shares the longest token prefix with its prompt (a prompt cache), so a chat
+front-end's next turn evaluates only the new tokens.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from led_local.decoding.engine import Engine, Sequence
+from led_local.decoding.methods import DecodeConfig
+from led_local.decoding.samplers import log_probs_at, top_candidates
+from led_local.errors import LedError
+from led_local.serve.metrics import Metrics
+from led_local.serve.text import NoSplit, ReasoningSplit, TextStream
+
+
+class QueueFull(Exception):
+    """More requests wait than ``--max-queue`` allows."""
+
+
+@dataclass
+class Work:
+    """One request as the decode thread sees it; ``emit`` delivers its events (thread-safe)."""
+
+    tokens: list[int]
+    cfg: DecodeConfig
+    n: int
+    max_tokens: int
+    seed: int
+    stop: list[str]
+    emit: Callable[[dict], None]
+    logprobs: bool = False
+    top_n: int = 0
+    split: bool = True
+    thinking: bool = False  # the prompt already opened a <think> block
+    cache_prompt: bool = True  # reuse the longest cached prefix (False: evaluate it all)
+    arrived: float = field(default_factory=time.perf_counter)
+    cancelled: bool = False
+    first_token: bool = False
+
+
+@dataclass
+class Choice:
+    """One running choice of a request in its slot."""
+
+    work: Work
+    index: int
+    seq: Sequence
+    text: TextStream
+    split: ReasoningSplit | NoSplit
+    seen: int = 0
+    t_last: float = 0.0
+    logprobs: list[dict] = field(default_factory=list)
+
+
+class ServeEngine(Engine):
+    """The engine with the top log-probabilities a request asks for (``top_n[slot]``)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, logprobs=True, batch_invariant=True, **kwargs)
+        self.top_n: dict[int, int] = {}
+        self.top: dict[int, list[list[tuple[int, float]]]] = {}
+
+    def _accept(self, s: Sequence, tok: int, depth: int | None, final: np.ndarray | None,
+                temperature: float) -> None:
+        before = len(s.tokens)
+        super()._accept(s, tok, depth, final, temperature)
+        k = self.top_n.get(s.slot, 0)
+        if k and final is not None and len(s.tokens) > before:
+            cand = top_candidates(final, k)
+            lps = log_probs_at(final, cand, temperature)
+            self.top.setdefault(s.slot, []).append(list(zip(cand.tolist(), lps.tolist())))
+
+    def common_prefix(self, slot: int, tokens: list[int]) -> int:
+        """How many leading ``tokens`` the KV cache of ``slot`` already holds."""
+        n = 0
+        for a, b in zip(self._cached.get(slot, []), tokens):
+            if a != b:
+                break
+            n += 1
+        return n
+
+
+class Scheduler:
+    """Continuous batching across requests on one engine with ``parallel`` slots."""
+
+    def __init__(self, engine: ServeEngine, *, parallel: int, max_queue: int,
+                 metrics: Metrics) -> None:
+        self.engine = engine
+        self.parallel = parallel
+        self.max_queue = max_queue
+        self.metrics = metrics
+        self.queue: deque[Work] = deque()
+        self.running: dict[int, Choice] = {}
+        self.free = set(range(parallel))
+        self._cv = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="led-decode", daemon=True)
+
+    # -- the request side (event loop thread) ---------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, work: Work) -> None:
+        with self._cv:
+            if self._stopping:
+                raise QueueFull("the server is shutting down")
+            if len(self.queue) >= self.max_queue:
+                raise QueueFull(f"{len(self.queue)} requests are waiting (--max-queue)")
+            self.queue.append(work)
+            self.metrics.queue.set(len(self.queue))
+            self._cv.notify()
+
+    def cancel(self, work: Work) -> None:
+        """The client left: drop the request before the next step."""
+        with self._cv:
+            work.cancelled = True
+            self._cv.notify()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Cancel everything queued or running and join the decode thread."""
+        with self._cv:
+            self._stopping = True
+            self._cv.notify()
+        self._thread.join(timeout)
+
+    def busy(self) -> int:
+        return self.parallel - len(self.free)
+
+    # -- the decode thread ----------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not (self._stopping or self.queue or self.running):
+                    self._cv.wait()
+                if self._stopping:
+                    break
+                admit = self._take()
+            for work in admit:
+                self._admit(work)
+            self._reap()
+            if self.running:
+                self._step()
+        works = {id(c.work): c.work for c in self.running.values()}
+        works.update((id(w), w) for w in self.queue)
+        for c in list(self.running.values()):
+            self._end(c, "cancelled")
+        self.queue.clear()
+        for work in works.values():
+            work.emit({"error": "the server is shutting down"})
+
+    def _take(self) -> list[Work]:
+        """Queued requests that fit the free slots, in order (cancelled ones dropped)."""
+        out: list[Work] = []
+        room = len(self.free)
+        while self.queue:
+            work = self.queue[0]
+            if work.cancelled:
+                self.queue.popleft()
+                continue
+            if work.n > room:
+                break
+            room -= work.n
+            out.append(self.queue.popleft())
+        self.metrics.queue.set(len(self.queue))
+        return out
+
+    def _admit(self, work: Work) -> None:
+        """Load the prompt into the free slot that caches most of it; fork it for each choice."""
+        eng = self.engine
+        if work.cache_prompt:
+            first = max(self.free, key=lambda s: (eng.common_prefix(s, work.tokens[:-1]), -s))
+        else:
+            first = min(self.free)
+            eng.free(first)
+        try:
+            eng.load_prefix(first, work.tokens[:-1])
+        except LedError as e:
+            eng.free(first)
+            work.emit({"error": str(e)})
+            return
+        slots = [first] + sorted(self.free - {first})[:work.n - 1]
+        now = time.perf_counter()
+        for i, slot in enumerate(slots):
+            self.free.discard(slot)
+            if slot != first:
+                eng.fork(first, slot)
+            seq = eng.new_sequence(slot, seed=(work.seed,) if i == 0 else (work.seed, i),
+                                   max_tokens=work.max_tokens, cfg=work.cfg)
+            seq.pending, seq.n_past = work.tokens[-1], len(work.tokens) - 1
+            eng.top_n[slot] = work.top_n
+            eng.top[slot] = []
+            split = ReasoningSplit(thinking=work.thinking) if work.split else NoSplit()
+            self.running[slot] = Choice(work, i, seq, TextStream(work.stop), split, t_last=now)
+        self.metrics.busy.set(self.busy())
+        self.metrics.tokens_in.inc(len(work.tokens))
+
+    def _reap(self) -> None:
+        for c in [c for c in self.running.values() if c.work.cancelled]:
+            self._end(c, "cancelled")
+
+    def _step(self) -> None:
+        choices = [self.running[s] for s in sorted(self.running)]
+        try:
+            self.engine.step([c.seq for c in choices])
+        except Exception as e:  # a failed decode ends these requests, never the server
+            for c in choices:
+                c.work.emit({"error": f"decoding failed: {e}"})
+                self._end(c, "error")
+            return
+        now = time.perf_counter()
+        for c in choices:
+            self._collect(c, now)
+
+    def _collect(self, c: Choice, now: float) -> None:
+        """Turn a choice's new tokens into released text; end it when it is done."""
+        rt, seq = self.engine.rt, c.seq
+        new = seq.tokens[c.seen:]
+        tops = self.engine.top.get(seq.slot, [])
+        text = ""
+        for k, tok in enumerate(new, start=c.seen):
+            data = rt.token_bytes(tok)
+            text += c.text.feed(data)
+            if c.work.logprobs or c.work.top_n:
+                c.logprobs.append(self._entry(tok, data, seq.logprobs[k],
+                                              tops[k] if k < len(tops) else []))
+            if c.text.stopped:
+                seq.finish_reason = "stop"
+                break
+        if new:
+            if not c.work.first_token:
+                c.work.first_token = True
+                self.metrics.ttft.observe(now - c.work.arrived)
+            else:
+                self.metrics.token_latency.observe((now - c.t_last) / len(new))
+            c.t_last = now
+            self.metrics.tokens_out.inc(len(new))
+        c.seen = len(seq.tokens)
+        if seq.done:
+            text += c.text.finish()
+        self._send(c, text, final=seq.done)
+        if seq.done:
+            self.metrics.explored.inc(seq.explored)
+            self._end(c, seq.finish_reason)
+
+    def _entry(self, tok: int, data: bytes, logprob: float,
+               top: list[tuple[int, float]]) -> dict:
+        rt = self.engine.rt
+        return {"token": data.decode("utf-8", "replace"), "logprob": logprob,
+                "bytes": list(data),
+                "top": [(rt.token_text(t), lp, list(rt.token_bytes(t))) for t, lp in top]}
+
+    def _send(self, c: Choice, text: str, *, final: bool) -> None:
+        part = c.split.feed(text)
+        if final:
+            tail = c.split.finish()
+            part.reasoning += tail.reasoning
+            part.content += tail.content
+        # log-probabilities travel with the text they produced (held-back text: later)
+        if part.reasoning or part.content or (c.logprobs and final):
+            c.work.emit({"index": c.index, "reasoning": part.reasoning, "content": part.content,
+                         "logprobs": c.logprobs})
+            c.logprobs = []
+
+    def _end(self, c: Choice, reason: str) -> None:
+        """Free the choice's slot (its KV stays as a prompt cache) and report its end."""
+        slot = c.seq.slot
+        del self.running[slot]
+        self.free.add(slot)
+        self.engine.top_n.pop(slot, None)
+        self.engine.top.pop(slot, None)
+        self.metrics.busy.set(self.busy())
+        if reason in ("stop", "length"):
+            c.work.emit({"index": c.index, "finish_reason": reason,
+                         "completion_tokens": len(c.seq.tokens), "explored": c.seq.explored,
+                         "text_len": len(c.text.text)})
