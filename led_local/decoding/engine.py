@@ -16,11 +16,18 @@ import numpy as np
 
 from led_local.decoding import dola
 from led_local.decoding.methods import DecodeConfig, LlamaSampler, seed_sequence
-from led_local.decoding.samplers import led_base, led_explore, token_logprob
+from led_local.decoding.samplers import (
+    led_base,
+    led_explore,
+    led_explore_logprobs,
+    log_probs_at,
+    token_logprob,
+)
 from led_local.errors import LedError
 from led_local.llama.capture import make_capture
 from led_local.llama.gguf_info import ModelInfo, model_info
 from led_local.llama.head import LMHead
+from led_local.llama.projection import GraphProjection, resolve_projection
 from led_local.llama.runtime import Runtime, default_threads
 
 
@@ -57,7 +64,8 @@ class Engine:
 
     n_ctx: total context (shared by the slots); threads: llama.cpp's and the projection's
     threads (default: all cores up to 8; both run one after the other, never together);
-    capture: auto, callback or layer-inp; logprobs: record each token's final-layer logprob.
+    capture: auto, callback or layer-inp; logprobs: record each token's final-layer logprob;
+    projection: auto, host or graph, where depth logits are computed (``llama.projection``).
     """
 
     def __init__(
@@ -71,6 +79,7 @@ class Engine:
         threads: int | None = None,
         capture: str = "auto",
         logprobs: bool = False,
+        projection: str = "auto",
         verbose: bool = False,
         batch_invariant: bool = False,
     ) -> None:
@@ -79,6 +88,7 @@ class Engine:
         self.logprobs = logprobs
         self.head: LMHead | None = None
         self.capture = None
+        self.graph: GraphProjection | None = None
         self.layers: list[int] = []
         if cfg.method == "led":
             self.info.check_led(cfg.led.depths)
@@ -89,15 +99,22 @@ class Engine:
         elif cfg.method == "dola":
             self.info.check_led(2)
             self.layers = self.info.dola_hidden_indices(cfg.dola_layers)
-        if self.layers:
+        if self.layers and resolve_projection(projection) == "graph":
+            k = cfg.led.candidates if cfg.method == "led" else None
+            self.graph = GraphProjection(self.info, self.layers, norm=cfg.led.norm,
+                                         temperature=cfg.temperature, candidates=k)
+        elif self.layers:
             self.capture = make_capture(self.info, self.layers, prefer=capture)
             self.head = LMHead(self.info, threads=threads or default_threads())
         self.rt = Runtime(self.info.path, n_ctx=n_ctx, n_seq=n_seq, n_batch=n_batch,
                           n_threads=threads, verbose=verbose, info=self.info,
                           batch_invariant=batch_invariant,
+                          n_outputs_max=n_seq if self.graph is not None else 0,
                           eval_callback=self.capture.callback if self.capture else None)
         if self.capture is not None:
             self.capture.attach(self.rt)
+        if self.graph is not None:
+            self.graph.attach(self.rt)
         self.n_seq = n_seq
         self._cached: dict[int, list[int]] = {}
 
@@ -148,6 +165,8 @@ class Engine:
             common = min(common, n - 1)  # the last token must be decoded to get its logits
         self.rt.seq_rm(slot, common, -1)
         self._cached[slot] = cached = list(tokens[:common])  # true even if interrupted below
+        if self.graph is not None and logits:
+            self.graph.enable(True)
         for start in range(common, n, self.rt.n_batch):
             chunk = tokens[start:start + self.rt.n_batch]
             last = logits and start + len(chunk) == n
@@ -193,6 +212,8 @@ class Engine:
             # LED outside every sequence's thinking scope needs no hidden states
             wanted = self.cfg.method == "dola" or any(s.in_scope for s in live)
             self.capture.begin(np.arange(len(live) if wanted else 0, dtype=np.int64))
+        if self.graph is not None:
+            self.graph.enable(self.cfg.method == "dola" or any(s.in_scope for s in live))
         self.rt.decode([s.pending for s in live], [s.n_past for s in live],
                        [s.slot for s in live], [True] * len(live))
         for s in live:
@@ -218,14 +239,21 @@ class Engine:
                      for i, s in enumerate(seqs)]
             chosen = [b.base for b in bases]
             explore = [i for i, b in enumerate(bases) if b.explore]
-            if explore:
+            if explore and self.graph is not None:
+                for i in explore:
+                    step = self._explore_graph(rows[i], bases[i].candidates, final[i], seqs[i])
+                    chosen[i], depth[i] = step.token, step.depth
+            elif explore:
                 z = self._depth_logits(explore, final, states)
                 for zi, i in zip(z, explore):
                     step = led_explore(zi, bases[i].candidates, temperature=cfg.temperature,
                                        rng=seqs[i].rng)
                     chosen[i], depth[i] = step.token, step.depth
         elif cfg.method == "dola":
-            prem = self._project(states)
+            if self.graph is not None:
+                prem = np.stack([self.graph.logits(r) for r in rows])
+            else:
+                prem = self._project(states)
             chosen = [dola.pick(final[i], prem[i], cfg, s.rng) for i, s in enumerate(seqs)]
         elif cfg.method == "greedy":
             chosen = [int(np.argmax(row)) for row in final]
@@ -234,6 +262,13 @@ class Engine:
         temp = 0.0 if cfg.method == "greedy" else cfg.temperature
         for i, s in enumerate(seqs):
             self._accept(s, chosen[i], depth[i], final[i] if self.logprobs else None, temp)
+
+    def _explore_graph(self, row: int, candidates: np.ndarray, final: np.ndarray, seq: Sequence):
+        """LED's exploration step for batch row ``row`` from the in-graph projection."""
+        t = self.cfg.temperature
+        cands, deeper = self.graph.logprobs(row, candidates, final)
+        logp = np.vstack([log_probs_at(final, cands, t)[None], deeper])
+        return led_explore_logprobs(logp, cands, temperature=t, rng=seq.rng)
 
     def _project(self, states: np.ndarray) -> np.ndarray:
         """(R, m, n_embd) captured states -> (R, m, V) logits in one ggml product."""
