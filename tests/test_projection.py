@@ -179,7 +179,7 @@ def test_auto_follows_offload(monkeypatch):
 
 @needs_patch
 def test_graph_solve_is_batch_invariant(smollm2, tmp_path):
-    """--parallel 1 and 8 give identical records with the in-graph projection (its rows are
+    """--parallel 1 and 3 give identical records with the in-graph projection (its rows are
     projected together, each output element still an independent dot product)."""
     import json
 
@@ -188,14 +188,12 @@ def test_graph_solve_is_batch_invariant(smollm2, tmp_path):
     from led_local.cli import main
 
     problems = tmp_path / "p.jsonl"
-    problems.write_text("".join(json.dumps({"id": str(i), "question": q, "answer": a}) + "\n"
-                                for i, (q, a) in enumerate([("What is 2 + 3?", "5"),
-                                                            ("What is 7 * 6?", "42")])))
+    problems.write_text(json.dumps({"id": "0", "question": "What is 2 + 3?", "answer": "5"}))
     records = []
-    for parallel in ("1", "8"):
+    for parallel in ("1", "3"):
         out = tmp_path / f"{parallel}.jsonl"
         r = CliRunner().invoke(main, ["solve", str(smollm2), str(problems), "-o", str(out),
-                                      "-n", "3", "--max-tokens", "24", "--parallel", parallel,
+                                      "-n", "3", "--max-tokens", "12", "--parallel", parallel,
                                       "--no-exploit", "-t", "1.0", "--projection", "graph"])
         assert r.exit_code == 0, r.output
         rows = [json.loads(line) for line in out.read_text().splitlines()]
