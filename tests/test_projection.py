@@ -234,3 +234,22 @@ def test_cuda_build_compiles_for_one_architecture(args, arch):
                           *args], cwd=root, capture_output=True, text=True, check=True).stdout
     assert "-DGGML_CUDA=on" in out
     assert f"-DCMAKE_CUDA_ARCHITECTURES={arch}" in out.split()
+
+
+@needs_patch
+def test_dola_reads_the_graphs_full_logits(smollm2):
+    """DoLa's premature layers from the in-graph full logits give the host's tokens."""
+    import json
+
+    from click.testing import CliRunner
+
+    from led_local.cli import main
+
+    out = {}
+    for choice in ("host", "graph"):
+        r = CliRunner().invoke(main, ["generate", str(smollm2), "--prompt", PROMPT, "-m", "dola",
+                                      "-t", "0", "--max-tokens", "12", "--json", "--seed", "1",
+                                      "--projection", choice])
+        assert r.exit_code == 0, r.output
+        out[choice] = json.loads(r.stdout)["tokens"]
+    assert out["graph"] == out["host"]
