@@ -2,6 +2,7 @@
 #   make demo   set everything up and run the main job on the default model
 #   make test   set everything up and run the test suite
 # BACKEND=cpu (default) | cuda | metal picks the llama.cpp backend of the build.
+# CUDA_ARCHITECTURES=native (default: the GPUs of the machine that builds) | e.g. 90 or 86;89.
 
 PYTHON  ?= python3
 BACKEND ?= cpu
@@ -18,7 +19,8 @@ PATCHES  := $(sort $(wildcard patches/*.patch))
 ifeq ($(BACKEND),cpu)
   BACKEND_CMAKE :=
 else ifeq ($(BACKEND),cuda)
-  BACKEND_CMAKE := -DGGML_CUDA=on
+  CUDA_ARCHITECTURES ?= native
+  BACKEND_CMAKE := -DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=$(CUDA_ARCHITECTURES)
 else ifeq ($(BACKEND),metal)
   BACKEND_CMAKE := -DGGML_METAL=on
 else
@@ -40,7 +42,7 @@ CMAKE_ARGS := $(BACKEND_CMAKE) -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF \
               -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF \
               $(if $(NO_AMX_FLAGS),-DCMAKE_C_FLAGS='$(NO_AMX_FLAGS)' -DCMAKE_CXX_FLAGS='$(NO_AMX_FLAGS)')
 # The build key changes with the version, the backend, the AMX choice and every patch's bytes.
-BUILD_KEY = $(shell cat $(PATCHES) /dev/null | sha256sum | cut -c1-16)-$(LLAMA_CPP_PYTHON_VERSION)-$(BACKEND)-amx$(AMX)
+BUILD_KEY = $(shell cat $(PATCHES) /dev/null | sha256sum | cut -c1-16)-$(LLAMA_CPP_PYTHON_VERSION)-$(BACKEND)$(CUDA_ARCHITECTURES)-amx$(AMX)
 
 SMOLLM2 := models/SmolLM2-135M-Instruct.Q4_1.gguf
 GEMMA3  := models/gemma-3-270m-q4_k_m.gguf

@@ -1,9 +1,10 @@
 """led-local benchmarks (``make bench``): ratios measured side by side in one run.
 
 decode: one prompt decoded with --method sample and with LED (gated, always-exploring, both
-capture paths), rounds interleaved so machine noise hits every variant alike.
+capture paths, and the in-graph projection where the build has it), rounds interleaved so
+machine noise hits every variant alike.
 batch: generated tokens/s of ``solve`` with --parallel 16 versus --parallel 1, for sample and
-LED, on the same GSM8K problems.
+LED (host projection, and in-graph where the build has it), on the same GSM8K problems.
 bufts: the build's default (CPU extra buffer types on: the repack kernels; AMX is not compiled
 in) against loading the model without extra buffer types, prompt and decode speed.
 embed: the cost of ``solve --embed`` (the mean final-norm state per answer), with and without
@@ -27,31 +28,37 @@ from led_local.decoding.generate import generate, prompt_tokens  # noqa: E402
 from led_local.decoding.methods import DecodeConfig  # noqa: E402
 from led_local.decoding.samplers import LEDConfig  # noqa: E402
 from led_local.llama import native  # noqa: E402
+from led_local.llama.projection import graph_available  # noqa: E402
 
 PROMPT = ("Please reason step by step, and put your final answer within \\boxed{}. "
           "A farmer has 17 sheep and buys 3 more pens of 12 sheep each. He then sells a third "
           "of all his sheep. How many sheep does he have left?")
 
 
-def decode_variants() -> dict[str, tuple[DecodeConfig, str]]:
+def decode_variants() -> dict[str, tuple[DecodeConfig, str, str]]:
+    """name -> (config, capture, projection)."""
     # think_end "": the whole response in LED's scope, as for a model that never closes it
     led = DecodeConfig(method="led", think_end="")
     always = DecodeConfig(method="led", led=LEDConfig(exploit=False), think_end="")
     variants = {
-        "sample": (DecodeConfig(method="sample", think_end=""), "auto"),
-        "led (callback)": (led, "callback"),
-        "led no-exploit (callback)": (always, "callback"),
+        "sample": (DecodeConfig(method="sample", think_end=""), "auto", "host"),
+        "led (callback)": (led, "callback", "host"),
+        "led no-exploit (callback)": (always, "callback", "host"),
     }
     if native.layer_inp_patch_version() is not None:
-        variants["led (layer-inp)"] = (led, "layer-inp")
-        variants["led no-exploit (layer-inp)"] = (always, "layer-inp")
+        variants["led (layer-inp)"] = (led, "layer-inp", "host")
+        variants["led no-exploit (layer-inp)"] = (always, "layer-inp", "host")
+    if graph_available():
+        variants["led (graph)"] = (led, "auto", "graph")
+        variants["led no-exploit (graph)"] = (always, "auto", "graph")
     return variants
 
 
 def bench_decode(model: str, *, tokens: int, rounds: int, threads: int | None) -> None:
     variants = decode_variants()
-    engines = {name: Engine(model, cfg, n_ctx=1024, threads=threads, capture=cap)
-               for name, (cfg, cap) in variants.items()}
+    engines = {name: Engine(model, cfg, n_ctx=1024, threads=threads, capture=cap,
+                            projection=proj)
+               for name, (cfg, cap, proj) in variants.items()}
     rates: dict[str, list[float]] = {name: [] for name in variants}
     explored: dict[str, int] = {}
     generated: dict[str, int] = {}
@@ -118,7 +125,8 @@ def bench_bufts(model: str, *, tokens: int, rounds: int, threads: int | None) ->
 
 def bench_batch(model: str, problems: str, *, n_problems: int, samples: int, max_tokens: int,
                 threads: int | None) -> None:
-    """solve's generated tokens/s at --parallel 16 and 1, for sample and for LED."""
+    """solve's generated tokens/s at --parallel 16 and 1, for sample and for LED (host, and
+    graph where the build has it)."""
     import tempfile
 
     from led_local.eval.problems import REFERENCE_PROMPT, load_problems
@@ -126,25 +134,28 @@ def bench_batch(model: str, problems: str, *, n_problems: int, samples: int, max
 
     items = load_problems(problems)[:n_problems]
     rates: dict[tuple[str, int], float] = {}
+    runs = [("sample", "sample", "host"), ("led", "led", "host")]
+    if graph_available():
+        runs.append(("led graph", "led", "graph"))
     with tempfile.TemporaryDirectory() as tmp:
-        for method in ("sample", "led"):
+        for name, method, proj in runs:
             for parallel in (16, 1):
-                out = Path(tmp) / f"{method}-{parallel}.jsonl"
+                out = Path(tmp) / f"{name.replace(' ', '-')}-{parallel}.jsonl"
                 opts = SolveOptions(samples=samples, parallel=parallel, max_tokens=max_tokens,
-                                    threads=threads)
+                                    threads=threads, projection=proj)
                 t0 = time.perf_counter()
                 p = solve(model, items, out, DecodeConfig(method=method), opts,
                           template=REFERENCE_PROMPT)
-                rates[(method, parallel)] = p.tokens / (time.perf_counter() - p.start)
-                print(f"  {method:6} --parallel {parallel:2}: {p.tokens} tokens, "
-                      f"{time.perf_counter() - t0:.1f}s, {rates[(method, parallel)]:.1f} tokens/s",
+                rates[(name, parallel)] = p.tokens / (time.perf_counter() - p.start)
+                print(f"  {name:9} --parallel {parallel:2}: {p.tokens} tokens, "
+                      f"{time.perf_counter() - t0:.1f}s, {rates[(name, parallel)]:.1f} tokens/s",
                       flush=True)
     print(f"batch benchmark: {Path(model).name}, {n_problems} problems x {samples} samples, "
           f"--max-tokens {max_tokens}")
-    print(f"{'method':8} {'P=1 tok/s':>10} {'P=16 tok/s':>11} {'gain':>6}")
-    for method in ("sample", "led"):
-        one, many = rates[(method, 1)], rates[(method, 16)]
-        print(f"{method:8} {one:10.1f} {many:11.1f} {many / one:6.2f}x")
+    print(f"{'method':9} {'P=1 tok/s':>10} {'P=16 tok/s':>11} {'gain':>6}")
+    for name, _, _ in runs:
+        one, many = rates[(name, 1)], rates[(name, 16)]
+        print(f"{name:9} {one:10.1f} {many:11.1f} {many / one:6.2f}x")
 
 
 def bench_embed(model: str, problems: str, *, n_problems: int, samples: int, max_tokens: int,

@@ -82,6 +82,10 @@ def decoding_options(f: Callable) -> Callable:
                      help="How hidden states leave llama.cpp (layer-inp needs the patched build)."),
         click.option("--chat-template", "chat_template", type=click.Path(path_type=str),
                      default=None, help="Jinja chat template file to use instead of the model's."),
+        click.option("--projection", type=click.Choice(["auto", "host", "graph"]),
+                     default="auto", show_default=True,
+                     help="Where depth logits are computed: host (CPU) or graph (inside llama.cpp, "
+                     "on the model's device; patched build). auto: graph when offloaded."),
         click.option("-v", "--verbose", is_flag=True, help="Show llama.cpp's own log on stderr."),
     ]
     for option in reversed(options):
@@ -96,7 +100,8 @@ def decode_config(ctx: click.Context, kw: dict) -> DecodeConfig:
     given = {name for name in kw if ctx.get_parameter_source(name) == cmdline}
     only = {"top_k": ("sample", "dola"), "top_p": ("sample", "dola"), "min_p": ("sample", "dola"),
             "led_depths": ("led",), "led_candidates": ("led",), "no_exploit": ("led",),
-            "led_norm": ("led", "dola"), "dola_layers": ("dola",), "capture": ("led", "dola")}
+            "led_norm": ("led", "dola"), "dola_layers": ("dola",), "capture": ("led", "dola"),
+            "projection": ("led", "dola")}
     for name, methods in only.items():
         if name in given and method not in methods:
             flag = "--" + name.replace("_", "-")
@@ -130,7 +135,7 @@ def open_engine(model: str, cfg: DecodeConfig, kw: dict, **extra):
     from led_local.decoding.engine import Engine
 
     return Engine(model_with_template(model, kw.get("chat_template")), cfg, n_ctx=kw["n_ctx"],
-                  threads=kw["threads"], capture=kw["capture"],
+                  threads=kw["threads"], capture=kw["capture"], projection=kw["projection"],
                   verbose=kw["verbose"], **extra)
 
 

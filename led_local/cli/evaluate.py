@@ -58,7 +58,8 @@ def solve(ctx: click.Context, model: str, problems: str, output: str, samples: i
                         "--parallel and --max-tokens")
     opts = solving.SolveOptions(samples=samples, parallel=parallel, max_tokens=max_tokens,
                                 seed=seed, limit=limit, logprobs=logprobs, threads=kw["threads"],
-                                capture=kw["capture"], force=force, embed=embed)
+                                capture=kw["capture"], projection=kw["projection"],
+                                force=force, embed=embed)
     check_not_input(output, {"the model": model, "the problem file": resolve_problems(problems),
                              "the prompt template": prompt_template,
                              "the chat template": kw["chat_template"]}, option="-o")

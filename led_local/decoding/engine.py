@@ -16,11 +16,18 @@ import numpy as np
 
 from led_local.decoding import dola
 from led_local.decoding.methods import DecodeConfig, LlamaSampler, seed_sequence
-from led_local.decoding.samplers import led_base, led_explore, token_logprob
+from led_local.decoding.samplers import (
+    led_base,
+    led_explore,
+    led_explore_logprobs,
+    log_probs_at,
+    token_logprob,
+)
 from led_local.errors import LedError
 from led_local.llama.capture import make_capture
 from led_local.llama.gguf_info import ModelInfo, model_info
 from led_local.llama.head import LMHead
+from led_local.llama.projection import GraphProjection, resolve_projection
 from led_local.llama.runtime import Runtime, default_threads
 
 
@@ -71,7 +78,8 @@ class Engine:
 
     n_ctx: total context (shared by the slots); threads: llama.cpp's and the projection's
     threads (default: all cores up to 8; both run one after the other, never together);
-    capture: auto, callback or layer-inp; logprobs: record each token's final-layer logprob.
+    capture: auto, callback or layer-inp; logprobs: record each token's final-layer logprob;
+    projection: auto, host or graph, where depth logits are computed (``llama.projection``).
     embed: average each sequence's final-norm hidden state (the LM head's input) over its
     response tokens, read from llama.cpp's embeddings output of the same decodes (switched on
     around each step only), plus one extra decode of every finished sequence's last token
@@ -91,6 +99,7 @@ class Engine:
         threads: int | None = None,
         capture: str = "auto",
         logprobs: bool = False,
+        projection: str = "auto",
         verbose: bool = False,
         batch_invariant: bool = False,
         embed: bool = False,
@@ -101,6 +110,7 @@ class Engine:
         self.logprobs = logprobs
         self.head: LMHead | None = None
         self.capture = None
+        self.graph: GraphProjection | None = None
         self.layers: list[int] = []
         if cfg.method == "led":
             self.info.check_led(cfg.led.depths)
@@ -111,15 +121,22 @@ class Engine:
         elif cfg.method == "dola":
             self.info.check_led(2)
             self.layers = self.info.dola_hidden_indices(cfg.dola_layers)
-        if self.layers:
+        if self.layers and resolve_projection(projection) == "graph":
+            k = cfg.led.candidates if cfg.method == "led" else None
+            self.graph = GraphProjection(self.info, self.layers, norm=cfg.led.norm,
+                                         temperature=cfg.temperature, candidates=k)
+        elif self.layers:
             self.capture = make_capture(self.info, self.layers, prefer=capture)
             self.head = LMHead(self.info, threads=threads or default_threads())
         self.rt = Runtime(self.info.path, n_ctx=n_ctx, n_seq=n_seq, n_batch=n_batch,
                           n_threads=threads, verbose=verbose, info=self.info,
                           batch_invariant=batch_invariant,
+                          n_outputs_max=n_seq if self.graph is not None else 0,
                           eval_callback=self.capture.callback if self.capture else None)
         if self.capture is not None:
             self.capture.attach(self.rt)
+        if self.graph is not None:
+            self.graph.attach(self.rt)
         self.n_seq = n_seq
         self._cached: dict[int, list[int]] = {}
 
@@ -160,6 +177,12 @@ class Engine:
         if cfg.method == "led" and cfg.led.candidates > self.info.n_vocab:
             raise LedError(f"led_candidates must be <= the vocabulary {self.info.n_vocab}, "
                            f"got {cfg.led.candidates}")
+        if (self.graph is not None and cfg.method in ("led", "dola")
+                and (cfg.method, cfg.temperature, cfg.led, cfg.dola_layers)
+                != (self.cfg.method, self.cfg.temperature, self.cfg.led, self.cfg.dola_layers)):
+            raise LedError("with --projection graph the depth logits are built for the "
+                           f"engine's own {self.cfg.method} settings; a sequence cannot change "
+                           "them (start with --projection host)")
         if cfg.method in ("led", "dola") and not set(self._wanted(cfg)) <= set(self.layers):
             have = f"--method {self.cfg.method}"
             if self.cfg.method == "led":
@@ -199,6 +222,8 @@ class Engine:
             common = min(common, n - 1)  # the last token must be decoded to get its logits
         self.rt.seq_rm(slot, common, -1)
         self._cached[slot] = cached = list(tokens[:common])  # true even if interrupted below
+        if self.graph is not None and logits:
+            self.graph.enable(True)
         for start in range(common, n, self.rt.n_batch):
             chunk = tokens[start:start + self.rt.n_batch]
             last = logits and start + len(chunk) == n
@@ -247,6 +272,10 @@ class Engine:
             wanted = any(self._cfg(s).method == "dola"
                          or (self._cfg(s).method == "led" and s.in_scope) for s in live)
             self.capture.begin(np.arange(len(live) if wanted else 0, dtype=np.int64))
+        if self.graph is not None:
+            self.graph.enable(any(self._cfg(s).method == "dola"
+                                  or (self._cfg(s).method == "led" and s.in_scope)
+                                  for s in live))
         # only a response token's state counts, not the prompt's last token's
         in_response = [s for s in live if s.tokens] if self.embed else []
         if in_response:
@@ -322,18 +351,33 @@ class Engine:
             else:
                 chosen[i] = s.sampler.sample(self.rt.ctx, rows[i])
         for cfg, items in explore.items():  # one projection per configuration
+            if self.graph is not None:  # the graph holds the engine's own configuration
+                for i, cand in items:
+                    step = self._explore_graph(rows[i], cand, final[i], seqs[i])
+                    chosen[i], depth[i] = step.token, step.depth
+                continue
             idx = [i for i, _ in items]
             z = self._depth_logits(idx, final, states[:, self._columns(cfg)], cfg)
             for zi, (i, cand) in zip(z, items):
                 step = led_explore(zi, cand, temperature=cfg.temperature, rng=seqs[i].rng)
                 chosen[i], depth[i] = step.token, step.depth
         for cfg, idx in dola_rows.items():
-            prem = self._project(states[idx][:, self._columns(cfg)], cfg)
+            if self.graph is not None:
+                prem = np.stack([self.graph.logits(rows[i]) for i in idx])
+            else:
+                prem = self._project(states[idx][:, self._columns(cfg)], cfg)
             for p, i in zip(prem, idx):
                 chosen[i] = dola.pick(final[i], p, cfg, seqs[i].rng)
         for i, (s, cfg) in enumerate(zip(seqs, cfgs)):
             temp = 0.0 if cfg.method == "greedy" else cfg.temperature
             self._accept(s, chosen[i], depth[i], final[i] if self.logprobs else None, temp)
+
+    def _explore_graph(self, row: int, candidates: np.ndarray, final: np.ndarray, seq: Sequence):
+        """LED's exploration step for batch row ``row`` from the in-graph projection."""
+        t = self.cfg.temperature
+        cands, deeper = self.graph.logprobs(row, candidates, final)
+        logp = np.vstack([log_probs_at(final, cands, t)[None], deeper])
+        return led_explore_logprobs(logp, cands, temperature=t, rng=seq.rng)
 
     def _project(self, states: np.ndarray, cfg: DecodeConfig) -> np.ndarray:
         """(R, m, n_embd) captured states -> (R, m, V) logits in one ggml product."""

@@ -145,7 +145,12 @@ def depth_posteriors(
     logits: (d, V) with depth 0 the final layer; candidates: (k,). Returns (d, k) float64,
     row j = normalised sum of the clipped candidate probabilities of depths 0..j.
     """
-    a = np.maximum(probs_at(logits, candidates, temperature), PROB_FLOOR)
+    return posteriors_from_logprobs(log_probs_at(logits, candidates, temperature))
+
+
+def posteriors_from_logprobs(logprobs: np.ndarray) -> np.ndarray:
+    """Cumulative depth posteriors S from log P_j at the candidates, (d, k) -> (d, k) float64."""
+    a = np.maximum(np.exp(logprobs), PROB_FLOOR)
     s = np.cumsum(a, axis=0)
     return s / s.sum(axis=1, keepdims=True)
 
@@ -166,8 +171,21 @@ def led_explore(
 
     logits: (d, V), depth 0 the final layer; candidates: (k,) from ``led_base``.
     """
+    return led_explore_logprobs(log_probs_at(logits, candidates, temperature), candidates,
+                                temperature=temperature, rng=rng)
+
+
+def led_explore_logprobs(
+    logprobs: np.ndarray,
+    candidates: np.ndarray,
+    *,
+    temperature: float,
+    rng: np.random.Generator,
+) -> ExploreStep:
+    """``led_explore`` from log P_j at the candidates alone, (d, k) float64: what the in-graph
+    projection returns instead of whole rows of logits."""
     _check_rng(rng)
-    s = depth_posteriors(logits, candidates, temperature=temperature)
+    s = posteriors_from_logprobs(logprobs)
     h = depth_entropies(s)
     j = int(np.argmax(h))  # first index of the maximum
     e = draw(s[j], rng) if temperature > 0 else int(np.argmax(s[j]))

@@ -39,6 +39,7 @@ class SolveOptions:
     logprobs: bool = False
     threads: int | None = None
     capture: str = "auto"
+    projection: str = "auto"
     force: bool = False
     grade_timeout_s: float = 5.0
     embed: bool = False
@@ -163,8 +164,8 @@ def _solve(info: ModelInfo, problems: list[Problem], run: RunFile, cfg: DecodeCo
     parallel = min(opts.parallel, len(todo))
     engine = Engine(info, cfg, n_ctx=context_size(parallel, longest, opts.max_tokens),
                     n_seq=parallel + 1, threads=opts.threads, capture=opts.capture,
-                    logprobs=opts.logprobs, verbose=verbose, batch_invariant=True,
-                    embed=opts.embed)
+                    projection=opts.projection, logprobs=opts.logprobs, verbose=verbose,
+                    batch_invariant=True, embed=opts.embed)
     jobs = [Job(p.id, i, prompts[p.id]) for p, i in todo]
     progress.start = time.perf_counter()
     with engine, Grader(timeout_s=opts.grade_timeout_s) as grader:

@@ -12,6 +12,8 @@
 - what the build contains, for ``led-local doctor``: ggml's version, its backend devices and
   their memory, the CPU backend's compiled instruction sets (``ggml_cpu_has_*``) and its extra
   buffer types (through ``ggml_backend_reg_get_proc_address``).
+- patches/0002-led-depth-logits.patch: ``llama_led_set_projection`` and its getters (C names),
+  LED's depth logits computed inside llama.cpp's graph; absent from older builds.
 """
 
 from __future__ import annotations
@@ -163,6 +165,61 @@ def get_layer_inp(ctx: int, lid: int) -> Any:
     if _get_layer_inp is None:
         raise RuntimeError("llama_get_embeddings_layer_inp is missing from this llama.cpp build")
     return _get_layer_inp(ctx, lid)
+
+
+# patches/0002-led-depth-logits.patch (extern "C"): LED's depth logits inside the graph
+_led_version = _symbol(llama_cpp.llama_cpp._lib, ["llama_led_projection_patch_version"])
+_led_set = _symbol(llama_cpp.llama_cpp._lib, ["llama_led_set_projection"])
+_led_values = _symbol(llama_cpp.llama_cpp._lib, ["llama_led_get_values_ith"])
+_led_candidates = _symbol(llama_cpp.llama_cpp._lib, ["llama_led_get_candidates_ith"])
+if _led_version is not None:
+    _led_version.argtypes = []
+    _led_version.restype = ctypes.c_int32
+if _led_set is not None:
+    # void llama_led_set_projection(ctx, const int32_t * layers, int32_t n_layers, bool norm,
+    #                               float scale, int32_t top_k);
+    _led_set.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_int32), ctypes.c_int32,
+                         ctypes.c_bool, ctypes.c_float, ctypes.c_int32]
+    _led_set.restype = None
+if _led_values is not None:
+    # const float * llama_led_get_values_ith(ctx, int32_t i);
+    _led_values.argtypes = [ctypes.c_void_p, ctypes.c_int32]
+    _led_values.restype = ctypes.POINTER(ctypes.c_float)
+if _led_candidates is not None:
+    # const int32_t * llama_led_get_candidates_ith(ctx, int32_t i);
+    _led_candidates.argtypes = [ctypes.c_void_p, ctypes.c_int32]
+    _led_candidates.restype = ctypes.POINTER(ctypes.c_int32)
+
+
+def projection_patch_version() -> int | None:
+    """The in-graph projection patch's version in the loaded llama.cpp, or None without it."""
+    if None in (_led_version, _led_set, _led_values, _led_candidates):
+        return None
+    return int(_led_version())
+
+
+def led_set_projection(ctx: int, layers: list[int], *, norm: bool, scale: float,
+                       top_k: int) -> None:
+    """Project the inputs of ``layers`` of every output row in the next decodes (``[]``: off);
+    top_k 0 keeps the full logits, K the values at the final layer's top K tokens."""
+    if _led_set is None:
+        raise RuntimeError("llama_led_set_projection is missing from this llama.cpp build")
+    ids = (ctypes.c_int32 * max(1, len(layers)))(*layers)
+    _led_set(ctx, ids, len(layers), norm, scale, top_k)
+
+
+def led_values(ctx: int, i: int) -> Any:
+    """Pointer to batch token i's projection values after a decode (NULL: none)."""
+    if _led_values is None:
+        raise RuntimeError("llama_led_get_values_ith is missing from this llama.cpp build")
+    return _led_values(ctx, i)
+
+
+def led_candidates(ctx: int, i: int) -> Any:
+    """Pointer to batch token i's candidate token ids after a decode (NULL: none)."""
+    if _led_candidates is None:
+        raise RuntimeError("llama_led_get_candidates_ith is missing from this llama.cpp build")
+    return _led_candidates(ctx, i)
 
 
 _log_callback_ref: list[Any] = []  # ctypes callbacks must outlive every call llama.cpp makes

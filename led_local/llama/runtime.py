@@ -58,7 +58,9 @@ class Runtime:
 
     n_ctx: context length in tokens; n_batch: most tokens per decode call; n_seq: most
     sequences decoded together; eval_callback: a native.EvalCallback or None;
-    vocab_only: load the tokenizer alone (tokenize and apply_chat_template, nothing else).
+    vocab_only: load the tokenizer alone (tokenize and apply_chat_template, nothing else);
+    n_outputs_max: most output rows in one decode (0: n_batch), which bounds what llama.cpp
+    reserves for per-output work such as the in-graph projection.
 
     By default the KV cache is unified (one buffer, n_ctx shared by all sequences) and flash
     attention is left to llama.cpp. ``batch_invariant`` instead gives each sequence its own KV
@@ -82,6 +84,7 @@ class Runtime:
         info: ModelInfo | None = None,
         batch_invariant: bool = False,
         vocab_only: bool = False,
+        n_outputs_max: int = 0,
     ) -> None:
         if n_ctx < 16:
             raise LedError(f"--ctx must be >= 16, got {n_ctx}")
@@ -112,6 +115,7 @@ class Runtime:
         cparams.n_batch = self.n_batch
         cparams.n_ubatch = self.n_batch
         cparams.n_seq_max = n_seq
+        cparams.n_outputs_max = n_outputs_max
         cparams.n_threads = threads
         cparams.n_threads_batch = threads
         # unified: one ubatch split that keeps batch order; per-sequence streams: see above

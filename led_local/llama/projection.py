@@ -1,0 +1,133 @@
+"""Where LED's depth logits are computed: on the host or inside llama.cpp's graph.
+
+- ``host`` (any build): hidden states leave llama.cpp (``capture``) and ``head.LMHead``
+  projects them with ggml's CPU kernels, only for the rows that explore.
+- ``graph`` (patches/0002-led-depth-logits.patch): llama.cpp projects the selected layer inputs
+  of every output row through the model's LM head in the decode's own graph, on the backend
+  that holds the head (the GPU when the model is offloaded), and hands back only what LED
+  consumes: for each depth, the logits and probabilities at the final layer's top K tokens
+  (K = k + ``CANDIDATE_MARGIN``) and at the depth's own argmax, from which the depth's
+  log-normaliser follows. With ``candidates=None`` (DoLa, diagnostics) it keeps the full logits.
+- ``auto``: graph when the build has it and the model is offloaded to a GPU, host otherwise
+  (on a CPU the host path is cheaper: it projects only the rows that explore).
+"""
+
+from __future__ import annotations
+
+import llama_cpp
+import numpy as np
+
+from led_local.errors import LedError
+from led_local.llama import native
+from led_local.llama.gguf_info import ModelInfo
+
+PROJECTIONS = ("auto", "host", "graph")
+# extra candidates the graph returns beyond k, so that ties at the k-th largest final logit
+# still contain the host's choice (the lowest ids among equal values)
+CANDIDATE_MARGIN = 8
+
+
+def graph_available() -> bool:
+    """Whether the loaded llama.cpp carries the in-graph projection patch."""
+    return native.projection_patch_version() is not None
+
+
+def offloaded() -> bool:
+    """Whether the model runs on a GPU: the build has a GPU backend with a device (led-local
+    always offloads every layer then)."""
+    return bool(llama_cpp.llama_supports_gpu_offload())
+
+
+def resolve_projection(prefer: str = "auto") -> str:
+    """``host`` or ``graph`` for the choice ``prefer`` (auto, host or graph)."""
+    if prefer not in PROJECTIONS:
+        raise LedError(f"--projection must be one of {', '.join(PROJECTIONS)}, got {prefer!r}")
+    if prefer == "graph" and not graph_available():
+        raise LedError("--projection graph needs led-local's patched llama.cpp with "
+                       "patches/0002-led-depth-logits.patch: run make install")
+    if prefer == "auto":
+        return "graph" if graph_available() and offloaded() else "host"
+    return prefer
+
+
+def projection_path(info: ModelInfo | None = None) -> str:  # noqa: ARG001 - same for every model
+    """Which projection ``--projection auto`` uses, with the reason, for ``info`` and ``doctor``."""
+    if not graph_available():
+        return "host (this llama.cpp lacks the in-graph projection patch)"
+    if not offloaded():
+        return "host (CPU build; graph available with --projection graph)"
+    return "graph (patched llama.cpp, model offloaded to the GPU)"
+
+
+class GraphProjection:
+    """LED's depth logits from llama.cpp's graph for one runtime.
+
+    layers: layer-input (hidden-state) indices of depths 1..d-1, in order; norm: final norm
+    first; temperature: T of the returned log-probabilities (0: no division);
+    candidates: LED's k, or None to keep the full (rows, len(layers), V) logits.
+    """
+
+    path = "graph"
+
+    def __init__(self, info: ModelInfo, layers: list[int], *, norm: bool, temperature: float,
+                 candidates: int | None) -> None:
+        self.layers = list(layers)
+        self.norm = norm
+        self.scale = 1.0 / temperature if temperature > 0 else 1.0
+        self.n_vocab = info.n_vocab
+        self.top_k = 0 if candidates is None else min(candidates + CANDIDATE_MARGIN, info.n_vocab)
+        self._ctx = None
+        self._on: bool | None = None
+
+    def attach(self, runtime) -> None:
+        """Use ``runtime``'s context; the projection starts switched on."""
+        self._ctx = runtime.ctx
+        self._on = None
+        self.enable(True)
+
+    def enable(self, on: bool) -> None:
+        """Switch the projection on or off for the next decodes (a change rebuilds the graph)."""
+        if on == self._on:
+            return
+        native.led_set_projection(self._ctx, self.layers if on else [], norm=self.norm,
+                                  scale=self.scale, top_k=self.top_k)
+        self._on = on
+
+    def _values(self, row: int, n: int) -> np.ndarray:
+        ptr = native.led_values(self._ctx, row)
+        if not ptr:
+            raise RuntimeError(f"llama.cpp has no in-graph projection for batch row {row}")
+        return np.ctypeslib.as_array(ptr, shape=(n,))
+
+    def logits(self, row: int) -> np.ndarray:
+        """Full depth logits (len(layers), V) float32 of batch row ``row`` (candidates=None)."""
+        n_l = len(self.layers)
+        return self._values(row, n_l * self.n_vocab).reshape(n_l, self.n_vocab).copy()
+
+    def logprobs(self, row: int, candidates: np.ndarray,
+                 final: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """log P_j at LED's candidates for depths 1..d-1 of batch row ``row``.
+
+        candidates: (k,) ids chosen from ``final`` (V,) logits. Returns the candidates used and
+        (d-1, k) float64. They are ``candidates`` unless a tie at the k-th final logit spans
+        more than the margin and the graph's top K lacks one of them; then the k best of the
+        graph's top K (ties by lower id) stand in, an equally valid top-k of the final layer.
+        """
+        n_l, k_graph = len(self.layers), self.top_k
+        vals = self._values(row, 2 * n_l * (k_graph + n_l)).reshape(k_graph + n_l, 2 * n_l)
+        ids_ptr = native.led_candidates(self._ctx, row)
+        if not ids_ptr:
+            raise RuntimeError(f"llama.cpp has no in-graph candidates for batch row {row}")
+        ids = np.ctypeslib.as_array(ids_ptr, shape=(k_graph,)).astype(np.int64)
+        slot = {int(t): s for s, t in enumerate(ids)}
+        if not all(int(c) in slot for c in candidates):
+            order = np.lexsort((ids, -final[ids]))[: len(candidates)]
+            candidates = ids[order]
+        cols = np.array([slot[int(c)] for c in candidates])
+        z = vals[:, :n_l].astype(np.float64)  # (K + n_l, n_l) logits
+        p = vals[:, n_l:].astype(np.float64)  # the same entries' probabilities
+        depth = np.arange(n_l)
+        z_max, p_max = z[k_graph + depth, depth], p[k_graph + depth, depth]
+        # log P_j[c] = (z_c - z_max) / T - log sum exp((z - z_max) / T), and that sum is 1 / p_max
+        out = (z[cols].T - z_max[:, None]) * self.scale + np.log(p_max)[:, None]
+        return candidates, out
