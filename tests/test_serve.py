@@ -219,10 +219,12 @@ def test_a_client_that_leaves_mid_stream_frees_its_slot(server):
     assert server.health()["slots_busy"] == 1
     stream.close()
     assert server.wait_idle(10)["slots_busy"] == 0
-    impatient = server.client().with_options(timeout=3.0)
-    with pytest.raises(openai.APITimeoutError):  # a non-streaming client gives up
+    # a non-streaming client gives up long before a long answer could finish
+    impatient = server.client().with_options(timeout=0.5, max_retries=0)
+    long_answer = "Write every number from 1 to 1000 in words, separated by commas."
+    with pytest.raises(openai.APITimeoutError):
         impatient.chat.completions.create(model="m", messages=[{"role": "user",
-                                          "content": PROMPT}], max_tokens=400)
+                                          "content": long_answer}], max_tokens=2000)
     assert server.wait_idle(10)["slots_busy"] == 0
     assert chat(server, seed=1).choices[0].message.content  # still serving
 

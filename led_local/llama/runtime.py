@@ -174,12 +174,13 @@ class Runtime:
         buf = (llama_cpp.llama_token * n_max)()
         n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, n_max, add_special, special)
         if n < 0 and limit is not None and -n > limit:
-            raise ContextFullError(f"the prompt is {-n} tokens, more than the {limit} that fit")
+            raise ContextFullError(f"the prompt is {-n} tokens, more than the context allows "
+                                   f"({limit})")
         if n < 0:
             buf = (llama_cpp.llama_token * -n)()
             n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, -n, add_special, special)
         if limit is not None and n > limit:
-            raise ContextFullError(f"the prompt is {n} tokens, more than the {limit} that fit")
+            raise ContextFullError(f"the prompt is {n} tokens, more than the context allows ({limit})")
         return list(buf[:n])
 
     def token_bytes(self, token: int, *, special: bool = True) -> bytes:
