@@ -108,3 +108,14 @@ def test_summary_means_in_scope_positions_and_says_it_plainly():
     assert "1 inside LED's scope" in text and summary["verdict"] in text
     none = summarise([{"steps": [_step(in_scope=False)]}])
     assert none["in_scope"] == 0 and "No position" in none["verdict"]
+
+
+def test_plot_draws_skewed_entropies(tmp_path):
+    from led_local.diagnostics.plot import plot_inspection
+
+    steps = [_step(layers={"ln0": np.log(LN0), "ln1": np.log(LN1)}) for _ in range(5)]
+    steps[-1] = {**steps[-1], "entropy_final": 10.0}  # the mean lies above the upper quartile
+    png = tmp_path / "p.png"
+    plot_inspection([{"steps": steps[:2]}, {"steps": steps[2:]}], png, n_layer=2, depths=3,
+                    title="t")
+    assert png.read_bytes()[:4] == b"\x89PNG"

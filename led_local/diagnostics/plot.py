@@ -52,11 +52,9 @@ def plot_inspection(responses: list[dict], path: str | os.PathLike, *, n_layer: 
         ax.fill_between(x, q1, q3, color="tab:blue", alpha=0.25, label="interquartile")
         ax.plot(x, h.mean(axis=0), color="tab:blue", marker=".", label="mean")
         ax.plot(x, med, color="tab:blue", linestyle=":", linewidth=1, label="median")
-        ax.errorbar([n_layer - 1], [final.mean()],
-                    yerr=[[final.mean() - np.percentile(final, 25)],
-                          [np.percentile(final, 75) - final.mean()]],
-                    color="tab:red", marker="*", markersize=12, capsize=3,
-                    label="final layer (logits)")
+        ax.vlines(n_layer - 1, *np.percentile(final, [25, 75]), color="tab:red")
+        ax.plot([n_layer - 1], [final.mean()], color="tab:red", marker="*", markersize=12,
+                linestyle="none", label="final layer (logits)")
         ax.set_title(f"{norm}: {'final norm, then' if norm == 'ln1' else 'raw states through'}"
                      " the LM head", fontsize=10)
         ax.set_xlabel("block output l_out-i")
