@@ -44,14 +44,19 @@ def summarise(responses: list[dict], *, norm: str = "ln0") -> dict:
     return out
 
 
+def _tv(x: float) -> str:
+    """A distance for people: three decimals, or two significant digits when smaller."""
+    return f"{x:.3f}" if x == 0 or x >= 5e-4 else f"{x:.1e}"
+
+
 def verdict(summary: dict, *, norm: str = "ln0") -> str:
     """One sentence or two on whether LED changes what this model writes."""
     other = "ln1" if norm == "ln0" else "ln0"
     emit, temp = summary[norm]["tv_emit"], summary["tv_temperature"]
     ratio = emit / temp if temp > 0 else float("inf") if emit > 0 else 0.0
-    moved = (f"LED moves each step's token distribution by {emit:.3f} on average (total "
-             f"variation, {norm}; {summary[other]['tv_emit']:.3f} with {other}), against "
-             f"{temp:.3f} for raising the temperature by 0.1")
+    moved = (f"LED moves each step's token distribution by {_tv(emit)} on average (total "
+             f"variation, {norm}; {_tv(summary[other]['tv_emit'])} with {other}), against "
+             f"{_tv(temp)} for raising the temperature by 0.1")
     if ratio < LITTLE:
         head = f"LED barely changes what this model writes: {moved}; expect pass@k close to " \
                "plain sampling."
