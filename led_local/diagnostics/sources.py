@@ -17,6 +17,7 @@ from led_local.decoding.generate import generate
 from led_local.decoding.methods import DecodeConfig
 from led_local.errors import LedError
 from led_local.eval.problems import Problem, render
+from led_local.eval.records import problem_hash
 from led_local.eval.runfile import read_records
 from led_local.eval.solve import SolveOptions, fingerprint
 from led_local.llama.gguf_info import ModelInfo
@@ -43,10 +44,14 @@ def chat_prompt(rt: Runtime, text: str, *, raw: bool = False, system: str | None
     return rt.tokenize(rt.apply_chat_template(messages))
 
 
+def problem_chat(rt: Runtime, template: str, problem: Problem) -> str:
+    """The prompt text ``solve`` builds for ``problem``: the user message, chat template."""
+    return rt.apply_chat_template([{"role": "user", "content": render(template, problem)}])
+
+
 def problem_prompt(rt: Runtime, template: str, problem: Problem) -> list[int]:
-    """The prompt ``solve`` builds for ``problem``: the template's user message, chat template."""
-    return rt.tokenize(rt.apply_chat_template([{"role": "user",
-                                                "content": render(template, problem)}]))
+    """The prompt tokens ``solve`` builds for ``problem``."""
+    return rt.tokenize(problem_chat(rt, template, problem))
 
 
 def text_response(rt: Runtime, text: str) -> list[int]:
@@ -111,14 +116,19 @@ def run_items(rt: Runtime, info: ModelInfo, path: str, problems: list[Problem],
         if pid not in by_id:
             raise LedError(f"problem {pid!r} of {path} is not in the problem file; pass the "
                            "one the run used with --problems")
-        if rec.get("gold") != by_id[pid].answer:
-            raise LedError(f"problem {pid!r} has another answer in the problem file than in "
-                           f"{path}; pass the problem file the run used with --problems")
+        p = by_id[pid]
+        chat = problem_chat(rt, template, p)
+        recorded = rec.get("problem_hash")  # question, gold and the full prompt, when recorded
+        if (rec.get("gold") != p.answer if recorded is None
+                else recorded != problem_hash(p.question, p.answer, chat)):
+            raise LedError(f"problem {pid!r} differs between the problem file and {path} (its "
+                           "question, answer or prompt); pass the problem file and "
+                           "--prompt-template the run used")
         text = rec.get("text")
         if not isinstance(text, str):
             raise LedError(f"{path}: the record of problem {pid!r} sample {rec['sample']} "
                            "has no text")
         response = rt.tokenize(text, bos=False) if text else []
-        items.append(Item(problem_prompt(rt, template, by_id[pid]), response,
+        items.append(Item(rt.tokenize(chat), response,
                           {"problem_id": pid, "sample": int(rec["sample"])}))
     return items
