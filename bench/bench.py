@@ -11,6 +11,8 @@ embed: the cost of ``solve --embed`` (the mean final-norm state per answer), wit
 it on the same problems, --method sample, --parallel 16, runs alternated.
 serve: `led-local serve` with 1, 4 and 8 streaming clients, the prompt cache, and solve's
 batched throughput at the same parallelism (bench/serve_bench.py).
+inspect: ``led-local inspect``'s cost per analysed position (teacher-forced decode, ln0 and ln1
+projections, the analysis) against one plain decode step, with and without --all-layers.
 """
 
 from __future__ import annotations
@@ -187,10 +189,49 @@ def bench_embed(model: str, problems: str, *, n_problems: int, samples: int, max
     print(f"{'sample --embed':16} {embed:9.1f} {embed / plain:8.2f}")
 
 
+def bench_inspect(model: str, *, tokens: int, rounds: int, threads: int | None) -> None:
+    """Seconds per position of inspect (with and without --all-layers) against seconds per
+    generated token of --method sample, on the same prompt, rounds interleaved."""
+    from led_local.diagnostics.probe import Probe, analyse
+    from led_local.diagnostics.sources import Item
+    from led_local.llama.gguf_info import inspect_model
+
+    info = inspect_model(model)
+    cfg = DecodeConfig(method="sample", think_end="")
+    led = LEDConfig()
+    times: dict[str, list[float]] = {"decode step": [], "inspect": [], "inspect --all-layers": []}
+    with Engine(info, cfg, n_ctx=1024, threads=threads) as engine:
+        prompt = prompt_tokens(engine, PROMPT, raw=not info.chat_template)
+        response = generate(engine, prompt, max_tokens=tokens, seed=0).tokens
+    item = Item(prompt, response)
+    probes = {name: Probe(info, led, all_layers=name.endswith("layers"), n_ctx=1024,
+                          threads=threads) for name in list(times)[1:]}
+    try:
+        with Engine(info, cfg, n_ctx=1024, threads=threads) as engine:
+            for r in range(rounds):
+                res = generate(engine, prompt, max_tokens=tokens, seed=r)
+                times["decode step"].append(res.decode_s / len(res.tokens))
+                for name, probe in probes.items():
+                    t0 = time.perf_counter()
+                    analyse(probe, [item], led=led, think_end="")
+                    times[name].append((time.perf_counter() - t0) / len(response))
+    finally:
+        for probe in probes.values():
+            probe.close()
+    base = statistics.median(times["decode step"])
+    print(f"inspect benchmark: {Path(model).name}, {len(response)} positions x {rounds} rounds, "
+          f"threads={threads or 'default'}")
+    print(f"{'variant':22} {'ms/position':>12} {'x decode step':>14}")
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        print(f"{name:22} {1000 * med:12.2f} {med / base:14.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("model")
-    ap.add_argument("--what", choices=["decode", "batch", "bufts", "embed", "serve", "all"],
+    ap.add_argument("--what", choices=["decode", "batch", "bufts", "embed", "serve",
+                                       "inspect", "all"],
                     default="all")
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=3)
@@ -214,6 +255,8 @@ def main() -> None:
         from serve_bench import bench_serve
 
         bench_serve(args.model, tokens=args.max_tokens, threads=args.threads)
+    if args.what in ("inspect", "all"):
+        bench_inspect(args.model, tokens=args.tokens, rounds=args.rounds, threads=args.threads)
 
 
 if __name__ == "__main__":

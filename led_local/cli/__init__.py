@@ -9,6 +9,7 @@ from led_local.cli import (  # noqa: F401  (each registers its commands)
     doctor,
     evaluate,
     info,
+    inspect,
     serve,
 )
 from led_local.cli.common import main

@@ -158,18 +158,21 @@ class Runtime:
         self.close()
 
     # -- tokens ---------------------------------------------------------------------------
-    def tokenize(self, text: str, *, special: bool = True, limit: int | None = None) -> list[int]:
+    def tokenize(self, text: str, *, special: bool = True, limit: int | None = None,
+                 bos: bool = True) -> list[int]:
         """Token ids of ``text``, special tokens parsed; BOS added when the vocab wants it
         and the text does not already start with it. With ``limit``, a text that cannot fit
         in ``limit`` tokens raises ContextFullError, judged first by its size in bytes (no
         token spans more bytes than the vocabulary's longest, ``max_token_bytes``) and only
-        then by tokenizing, so that a huge text never reaches llama.cpp's tokenizer."""
+        then by tokenizing, so that a huge text never reaches llama.cpp's tokenizer. ``bos``
+        False tokenizes a continuation: nothing added (no BOS, nor an EOS the vocabulary
+        would append)."""
         data = text.encode("utf-8")
         if limit is not None and len(data) > limit * max_token_bytes(self.info):
             raise ContextFullError(f"the prompt is {len(data)} bytes, more than {limit} tokens "
                                    "can hold")
-        bos = self.token_text(llama_cpp.llama_vocab_bos(self.vocab))
-        add_special = not (bos and text.startswith(bos))
+        bos_text = self.token_text(llama_cpp.llama_vocab_bos(self.vocab))
+        add_special = bos and not (bos_text and text.startswith(bos_text))
         n_max = len(data) + 8 if limit is None else min(len(data) + 8, limit + 1)
         buf = (llama_cpp.llama_token * n_max)()
         n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, n_max, add_special, special)
