@@ -151,7 +151,7 @@ def test_a_huge_question_is_skipped_and_the_run_goes_on(tmp_path):
 
 def test_a_prompt_too_long_in_tokens_is_refused_before_decoding(smollm2):
     r = run("generate", smollm2, "-p", "word " * 600, "--ctx", "256", "-n", "2")
-    assert r.exit_code == 2 and "more than the 256 that fit" in r.stderr, r.output
+    assert r.exit_code == 2 and "more than the context allows (256)" in r.stderr, r.output
     r = run("generate", smollm2, "-p", "word " * 200_000, "--ctx", "256", "-n", "2")
     assert r.exit_code == 2 and "tokens can hold" in r.stderr, r.output
 

@@ -183,7 +183,8 @@ class Runtime:
             buf = (llama_cpp.llama_token * -n)()
             n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, -n, add_special, special)
         if limit is not None and n > limit:
-            raise ContextFullError(f"the prompt is {n} tokens, more than the context allows ({limit})")
+            raise ContextFullError(f"the prompt is {n} tokens, more than the context allows "
+                                   f"({limit})")
         return list(buf[:n])
 
     def token_bytes(self, token: int, *, special: bool = True) -> bytes:
