@@ -13,11 +13,15 @@ serve: `led-local serve` with 1, 4 and 8 streaming clients, the prompt cache, an
 batched throughput at the same parallelism (bench/serve_bench.py).
 inspect: ``led-local inspect``'s cost per analysed position (teacher-forced decode, ln0 and ln1
 projections, the analysis) against one plain decode step, with and without --all-layers.
+ray: ``solve --ray`` with 2 local workers (1 CPU and 1 thread each) against ``solve`` in one
+process (all cores), LED on the same problems, and the time ``ray.init`` of a local instance
+takes (paid once per --ray run without an address).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -227,11 +231,57 @@ def bench_inspect(model: str, *, tokens: int, rounds: int, threads: int | None) 
         print(f"{name:22} {1000 * med:12.2f} {med / base:14.2f}")
 
 
+def bench_ray(model: str, problems: str, *, n_problems: int, samples: int, max_tokens: int,
+              threads: int | None) -> None:
+    """Wall time and generated tokens/s of solve --ray (2 local workers) vs one process."""
+    import tempfile
+
+    try:
+        import ray
+    except ImportError:
+        print("ray benchmark skipped: Ray is not installed (pip install 'led-local[ray]')")
+        return
+    from led_local.eval.problems import REFERENCE_PROMPT, load_problems
+    from led_local.eval.ray_solve import RayOptions, connect, solve_ray
+    from led_local.eval.solve import SolveOptions, solve
+
+    items = load_problems(problems)[:n_problems]
+    cfg = DecodeConfig(method="led")
+    opts = SolveOptions(samples=samples, parallel=16, max_tokens=max_tokens, threads=threads)
+    t0 = time.perf_counter()
+    connect(RayOptions())
+    init_s = time.perf_counter() - t0
+    walls: dict[str, float] = {}
+    tokens: dict[str, int] = {}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for name in ("one process", "--ray, 2 workers"):
+                out = Path(tmp) / f"{len(walls)}.jsonl"
+                t0 = time.perf_counter()
+                if name == "one process":
+                    p = solve(model, items, out, cfg, opts, template=REFERENCE_PROMPT)
+                else:
+                    p = solve_ray(model, items, out, cfg, opts, RayOptions(workers=2),
+                                  template=REFERENCE_PROMPT)
+                walls[name] = time.perf_counter() - t0
+                tokens[name] = sum(json.loads(line)["n_tokens"] for line in out.open())
+                print(f"  {name}: {p.done} samples, {tokens[name]} tokens, {walls[name]:.1f}s",
+                      flush=True)
+    finally:
+        ray.shutdown()
+    print(f"ray benchmark: {Path(model).name}, LED, {n_problems} problems x {samples} samples, "
+          f"--max-tokens {max_tokens}; ray.init of a local instance: {init_s:.1f}s")
+    print(f"{'variant':18} {'wall s':>7} {'tok/s':>7} {'x one':>6}")
+    base = walls["one process"]
+    for name, wall in walls.items():
+        print(f"{name:18} {wall:7.1f} {tokens[name] / wall:7.1f} {base / wall:6.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("model")
     ap.add_argument("--what", choices=["decode", "batch", "bufts", "embed", "serve",
-                                       "inspect", "all"],
+                                       "inspect", "ray", "all"],
                     default="all")
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=3)
@@ -257,6 +307,9 @@ def main() -> None:
         bench_serve(args.model, tokens=args.max_tokens, threads=args.threads)
     if args.what in ("inspect", "all"):
         bench_inspect(args.model, tokens=args.tokens, rounds=args.rounds, threads=args.threads)
+    if args.what in ("ray", "all"):
+        bench_ray(args.model, args.problems, n_problems=args.n_problems, samples=args.samples,
+                  max_tokens=args.max_tokens, threads=args.threads)
 
 
 if __name__ == "__main__":

@@ -25,3 +25,20 @@ def smollm2() -> Path:
 @pytest.fixture(scope="session")
 def gemma3() -> Path:
     return _model(GEMMA3)
+
+
+@pytest.fixture(scope="session")
+def split_problems(tmp_path_factory) -> Path:
+    """Four problems falling into shards 0, 1, 2 and 2 of 3 (see evalruns)."""
+    import evalruns
+
+    return evalruns.write_problems(tmp_path_factory.mktemp("split") / "problems.jsonl")
+
+
+@pytest.fixture(scope="session")
+def single_run(smollm2, split_problems, tmp_path_factory) -> list[dict]:
+    """The records of one ordinary LED solve of ``split_problems``: what every split of the
+    run must reproduce."""
+    import evalruns
+
+    return evalruns.solve(smollm2, split_problems, tmp_path_factory.mktemp("single") / "r.jsonl")

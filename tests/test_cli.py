@@ -155,7 +155,7 @@ def test_readme_makefile_and_help_agree():
         assert re.search(rf"^{target}:", makefile, re.M), target
     assert "make test" in (ROOT / ".ci" / "run").read_text()
     for command in ("generate", "chat", "info", "doctor", "solve", "passk", "compare",
-                    "serve", "inspect"):
+                    "serve", "inspect", "merge"):
         assert f"led-local {command}" in readme
         help_text = run(command, "--help").stdout
         for flag in re.findall(r"--[a-z][a-z-]+", _readme_usage(readme, command)):

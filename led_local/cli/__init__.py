@@ -10,6 +10,7 @@ from led_local.cli import (  # noqa: F401  (each registers its commands)
     evaluate,
     info,
     inspect,
+    merge,
     serve,
 )
 from led_local.cli.common import main

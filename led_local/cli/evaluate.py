@@ -40,17 +40,37 @@ from led_local.cli.common import (
               help="Record each response's mean final-norm hidden state (for passk --select).")
 @click.option("--force", is_flag=True,
               help="Start a new run over an incompatible file (moved aside as a .bak).")
+@click.option("--shard", default=None, metavar="I/N",
+              help="Only the problems of shard I of N (0 <= I < N), by a hash of their id.")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None,
+              metavar="[ADDRESS]", help="Spread the samples over Ray actors: the cluster at "
+              "ADDRESS, or a local Ray instance without one (pip install 'led-local[ray]').")
+@click.option("--ray-workers", type=int, default=None,
+              help="--ray: actors [default: the cluster's CPUs / --ray-cpus-per-worker].")
+@click.option("--ray-cpus-per-worker", type=float, default=1.0, show_default=True,
+              help="--ray: CPUs per actor (and its llama.cpp threads unless --threads).")
+@click.option("--ray-gpus-per-worker", type=float, default=0.0, show_default=True,
+              help="--ray: GPUs per actor.")
 @decoding_options
 @click.pass_context
 @user_errors
 def solve(ctx: click.Context, model: str, problems: str, output: str, samples: int,
           parallel: int, max_tokens: int, limit: int | None, prompt_template: str | None,
-          seed: int, logprobs: bool, embed: bool, force: bool, **kw) -> None:
+          seed: int, logprobs: bool, embed: bool, force: bool,
+          shard: str | None, ray_address: str | None,
+          ray_workers: int | None, ray_cpus_per_worker: float, ray_gpus_per_worker: float,
+          **kw) -> None:
     """Sample every problem of PROBLEMS (JSONL) N times with MODEL, grade, write a run file."""
     from led_local.eval import solve as solving
     from led_local.eval.problems import load_problems, load_template, resolve_problems
     from led_local.eval.runfile import check_not_input
+    from led_local.eval.shards import parse_shard, select
     from led_local.llama.gguf_info import inspect_model
+
+    if ray_address is None:
+        for name in ("ray_workers", "ray_cpus_per_worker", "ray_gpus_per_worker"):
+            if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE:
+                raise UserError(f"--{name.replace('_', '-')} applies only with --ray")
 
     cfg = decode_config(ctx, kw)
     if ctx.get_parameter_source("n_ctx") == click.core.ParameterSource.COMMANDLINE:
@@ -59,28 +79,51 @@ def solve(ctx: click.Context, model: str, problems: str, output: str, samples: i
     opts = solving.SolveOptions(samples=samples, parallel=parallel, max_tokens=max_tokens,
                                 seed=seed, limit=limit, logprobs=logprobs, threads=kw["threads"],
                                 capture=kw["capture"], projection=kw["projection"],
-                                force=force, embed=embed)
+                                force=force, embed=embed,
+                                shard=parse_shard(shard) if shard is not None else None)
     check_not_input(output, {"the model": model, "the problem file": resolve_problems(problems),
                              "the prompt template": prompt_template,
                              "the chat template": kw["chat_template"]}, option="-o")
     info = model_with_template(inspect_model(model), kw["chat_template"])  # read once
     items = load_problems(problems)
     template = load_template(prompt_template)
-    bar = _Bar(min(len(items), limit or len(items)) * samples)
-    with StopFlag() as stop:
-        progress = solving.solve(info, items, output, cfg, opts, template=template,
-                                 on_progress=bar.update,
-                                 on_notice=lambda m: bar.bar.write(m, file=sys.stderr),
-                                 should_stop=lambda: stop.set, verbose=kw["verbose"])
-    bar.close()
+    chosen = items[:limit] if limit else items
+    bar = _Bar(len(select(chosen, *opts.shard) if opts.shard else chosen) * samples)
+    failed = None
+    try:  # the bar is closed on every path (a stale tqdm bar shifts later ones)
+        with StopFlag() as stop:
+            if ray_address is None:
+                progress = solving.solve(info, items, output, cfg, opts, template=template,
+                                         on_progress=bar.update,
+                                         on_notice=lambda m: bar.bar.write(m, file=sys.stderr),
+                                         should_stop=lambda: stop.set, verbose=kw["verbose"])
+            else:
+                from led_local.eval.ray_solve import RayOptions, ShardsFailed, solve_ray
+
+                ray_opts = RayOptions(address=ray_address or None, workers=ray_workers,
+                                      cpus_per_worker=ray_cpus_per_worker,
+                                      gpus_per_worker=ray_gpus_per_worker)
+                try:
+                    progress = solve_ray(info, items, output, cfg, opts, ray_opts,
+                                         template=template, on_progress=bar.update,
+                                         on_notice=lambda m: bar.bar.write(m, file=sys.stderr),
+                                         should_stop=lambda: stop.set, verbose=kw["verbose"])
+                except ShardsFailed as e:
+                    progress, failed = e.progress, e
+    finally:
+        bar.close()
     elapsed = time.perf_counter() - progress.start if progress.start else 0.0
     acc = f"{100 * progress.correct / progress.graded:.1f}%" if progress.graded else "n/a"
-    state = "stopped early; run again to resume" if stop.set else "done"
+    state = ("stopped early; run again to resume" if stop.set else
+             "incomplete; run again to retry the rest" if failed else "done")
     click.echo(f"{state}: {progress.done}/{progress.total} samples in {output}, "
                f"pass@1 so far {acc} ({progress.correct}/{progress.graded}), "
                f"{progress.tokens} tokens in {elapsed:.1f}s this session", err=True)
     if stop.set:
         ctx.exit(130)  # interrupted, as a shell reports Ctrl-C
+    if failed:
+        click.echo(f"Error: {failed}", err=True)
+        ctx.exit(1)
 
 
 class _Bar:

@@ -45,8 +45,8 @@ from led_local.eval.records import (
 __all__ = ["FINGERPRINT_KEYS", "RunFile", "RunLock", "RunLockedError", "check_not_input",
            "problem_hash", "read_records"]
 
-FINGERPRINT_KEYS = ("model", "method", "params", "seed", "max_tokens", "prompt_template",
-                    "logprobs", "embed")
+FINGERPRINT_KEYS = ("model", "model_sha256", "method", "params", "seed", "max_tokens",
+                    "prompt_template", "logprobs", "embed", "build")
 _write = os.write  # the one syscall that appends records (tests inject failures here)
 
 

@@ -1,90 +1,49 @@
 """``led-local solve``: N samples per problem, batched, graded, written as a resumable run.
 
-This module joins the pieces (problems, engine, batch scheduler, grader, run file) and reports
-progress through a callback; it prints nothing itself.
+This module joins the pieces (the plan, engine, batch scheduler, grader, run file) and reports
+progress through callbacks; it prints nothing itself.
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from led_local.decoding.batch import Job, context_size, run_jobs
+from led_local.decoding.batch import context_size, run_jobs
 from led_local.decoding.engine import Engine
 from led_local.decoding.methods import DecodeConfig
-from led_local.errors import ContextFullError, LedError
 from led_local.eval.grading import Grader, extract_answer
-from led_local.eval.problems import Problem, render
-from led_local.eval.runfile import RunFile, problem_hash
+from led_local.eval.planning import (
+    Plan,
+    Progress,
+    SolveOptions,
+    fingerprint,
+    plan,
+    start_writing,
+    touch,
+)
+from led_local.eval.problems import Problem
 from led_local.llama.gguf_info import ModelInfo, model_info
-from led_local.llama.runtime import Runtime, context_limit, max_token_bytes
+
+__all__ = ["Plan", "Progress", "SolveOptions", "fingerprint", "grade", "make_engine", "plan",
+           "sample_record", "solve", "start_writing", "touch"]
 
 
-@dataclass(frozen=True)
-class SolveOptions:
-    """What defines a solve run besides the decoding method."""
-
-    samples: int
-    parallel: int = 16
-    max_tokens: int = 2048
-    seed: int = 0
-    limit: int | None = None
-    logprobs: bool = False
-    threads: int | None = None
-    capture: str = "auto"
-    projection: str = "auto"
-    force: bool = False
-    grade_timeout_s: float = 5.0
-    embed: bool = False
-
-    def __post_init__(self) -> None:
-        if self.samples < 1:
-            raise LedError(f"-n must be >= 1, got {self.samples}")
-        if self.parallel < 1:
-            raise LedError(f"--parallel must be >= 1, got {self.parallel}")
-        if self.max_tokens < 1:
-            raise LedError(f"--max-tokens must be >= 1, got {self.max_tokens}")
-        if self.limit is not None and self.limit < 1:
-            raise LedError(f"--limit must be >= 1, got {self.limit}")
-
-
-@dataclass
-class Progress:
-    """What the progress callback sees: samples done/total, tokens, elapsed time."""
-
-    total: int
-    done: int = 0
-    tokens: int = 0
-    correct: int = 0
-    graded: int = 0
-    start: float = 0.0
-    last: dict | None = None
-
-
-def fingerprint(model: str | os.PathLike | ModelInfo, cfg: DecodeConfig, opts: SolveOptions,
-                template: str) -> dict:
-    """The fields that must agree for a run file to be resumed (``embed`` only when on, so a
-    run without it has the same records as before the option existed)."""
-    p = Path(model.path if isinstance(model, ModelInfo) else model)
-    fp = {
-        "model": f"{p.name}:{p.stat().st_size}",
-        "method": cfg.method,
-        "params": cfg.params(),
-        "seed": opts.seed,
-        "max_tokens": opts.max_tokens,
-        "prompt_template": hashlib.sha256(template.encode()).hexdigest()[:16],
-        "logprobs": opts.logprobs,
-    }
-    if opts.embed:
-        fp["embed"] = True
-    return fp
+def make_engine(model: ModelInfo, cfg: DecodeConfig, opts: SolveOptions, *, longest_prompt: int,
+                n_jobs: int, threads: int | None = None, verbose: bool = False
+                ) -> tuple[Engine, int]:
+    """The batch-invariant engine for up to ``n_jobs`` samples and its parallelism: the context
+    holds min(--parallel, n_jobs) streams of the longest prompt plus --max-tokens."""
+    parallel = max(1, min(opts.parallel, n_jobs))
+    engine = Engine(model, cfg, n_ctx=context_size(parallel, longest_prompt, opts.max_tokens),
+                    n_seq=parallel + 1, threads=threads or opts.threads, capture=opts.capture,
+                    projection=opts.projection, logprobs=opts.logprobs, verbose=verbose,
+                    batch_invariant=True, embed=opts.embed)
+    return engine, parallel
 
 
 def solve(
@@ -108,141 +67,39 @@ def solve(
     answer, wrong when it has a gold answer) and the run goes on. ``on_notice`` gets one-line
     messages: where a forced restart moved the old file, which problems were skipped.
     """
-    problems = problems[: opts.limit] if opts.limit else problems
     info = model_info(model)
-    fp = fingerprint(info, cfg, opts, template)
-    run = RunFile(out, fp, force=opts.force)  # locks; validates before anything is written
+    todo = plan(info, problems, out, cfg, opts, template=template, verbose=verbose)
+    progress, run = todo.progress, todo.run
     try:
-        return _solve(info, problems, run, cfg, opts, template=template,
-                      on_progress=on_progress, should_stop=should_stop, on_notice=on_notice,
-                      verbose=verbose)
+        if not todo.jobs:
+            return touch(todo, on_progress=on_progress, on_notice=on_notice)
+        engine, parallel = make_engine(info, cfg, opts, longest_prompt=todo.longest_prompt,
+                                       n_jobs=len(todo.jobs), verbose=verbose)
+        start_writing(todo, on_progress=on_progress, on_notice=on_notice)
+        progress.start = time.perf_counter()
+        with engine, Grader(timeout_s=opts.grade_timeout_s) as grader:
+            def step(n: int) -> None:
+                progress.tokens += n
+                on_progress(progress)
+
+            for fin in run_jobs(engine, todo.jobs, parallel=parallel,
+                                max_tokens=opts.max_tokens, seed=opts.seed,
+                                should_stop=should_stop, on_step=step):
+                rec = sample_record(engine, fin, todo.problems[fin.job.key], todo.fingerprint,
+                                    grader, opts.logprobs, todo.hashes[fin.job.key])
+                run.append(rec)
+                progress.add(rec)
+                on_progress(progress)
     finally:
         run.close()
-
-
-def _solve(info: ModelInfo, problems: list[Problem], run: RunFile, cfg: DecodeConfig,
-           opts: SolveOptions, *, template: str, on_progress, should_stop, on_notice,
-           verbose: bool) -> Progress:
-    by_id = {p.id: p for p in problems}
-    with Runtime(info.path, info=info, vocab_only=True, verbose=verbose) as vocab:
-        chats, hashes, skipped = _prompts(vocab, problems, template)
-        _check_unchanged(run, by_id, hashes)
-        wanted = [(p, i) for p in problems for i in range(opts.samples)]
-        todo = [(p, i) for p, i in wanted if (p.id, i) not in run.done]
-        prompts: dict[str, tuple[int, ...]] = {}
-        for pid in dict.fromkeys(p.id for p, _ in todo):
-            if pid in skipped:
-                continue
-            try:  # size checked by bytes, then tokens, before llama.cpp's tokenizer sees it
-                prompts[pid] = tuple(vocab.tokenize(chats[pid], limit=context_limit(info) - 1))
-            except ContextFullError as e:
-                skipped[pid] = str(e)
-    progress = Progress(total=len(wanted), done=len(wanted) - len(todo))
-    for rec in run.records:
-        if rec.get("correct") is not None:
-            progress.graded += 1
-            progress.correct += bool(rec["correct"])
-    if not todo:
-        return progress
-    run.open_for_append()
-    if run.backup is not None:
-        on_notice(f"the old {run.path} was moved to {run.backup}")
-    for pid, reason in skipped.items():
-        samples = [i for p, i in todo if p.id == pid]
-        if samples:
-            on_notice(f"problem {pid!r} skipped: {reason}")
-        for i in samples:
-            rec = _skipped_record(by_id[pid], i, run.fingerprint, hashes[pid], reason)
-            run.append(rec)
-            progress.done += 1
-            progress.graded += rec["correct"] is not None
-            on_progress(progress)
-    todo = [(p, i) for p, i in todo if p.id not in skipped]
-    if not todo:
-        return progress
-    longest = max(len(t) for t in prompts.values())
-    parallel = min(opts.parallel, len(todo))
-    engine = Engine(info, cfg, n_ctx=context_size(parallel, longest, opts.max_tokens),
-                    n_seq=parallel + 1, threads=opts.threads, capture=opts.capture,
-                    projection=opts.projection, logprobs=opts.logprobs, verbose=verbose,
-                    batch_invariant=True, embed=opts.embed)
-    jobs = [Job(p.id, i, prompts[p.id]) for p, i in todo]
-    progress.start = time.perf_counter()
-    with engine, Grader(timeout_s=opts.grade_timeout_s) as grader:
-        def step(n: int) -> None:
-            progress.tokens += n
-            on_progress(progress)
-
-        for fin in run_jobs(engine, jobs, parallel=parallel, max_tokens=opts.max_tokens,
-                            seed=opts.seed, should_stop=should_stop, on_step=step):
-            problem = by_id[fin.job.key]
-            rec = _record(engine, fin, problem, run.fingerprint, grader, opts.logprobs,
-                          hashes[problem.id])
-            run.append(rec)
-            progress.done += 1
-            if rec["correct"] is not None:
-                progress.graded += 1
-                progress.correct += bool(rec["correct"])
-            progress.last = rec
-            on_progress(progress)
     return progress
 
 
-def _prompts(vocab: Runtime, problems: list[Problem], template: str
-             ) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
-    """Each problem's full prompt (chat template applied), its problem hash, and the
-    problems whose user message is too large for the model's context by its bytes alone
-    (with the reason), which never reach the chat template or the tokenizer."""
-    limit = context_limit(vocab.info)
-    most_bytes = limit * max_token_bytes(vocab.info)
-    chats: dict[str, str] = {}
-    hashes: dict[str, str] = {}
-    skipped: dict[str, str] = {}
-    for p in problems:
-        user = render(template, p)
-        size = len(user.encode("utf-8", "replace"))
-        if size > most_bytes:
-            skipped[p.id] = (f"the prompt is {size} bytes, more than the model's context of "
-                             f"{limit} tokens can hold")
-            hashes[p.id] = problem_hash(p.question, p.answer, user)
-            continue
-        chats[p.id] = vocab.apply_chat_template([{"role": "user", "content": user}])
-        hashes[p.id] = problem_hash(p.question, p.answer, chats[p.id])
-    return chats, hashes, skipped
-
-
-def _check_unchanged(run: RunFile, by_id: dict[str, Problem], hashes: dict[str, str]) -> None:
-    """Refuse (or with force, restart) a run whose records of a problem were made from
-    another question, gold answer or prompt (records without a hash: another gold)."""
-    for rec in run.records:
-        p = by_id.get(rec["problem_id"])
-        if p is None:
-            continue
-        recorded = rec.get("problem_hash")
-        changed = (recorded != hashes[p.id]) if recorded is not None else \
-            (rec.get("gold") != p.answer)
-        if changed:
-            run.refuse_or_restart(
-                f"problem {p.id!r} changed since {run.path} was written (its question, gold "
-                "answer or prompt differ from the recorded ones); use another -o, or --force "
-                "to start a new run (the old file is kept as a backup)")
-            return
-
-
-def _skipped_record(problem: Problem, sample: int, fp: dict, phash: str, reason: str) -> dict:
-    rec = {
-        "problem_id": problem.id, "sample": sample, **fp, "problem_hash": phash, "text": "",
-        "answer": None, "gold": problem.answer,
-        "correct": None if problem.answer is None else False,
-        "n_tokens": 0, "finish_reason": "skipped", "error": reason, "time_s": 0.0,
-    }
-    if problem.extra:
-        rec["extra"] = problem.extra
-    return rec
-
-
-def _record(engine: Engine, fin, problem: Problem, fp: dict, grader: Grader,
-            logprobs: bool, phash: str) -> dict:
+def sample_record(engine: Engine, fin, problem: Problem, fp: dict, grader: Grader | None,
+                  logprobs: bool, phash: str) -> dict:
+    """The run-file record of the finished sample ``fin`` of ``problem`` (``phash``: its
+    problem hash); without a grader ``correct`` is left None for the caller to fill in
+    (``grade``)."""
     seq = fin.seq
     text = b"".join(engine.rt.token_bytes(t) for t in seq.tokens).decode("utf-8", "replace")
     answer = extract_answer(text, think_end=engine.cfg.think_end or "</think>")
@@ -254,7 +111,7 @@ def _record(engine: Engine, fin, problem: Problem, fp: dict, grader: Grader,
         "text": text,
         "answer": answer,
         "gold": problem.answer,
-        "correct": grader.is_correct(problem.answer, answer),
+        "correct": grader.is_correct(problem.answer, answer) if grader else None,
         "n_tokens": len(seq.tokens),
         "finish_reason": seq.finish_reason,
         "time_s": round(fin.time_s, 3),
@@ -268,6 +125,12 @@ def _record(engine: Engine, fin, problem: Problem, fp: dict, grader: Grader,
         rec["embedding_dim"] = int(seq.embedding.shape[0])
     if problem.extra:
         rec["extra"] = problem.extra  # the problem line's other fields, kept as given
+    return rec
+
+
+def grade(rec: dict, grader: Grader) -> dict:
+    """Fill in ``correct`` of a record made without a grader (in place, key order kept)."""
+    rec["correct"] = grader.is_correct(rec["gold"], rec["answer"])
     return rec
 
 

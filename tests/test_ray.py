@@ -1,0 +1,185 @@
+"""solve --ray on a real local Ray instance (one per module): the records of a single run,
+through a worker killed mid-shard and a driver killed mid-run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import evalruns
+import pytest
+import ray
+
+from led_local.decoding.methods import DecodeConfig
+from led_local.errors import LedError
+from led_local.eval.identity import build_id
+from led_local.eval.problems import REFERENCE_PROMPT, load_problems
+from led_local.eval.ray_solve import RayOptions, ShardsFailed, solve_ray
+from led_local.eval.ray_worker import SolveWorker
+from led_local.eval.solve import SolveOptions
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def ray_address():
+    """A local Ray instance for the module; on teardown it is shut down and any of its
+    processes still alive (Ray's agents can outlive a shutdown) are killed by pid."""
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        started = {pid: t for pid, t in _descendants(os.getpid()).items() if _is_ray(pid)}
+        ray.shutdown()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(_alive(p) for p in started.items()):
+            time.sleep(0.1)
+        for pid, start in started.items():
+            if _alive((pid, start)):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _stat(pid: int) -> tuple[int, str] | None:
+    """(parent pid, start time) of a live process, or None."""
+    try:
+        fields = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return int(fields[1]), fields[19]
+
+
+def _descendants(root: int) -> dict[int, str]:
+    """Every live descendant of ``root``: pid -> start time (so a reused pid is not killed)."""
+    procs = {int(d.name): _stat(int(d.name)) for d in Path("/proc").iterdir() if d.name.isdigit()}
+    found: dict[int, str] = {}
+    frontier = [root]
+    while frontier:
+        parent = frontier.pop()
+        for pid, st in procs.items():
+            if st is not None and st[0] == parent and pid not in found:
+                found[pid] = st[1]
+                frontier.append(pid)
+    return found
+
+
+def _is_ray(pid: int) -> bool:
+    try:
+        return b"ray" in (Path("/proc") / str(pid) / "cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def _alive(proc: tuple[int, str]) -> bool:
+    st = _stat(proc[0])
+    return st is not None and st[1] == proc[1]
+
+
+def _busy_workers() -> list[int]:
+    """Pids of the actor processes that are decoding a shard (Ray titles them so)."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if (d / "cmdline").read_bytes().startswith(b"ray::SolveWorker.run"):
+                    pids.append(int(d.name))
+            except OSError:
+                continue
+    return pids
+
+
+def _unique(recs: list[dict]) -> bool:
+    return len(set(evalruns.keys(recs))) == len(recs)
+
+
+def test_ray_with_two_workers_equals_a_single_run(smollm2, split_problems, single_run,
+                                                  ray_address, tmp_path):
+    out = tmp_path / "ray.jsonl"
+    r = evalruns.run("solve", smollm2, split_problems, "-o", out, *evalruns.SOLVE_ARGS, "--ray",
+                     "--ray-workers", "2")
+    assert r.exit_code == 0, r.output
+    assert "done: 8/8 samples" in r.stderr
+    assert evalruns.strip(evalruns.records(out)) == evalruns.strip(single_run)
+
+
+def test_killed_workers_lose_and_duplicate_nothing(smollm2, split_problems, single_run,
+                                                   ray_address, tmp_path):
+    out = tmp_path / "killed.jsonl"
+    items = load_problems(split_problems)
+    opts = SolveOptions(samples=2, parallel=1, max_tokens=16)  # one sample at a time
+    killed: list[int] = []
+
+    def kill_one(p) -> None:
+        if not killed and p.last is not None:  # a record is in: its worker is mid-shard
+            busy = _busy_workers()
+            assert busy
+            os.kill(busy[0], signal.SIGKILL)
+            killed.append(busy[0])
+
+    # one worker that may not be replaced: the run ends early, keeping what finished
+    with pytest.raises(ShardsFailed, match="no worker was left.*run the command again") as failure:
+        solve_ray(smollm2, items, out, DecodeConfig(), opts,
+                  RayOptions(workers=1, replacements=0), template=REFERENCE_PROMPT,
+                  on_progress=kill_one)
+    partial = evalruns.records(out)
+    assert killed and 1 <= len(partial) < 8 and failure.value.progress.done == len(partial)
+    reference = {(r["problem_id"], r["sample"]): r for r in evalruns.strip(single_run)}
+    assert all(reference[k] == r for k, r in zip(evalruns.keys(partial),
+                                                   evalruns.strip(partial)))
+    # two workers, one killed mid-shard: its unfinished samples run again elsewhere
+    killed.clear()
+    p = solve_ray(smollm2, items, out, DecodeConfig(), opts, RayOptions(workers=2),
+                  template=REFERENCE_PROMPT, on_progress=kill_one)
+    final = evalruns.records(out)
+    assert killed and p.done == 8
+    assert final[: len(partial)] == partial and _unique(final)
+    assert evalruns.strip(final) == evalruns.strip(single_run)
+
+
+def test_resume_after_the_driver_is_killed(smollm2, split_problems, single_run, ray_address,
+                                           tmp_path):
+    out = tmp_path / "driver.jsonl"
+    args = ["solve", str(smollm2), str(split_problems), "-o", str(out), *evalruns.SOLVE_ARGS,
+            "--parallel", "1", "--ray", ray_address, "--ray-workers", "2"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *sys.path])}
+    with (tmp_path / "driver.log").open("wb") as log:
+        driver = subprocess.Popen(
+            [sys.executable, "-c", "from led_local.cli import main; main()", *args],
+            stdout=log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and driver.poll() is None:
+            if out.exists() and out.read_bytes().count(b"\n") >= 2:
+                break
+            time.sleep(0.05)
+        assert driver.poll() is None, (tmp_path / "driver.log").read_text()
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+    written = out.read_bytes().count(b"\n")
+    assert 2 <= written < 8
+    final = evalruns.solve(smollm2, split_problems, out, "--ray", "--ray-workers", "2")
+    assert _unique(final) and evalruns.strip(final) == evalruns.strip(single_run)
+
+
+def test_a_worker_with_another_model_file_refuses_to_start(smollm2, ray_address):
+    worker = ray.remote(SolveWorker).remote(
+        str(smollm2), "0" * 64, build_id(), DecodeConfig(), SolveOptions(samples=1), {},
+        longest_prompt=8, n_jobs=1, threads=1, verbose=False)
+    try:
+        with pytest.raises(LedError, match=r"has SHA-256 [0-9a-f]{16}\.\.\., the driver's has "
+                                           r"0{16}\.\.\.: every node needs the same file"):
+            ray.get(worker.ready.remote())
+    finally:
+        ray.kill(worker)
+
+
+def test_ray_options_need_ray(smollm2, split_problems, tmp_path):
+    r = evalruns.run("solve", smollm2, split_problems, "-o", tmp_path / "x.jsonl",
+                     "--ray-workers", "2")
+    assert r.exit_code == 2 and "--ray-workers applies only with --ray" in r.stderr
+    r = evalruns.run("solve", smollm2, split_problems, "-o", tmp_path / "x.jsonl", "--ray",
+                     "--ray-cpus-per-worker", "0")
+    assert r.exit_code == 2 and "--ray-cpus-per-worker must be > 0" in r.stderr
+    assert not (tmp_path / "x.jsonl").exists()
