@@ -3,6 +3,7 @@ through a worker killed mid-shard and a driver killed mid-run."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 import evalruns
 import pytest
 import ray
+from tinymodel import write_tiny_llama
 
 from led_local.decoding.methods import DecodeConfig
 from led_local.errors import LedError
@@ -20,7 +22,7 @@ from led_local.eval.identity import build_id
 from led_local.eval.problems import REFERENCE_PROMPT, load_problems
 from led_local.eval.ray_solve import RayOptions, ShardsFailed, solve_ray
 from led_local.eval.ray_worker import SolveWorker
-from led_local.eval.solve import SolveOptions
+from led_local.eval.solve import SolveOptions, solve
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -183,3 +185,23 @@ def test_ray_options_need_ray(smollm2, split_problems, tmp_path):
                      "--ray-cpus-per-worker", "0")
     assert r.exit_code == 2 and "--ray-cpus-per-worker must be > 0" in r.stderr
     assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_skipped_records_and_problem_hashes_match_a_plain_solve(ray_address, tmp_path):
+    """The driver writes the skipped records of a prompt too large for the context; the
+    worker's records carry the problem hashes the driver computed."""
+    model = write_tiny_llama(tmp_path / "tiny.gguf").path
+    problems = tmp_path / "p.jsonl"
+    problems.write_text(json.dumps({"id": "big", "question": "x " * 2_500_000, "answer": "1"})
+                        + "\n" + json.dumps({"id": "ok", "question": "What is 1 + 1?"}) + "\n")
+    items = load_problems(problems)
+    cfg, opts = DecodeConfig(method="greedy"), SolveOptions(samples=2, max_tokens=4)
+    notices: list[str] = []
+    solve(model, items, tmp_path / "plain.jsonl", cfg, opts, template=REFERENCE_PROMPT)
+    solve_ray(model, items, tmp_path / "ray.jsonl", cfg, opts, RayOptions(workers=1),
+              template=REFERENCE_PROMPT, on_notice=notices.append)
+    plain, by_ray = (evalruns.records(tmp_path / f"{n}.jsonl") for n in ("plain", "ray"))
+    assert evalruns.strip(by_ray) == evalruns.strip(plain)
+    assert [r["finish_reason"] for r in by_ray if r["problem_id"] == "big"] == ["skipped"] * 2
+    assert all(r["problem_hash"] for r in by_ray)
+    assert any("problem 'big' skipped" in m for m in notices)
