@@ -40,6 +40,9 @@ from led_local.cli.common import (
               help="Record each response's mean final-norm hidden state (for passk --select).")
 @click.option("--force", is_flag=True,
               help="Start a new run over an incompatible file (moved aside as a .bak).")
+@click.option("--hapo-rolling", type=int, default=None, metavar="N",
+              help="hapo: rolling statistics, each batch of N problems using the previous "
+              "batch's token entropies (the first batch at plain T0).")
 @decoding_options
 @click.pass_context
 @user_errors
@@ -62,7 +65,8 @@ def solve(ctx: click.Context, model: str, problems: str, output: str, samples: i
                                 force=force, embed=embed)
     check_not_input(output, {"the model": model, "the problem file": resolve_problems(problems),
                              "the prompt template": prompt_template,
-                             "the chat template": kw["chat_template"]}, option="-o")
+                             "the chat template": kw["chat_template"],
+                             "the HAPO statistics": kw["hapo_stats"]}, option="-o")
     info = model_with_template(inspect_model(model), kw["chat_template"])  # read once
     items = load_problems(problems)
     template = load_template(prompt_template)

@@ -137,6 +137,7 @@ class Runtime:
         self.n_ctx_seq = llama_cpp.llama_n_ctx_seq(ctx)  # what one sequence may fill
         self.memory = llama_cpp.llama_get_memory(ctx)
         self.batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
+        self.embd_batch = None  # allocated by the first decode_embd
 
     # -- lifetime -------------------------------------------------------------------------
     def close(self) -> None:
@@ -144,6 +145,9 @@ class Runtime:
         if self.batch is not None:
             llama_cpp.llama_batch_free(self.batch)
             self.batch = None
+        if getattr(self, "embd_batch", None) is not None:
+            llama_cpp.llama_batch_free(self.embd_batch)
+            self.embd_batch = None
         if self.ctx is not None:
             llama_cpp.llama_free(self.ctx)
             self.ctx = None
@@ -158,18 +162,20 @@ class Runtime:
         self.close()
 
     # -- tokens ---------------------------------------------------------------------------
-    def tokenize(self, text: str, *, special: bool = True, limit: int | None = None) -> list[int]:
-        """Token ids of ``text``, special tokens parsed; BOS added when the vocab wants it
-        and the text does not already start with it. With ``limit``, a text that cannot fit
-        in ``limit`` tokens raises ContextFullError, judged first by its size in bytes (no
-        token spans more bytes than the vocabulary's longest, ``max_token_bytes``) and only
-        then by tokenizing, so that a huge text never reaches llama.cpp's tokenizer."""
+    def tokenize(self, text: str, *, special: bool = True, bos: bool = True,
+                 limit: int | None = None) -> list[int]:
+        """Token ids of ``text``, special tokens parsed unless ``special`` is off; BOS added
+        when ``bos``, the vocab wants it and the text does not already start with it. With
+        ``limit``, a text that cannot fit in ``limit`` tokens raises ContextFullError, judged
+        first by its size in bytes (no token spans more bytes than the vocabulary's longest,
+        ``max_token_bytes``) and only then by tokenizing, so that a huge text never reaches
+        llama.cpp's tokenizer."""
         data = text.encode("utf-8")
         if limit is not None and len(data) > limit * max_token_bytes(self.info):
             raise ContextFullError(f"the prompt is {len(data)} bytes, more than {limit} tokens "
                                    "can hold")
-        bos = self.token_text(llama_cpp.llama_vocab_bos(self.vocab))
-        add_special = not (bos and text.startswith(bos))
+        bos_text = self.token_text(llama_cpp.llama_vocab_bos(self.vocab))
+        add_special = bos and not (bos_text and text.startswith(bos_text))
         n_max = len(data) + 8 if limit is None else min(len(data) + 8, limit + 1)
         buf = (llama_cpp.llama_token * n_max)()
         n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, n_max, add_special, special)
@@ -253,6 +259,33 @@ class Runtime:
             raise RuntimeError(f"llama.cpp has no embedding for output row {row}")
         n = llama_cpp.llama_model_n_embd_out(self.model)
         return np.ctypeslib.as_array(ptr, shape=(n,)).copy()
+
+    def decode_embd(self, rows: np.ndarray, positions: Sequence[int], seqs: Sequence[int],
+                    outputs: Sequence[bool]) -> None:
+        """One llama_decode of input vectors instead of tokens: rows (n, n_embd) float32 go to
+        the first block as they are (a batch carries tokens or vectors, never both)."""
+        rows = np.ascontiguousarray(rows, dtype=np.float32)
+        n, width = rows.shape
+        if n > self.n_batch:
+            raise ValueError(f"batch of {n} rows exceeds n_batch {self.n_batch}")
+        n_embd = llama_cpp.llama_model_n_embd(self.model)
+        if width != n_embd:
+            raise ValueError(f"embedding rows must have {n_embd} values, got {width}")
+        if self.embd_batch is None:
+            self.embd_batch = llama_cpp.llama_batch_init(self.n_batch, n_embd, 1)
+        b = self.embd_batch
+        ctypes.memmove(b.embd, rows.ctypes.data, rows.nbytes)
+        b.n_tokens = n
+        for i in range(n):
+            b.pos[i] = positions[i]
+            b.n_seq_id[i] = 1
+            b.seq_id[i][0] = seqs[i]
+            b.logits[i] = outputs[i]
+        rc = llama_cpp.llama_decode(self.ctx, b)
+        if rc == 1:
+            raise ContextFullError(f"the context of {self.n_ctx} tokens is full")
+        if rc != 0:
+            raise RuntimeError(f"llama_decode of embeddings failed with code {rc}")
 
     def logits(self, row: int) -> np.ndarray:
         """A copy of output row ``row``'s logits (V,) float32 from the last decode."""
