@@ -1,4 +1,4 @@
-"""HAPO's entropy-adaptive temperature as a decoder (docs/METHODS.md), pure numpy.
+"""HAPO's entropy-adaptive temperature as a decoder (docs/HAPO.md), pure numpy.
 
 Per token: H = entropy of the untempered, unfiltered distribution; l = ln max(H, 1e-6);
 h = (l - mu) / (sigma + 1e-6); h_hat = h * s_pos above the pivot, h * s_neg below it, clamped

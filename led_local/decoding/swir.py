@@ -1,4 +1,4 @@
-"""SwiReasoning's per-step state machine (docs/METHODS.md), pure numpy.
+"""SwiReasoning's per-step state machine (docs/SWIR.md), pure numpy.
 
 Each sequence alternates between explicit steps (the sampled token is fed back) and latent
 steps (the probability-weighted mixture of all token embeddings, p^T E, is fed back). It

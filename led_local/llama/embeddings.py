@@ -15,7 +15,7 @@ import threading
 import numpy as np
 
 from led_local.errors import UnsupportedModelError
-from led_local.llama.gguf_info import ModelInfo, read_tensors
+from led_local.llama.gguf_info import ModelInfo
 
 # graphs whose token path scales the looked-up row by sqrt(n_embd) and the raw path does not
 SCALED_INPUT = frozenset({"gemma", "gemma2", "gemma3"})
@@ -23,6 +23,7 @@ SCALED_INPUT = frozenset({"gemma", "gemma2", "gemma3"})
 EMBEDDING_INPUT_ARCHITECTURES = frozenset(
     {"llama", "qwen2", "qwen3", "qwen3moe", "gemma2", "gemma3", "phi3", "mistral3"})
 
+CHUNK_ROWS = 8192  # rows dequantized at a time: the peak stays near the float32 matrix
 _cache: dict[str, np.ndarray] = {}
 _lock = threading.Lock()
 
@@ -42,10 +43,25 @@ def input_embeddings(info: ModelInfo) -> np.ndarray:
     key = str(info.path.resolve())
     with _lock:
         if key not in _cache:
-            e = read_tensors(info.gguf, ["token_embd.weight"])["token_embd.weight"]
-            scale = input_scale(info)
-            if scale != 1.0:
-                e *= np.float32(scale)
-            e.flags.writeable = False
-            _cache[key] = e
+            _cache[key] = _read(info)
         return _cache[key]
+
+
+def _read(info: ModelInfo) -> np.ndarray:
+    from gguf.constants import GGMLQuantizationType
+    from gguf.quants import dequantize
+
+    g = info.gguf
+    t = g.tensors["token_embd.weight"]
+    n_rows, width = t.shape
+    raw = g.tensor_bytes(t.name).reshape(n_rows, -1)  # a view of the file's memory map
+    qtype = GGMLQuantizationType(t.ggml_type)
+    scale = np.float32(input_scale(info))
+    out = np.empty((n_rows, width), np.float32)
+    for i in range(0, n_rows, CHUNK_ROWS):
+        rows = dequantize(raw[i:i + CHUNK_ROWS], qtype).reshape(-1, width)
+        out[i:i + len(rows)] = rows
+        if scale != 1.0:
+            out[i:i + len(rows)] *= scale
+    out.flags.writeable = False
+    return out
