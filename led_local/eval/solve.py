@@ -267,7 +267,9 @@ def _record(engine: Engine, fin, problem: Problem, fp: dict, grader: Grader,
     }
     if engine.cfg.method == "led":
         rec["led"] = {"explored": seq.explored, "depths": seq.depths}
-    rec.update(seq.diagnostics(full=engine.cfg.hapo.rolling is not None))
+    # per-token lists: swir's modes; hapo's entropies only where rolling statistics need them
+    cfg = engine.cfg
+    rec.update(seq.diagnostics(full=cfg.method == "swir" or cfg.hapo.rolling is not None))
     if logprobs:
         rec["logprobs"] = [round(x, 6) for x in seq.logprobs]
     if seq.embedding is not None:
