@@ -31,7 +31,6 @@ from led_local.errors import LedError
 LATENT, EXPLICIT = 0, 1
 P_FLOOR = 1e-12  # inside the log of the entropy
 STEP0_BLEND = 0.9  # step 0: 0.9 p^T E + 0.1 E[line break]
-SOFT_BLOCK = 16  # rows per soft-vector product (see soft_vectors)
 
 
 @dataclass(frozen=True)
@@ -212,17 +211,11 @@ def feed_vector(feed: Feed, p: np.ndarray | None, embeddings: np.ndarray,
 def soft_vectors(p: np.ndarray, embeddings: np.ndarray) -> np.ndarray:
     """p^T E for each row of p (r, V) -> (r, n_embd) float32.
 
-    BLAS picks different kernels (and summation orders) for different row counts, so rows
-    go through products of exactly SOFT_BLOCK rows (zero-padded): every row then takes the
-    same kernel and lanes, and its result does not depend on what shares the call (tested).
-    """
+    BLAS picks different kernels (and summation orders) for different row counts, so each row
+    is its own vector-matrix product: a row's result never depends on what shares the step
+    (tested), at the cost of reading E once per row (memory-bound, like a decode step)."""
     p = np.asarray(p, np.float32)
-    r = p.shape[0]
-    out = np.empty((r, embeddings.shape[1]), np.float32)
-    block = np.zeros((SOFT_BLOCK, p.shape[1]), np.float32)
-    for i in range(0, r, SOFT_BLOCK):
-        n = min(SOFT_BLOCK, r - i)
-        block[:n] = p[i:i + n]
-        block[n:] = 0
-        out[i:i + n] = (block @ embeddings)[:n]
+    out = np.empty((p.shape[0], embeddings.shape[1]), np.float32)
+    for i in range(p.shape[0]):
+        out[i] = p[i] @ embeddings
     return out
