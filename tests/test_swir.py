@@ -186,17 +186,18 @@ def test_generate_is_reproducible_and_reports_switches(smollm2):
 
 def test_solve_is_batch_invariant_with_latent_and_token_rows(smollm2, tmp_path):
     def solve(out, parallel):
-        r = run("solve", smollm2, GSM8K, "-o", out, "-n", "3", "--max-tokens", "24",
-                "--parallel", parallel, *SWIR)
+        r = run("solve", smollm2, GSM8K, "-o", out, "-n", "2", "--max-tokens", "12",
+                "--limit", "2", "--parallel", parallel, *SWIR)
         assert r.exit_code == 0, r.output
         recs = [json.loads(x) for x in out.read_text().splitlines()]
         return sorted(({k: v for k, v in r.items() if k != "time_s"} for r in recs),
                       key=lambda r: (r["problem_id"], r["sample"]))
 
     a, b = solve(tmp_path / "a.jsonl", 1), solve(tmp_path / "b.jsonl", 16)
-    assert len(a) == 9 and a == b
-    assert all("swir" in r for r in a)
-    assert len({r["swir"]["latent"] for r in a}) > 1  # sequences differ in their modes
+    assert len(a) == 4 and a == b
+    modes = [r["swir"]["latent"] for r in a]
+    assert any("L" in m and "E" in m for m in modes)  # steps mixed vectors and tokens
+    assert len(set(modes)) > 1
 
 
 def test_chat_shows_latent_steps_dim(smollm2):
