@@ -141,3 +141,68 @@ def test_hapo_option_errors(smollm2, calibration):
     assert r.exit_code == 2 and "--hapo-tau must be in [0, 1], got 2.0" in r.output
     r = run("generate", smollm2, "-p", "hi", "-m", "hapo", "--hapo-stats", GSM8K)
     assert r.exit_code == 2 and "is not JSON" in r.output
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "not found"),
+    ('{"format": "led-local-hapo-entropies/1", "entropies": [0.5, "x"]}', "entropy 1 must be"),
+    ('{"format": "led-local-hapo-entropies/1", "entropies": [NaN]}', "entropy 0 must be"),
+    ('{"format": "led-local-hapo-entropies/1", "entropies": [-1]}', "entropy 0 must be"),
+    ("[" * 100_000, "is not JSON"),
+])
+def test_hostile_statistics_files_are_one_line_errors(smollm2, tmp_path, content, message):
+    stats = tmp_path / "stats.json"
+    if content is None:
+        stats.mkdir()
+    else:
+        stats.write_text(content)
+    r = run("generate", smollm2, "-p", "hi", "-m", "hapo", "--hapo-stats", stats, "-n", "1")
+    assert r.exit_code == 2 and message in r.output and "Traceback" not in r.output
+
+
+def test_rolling_statistics_refuse_malformed_recorded_entropies(tmp_path):
+    from led_local.errors import LedError
+    from led_local.eval.solve import _recorded_entropies
+
+    class Run:
+        path = tmp_path / "run.jsonl"
+
+    ok = {"problem_id": "a", "sample": 0, "hapo": {"entropies": [0.5, 1]}}
+    assert _recorded_entropies(Run, ok) == [0.5, 1.0]
+    assert _recorded_entropies(Run, {"problem_id": "a", "sample": 0}) == []  # skipped record
+    for bad in ("x", {"entropies": "x"}, {"entropies": [True]}, {"entropies": [float("inf")]}):
+        with pytest.raises(LedError, match="problem 'a' sample 0: 'hapo.entropies'"):
+            _recorded_entropies(Run, {"problem_id": "a", "sample": 0, "hapo": bad})
+
+
+def test_calibrate_never_writes_over_an_input_nor_fails_on_a_huge_question(smollm2, tmp_path):
+    r = run("hapo-calibrate", smollm2, GSM8K, "-o", GSM8K)
+    assert r.exit_code == 2 and "is the problem file" in r.output
+    problems = tmp_path / "big.jsonl"
+    problems.write_text(json.dumps({"id": "big", "question": "x " * 2_500_000, "answer": "1"})
+                        + "\n")
+    r = run("hapo-calibrate", smollm2, problems, "-o", tmp_path / "cal.json")
+    assert r.exit_code == 2 and "problem 'big' left out" in r.output
+    assert "no problem's prompt fits" in r.output and not (tmp_path / "cal.json").exists()
+
+
+def test_a_failed_calibration_write_is_an_output_error(tmp_path):
+    from led_local.decoding.hapo import save_entropies
+    from led_local.errors import OutputError
+
+    with pytest.raises(OutputError, match="cannot write"):
+        save_entropies(tmp_path / "missing" / "cal.json", [0.5], meta={})
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_served_request_keeps_the_servers_hapo_and_swir_settings():
+    from led_local.decoding.hapo import HAPOConfig
+    from led_local.decoding.methods import DecodeConfig
+    from led_local.decoding.swir import SwirConfig
+    from led_local.serve.protocol import CompletionRequest
+
+    base = DecodeConfig(method="hapo", temperature=1.0, hapo=HAPOConfig(tau=0.1, variant="code"),
+                        swir=SwirConfig(window=8))
+    cfg = CompletionRequest(prompt="hi", top_k=5, top_p=0.9).decode_config(base)
+    assert (cfg.method, cfg.hapo, cfg.swir, cfg.top_k, cfg.top_p) == \
+        ("hapo", base.hapo, base.swir, 5, 0.9)

@@ -205,3 +205,14 @@ def test_chat_shows_latent_steps_dim(smollm2):
             input="Hello\n/exit\n", color=True)
     assert r.exit_code == 0, r.output
     assert "\x1b[2m" in r.stdout
+
+
+def test_a_sequence_cannot_switch_to_swir_on_another_engine(smollm2):
+    from led_local.decoding.engine import Engine
+    from led_local.decoding.methods import DecodeConfig
+    from led_local.errors import LedError
+
+    with Engine(smollm2, DecodeConfig(method="sample"), n_ctx=256) as engine:
+        with pytest.raises(LedError, match="method swir needs the input embeddings"):
+            engine.check_config(DecodeConfig(method="swir"))
+        engine.check_config(DecodeConfig(method="hapo"))

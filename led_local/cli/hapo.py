@@ -7,7 +7,14 @@ from pathlib import Path
 
 import click
 
-from led_local.cli.common import StopFlag, UserError, main, model_argument, user_errors
+from led_local.cli.common import (
+    StopFlag,
+    UserError,
+    main,
+    model_argument,
+    model_with_template,
+    user_errors,
+)
 
 
 @main.command("hapo-calibrate")
@@ -34,19 +41,23 @@ from led_local.cli.common import StopFlag, UserError, main, model_argument, user
               help="Pivot quantile for the statistics printed (runs pick their own).")
 @click.option("--threads", type=int, default=None,
               help="llama.cpp threads [default: cores, up to 8].")
+@click.option("--chat-template", "chat_template", type=click.Path(path_type=str), default=None,
+              help="Jinja chat template file to use instead of the model's.")
 @click.option("-v", "--verbose", is_flag=True, help="Show llama.cpp's own log on stderr.")
 @user_errors
 def hapo_calibrate(model: str, problems: str, output: str, samples: int, parallel: int,
                    max_tokens: int, limit: int | None, prompt_template: str | None, seed: int,
                    temperature: float, top_k: int, top_p: float, min_p: float,
-                   hapo_pivot: float, threads: int | None, verbose: bool) -> None:
+                   hapo_pivot: float, threads: int | None, chat_template: str | None,
+                   verbose: bool) -> None:
     """Sample PROBLEMS plainly with MODEL and record every token's entropy for HAPO."""
     from tqdm import tqdm
 
     from led_local.decoding.hapo import compute_stats, save_entropies
     from led_local.decoding.methods import DecodeConfig
     from led_local.eval.calibrate import calibration_entropies
-    from led_local.eval.problems import load_problems, load_template
+    from led_local.eval.problems import load_problems, load_template, resolve_problems
+    from led_local.eval.runfile import check_not_input
     from led_local.llama.gguf_info import inspect_model
 
     if limit is not None and limit < 1:
@@ -54,10 +65,13 @@ def hapo_calibrate(model: str, problems: str, output: str, samples: int, paralle
     out = Path(output)
     if out.is_dir() or not (out.parent if str(out.parent) else Path(".")).is_dir():
         raise UserError(f"-o must be a file in an existing directory, got {output}")
+    check_not_input(output, {"the model": model, "the problem file": resolve_problems(problems),
+                             "the prompt template": prompt_template,
+                             "the chat template": chat_template}, option="-o")
     cfg = DecodeConfig(method="hapo", temperature=temperature, top_k=top_k, top_p=top_p,
                        min_p=min_p)
     compute_stats([], pivot=hapo_pivot)  # validates the pivot before any sampling
-    info = inspect_model(model)
+    info = model_with_template(inspect_model(model), chat_template)
     items = load_problems(problems)[:limit] if limit else load_problems(problems)
     template = load_template(prompt_template)
     bar = tqdm(unit="tok", file=sys.stderr, dynamic_ncols=True)
@@ -65,7 +79,9 @@ def hapo_calibrate(model: str, problems: str, output: str, samples: int, paralle
         ent = calibration_entropies(info, items, cfg, template=template, samples=samples,
                                     parallel=parallel, max_tokens=max_tokens, seed=seed,
                                     threads=threads, on_step=bar.update,
-                                    should_stop=lambda: stop.set, verbose=verbose)
+                                    should_stop=lambda: stop.set,
+                                    on_notice=lambda m: bar.write(m, file=sys.stderr),
+                                    verbose=verbose)
     bar.close()
     if stop.set:
         raise UserError("interrupted; nothing written")

@@ -23,10 +23,11 @@ from pathlib import Path
 import numpy as np
 
 from led_local.decoding.filters import entropy, sample_token, softmax64
-from led_local.errors import LedError
+from led_local.errors import LedError, OutputError
 
 VARIANTS = ("signed", "code")
 STATS_FORMAT = "led-local-hapo-entropies/1"
+MAX_STATS_BYTES = 256 << 20  # about 20 bytes per token: some 12 million tokens
 
 
 @dataclass(frozen=True)
@@ -143,22 +144,43 @@ def hapo_pick(logits: np.ndarray, *, t0: float, cfg: HAPOConfig, trace: HAPOTrac
 
 
 def save_entropies(path: str | os.PathLike, entropies: list[float], *, meta: dict) -> None:
-    """Write a calibration file: the per-token entropies and what produced them."""
+    """Write a calibration file: the per-token entropies and what produced them. It is
+    written beside ``path`` and renamed over it, so a failed write (OutputError) leaves an
+    existing file as it was."""
+    p = Path(path)
     data = {"format": STATS_FORMAT, **meta, "n_tokens": len(entropies), "entropies": entropies}
-    Path(path).write_text(json.dumps(data) + "\n", encoding="utf-8")
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(data) + "\n", encoding="utf-8")
+        os.replace(tmp, p)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"cannot write {p}: {e.strerror}") from None
 
 
 def load_entropies(path: str | os.PathLike) -> list[float]:
-    """The entropies of a calibration file written by ``hapo-calibrate``."""
+    """The entropies of a calibration file written by ``hapo-calibrate``: a list of finite
+    non-negative numbers, at most MAX_STATS_BYTES of file."""
     p = Path(path)
+    if not p.is_file():
+        raise LedError(f"--hapo-stats file not found: {p}")
     try:
+        if p.stat().st_size > MAX_STATS_BYTES:
+            raise LedError(f"--hapo-stats {p} is larger than {MAX_STATS_BYTES} bytes; make it "
+                           "with led-local hapo-calibrate")
         data = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise LedError(f"--hapo-stats file not found: {p}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except OSError as e:
+        raise LedError(f"cannot read --hapo-stats {p}: {e.strerror}") from None
+    except (ValueError, RecursionError):
         raise LedError(f"--hapo-stats {p} is not JSON; make it with led-local "
                        "hapo-calibrate") from None
     if not isinstance(data, dict) or data.get("format") != STATS_FORMAT \
             or not isinstance(data.get("entropies"), list) or not data["entropies"]:
         raise LedError(f"--hapo-stats {p} is not a led-local hapo-calibrate file with entropies")
-    return [float(x) for x in data["entropies"]]
+    values = data["entropies"]
+    for i, x in enumerate(values):
+        if isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x) \
+                or x < 0:
+            raise LedError(f"--hapo-stats {p}: entropy {i} must be a finite number >= 0, got "
+                           f"{json.dumps(x)[:40]}")
+    return [float(x) for x in values]

@@ -14,10 +14,10 @@ from collections.abc import Callable
 from led_local.decoding.batch import Job, context_size, run_jobs
 from led_local.decoding.engine import Engine
 from led_local.decoding.methods import DecodeConfig
-from led_local.errors import LedError
+from led_local.errors import ContextFullError, LedError
 from led_local.eval.problems import Problem, render
 from led_local.llama.gguf_info import ModelInfo, model_info
-from led_local.llama.runtime import Runtime
+from led_local.llama.runtime import Runtime, context_limit, max_token_bytes
 
 
 def calibration_entropies(
@@ -33,11 +33,14 @@ def calibration_entropies(
     threads: int | None = None,
     on_step: Callable[[int], None] = lambda n: None,
     should_stop: Callable[[], bool] = lambda: False,
+    on_notice: Callable[[str], None] = lambda message: None,
     verbose: bool = False,
 ) -> list[float]:
     """Every generated token's entropy (nats, untempered) over ``samples`` plain samples of
     each problem, in (problem, sample) order, whatever the batching. cfg.method must be
-    ``hapo`` without statistics (sampling at T0 with its filters)."""
+    ``hapo`` without statistics (sampling at T0 with its filters). A problem whose prompt
+    cannot fit the model's context (judged by its bytes, then its tokens, as ``solve`` does)
+    is left out, with a message to ``on_notice``."""
     if cfg.method != "hapo" or cfg.hapo.stats is not None or cfg.hapo.rolling is not None:
         raise ValueError("calibration samples with --method hapo and no statistics")
     if samples < 1 or parallel < 1 or max_tokens < 1 or not problems:
@@ -45,9 +48,21 @@ def calibration_entropies(
                        f"--max-tokens >= 1 (got {len(problems)} problems, -n {samples}, "
                        f"--parallel {parallel}, --max-tokens {max_tokens})")
     info = model_info(model)
+    limit = context_limit(info) - 1
+    prompts: dict[str, tuple[int, ...]] = {}
     with Runtime(info.path, info=info, vocab_only=True, verbose=verbose) as vocab:
-        prompts = {p.id: tuple(vocab.tokenize(vocab.apply_chat_template(
-            [{"role": "user", "content": render(template, p)}]))) for p in problems}
+        for p in problems:
+            user = render(template, p)
+            try:
+                if len(user.encode("utf-8", "replace")) > limit * max_token_bytes(info):
+                    raise ContextFullError(f"the prompt is more than {limit} tokens can hold")
+                prompts[p.id] = tuple(vocab.tokenize(vocab.apply_chat_template(
+                    [{"role": "user", "content": user}]), limit=limit))
+            except ContextFullError as e:
+                on_notice(f"problem {p.id!r} left out: {e}")
+    problems = [p for p in problems if p.id in prompts]
+    if not problems:
+        raise LedError("no problem's prompt fits the model's context")
     jobs = [Job(p.id, i, prompts[p.id]) for p in problems for i in range(samples)]
     parallel = min(parallel, len(jobs))
     longest = max(len(t) for t in prompts.values())
