@@ -71,12 +71,14 @@ def solve(ctx: click.Context, model: str, problems: str, output: str, samples: i
     items = load_problems(problems)
     template = load_template(prompt_template)
     bar = _Bar(min(len(items), limit or len(items)) * samples)
-    with StopFlag() as stop:
-        progress = solving.solve(info, items, output, cfg, opts, template=template,
-                                 on_progress=bar.update,
-                                 on_notice=lambda m: bar.bar.write(m, file=sys.stderr),
-                                 should_stop=lambda: stop.set, verbose=kw["verbose"])
-    bar.close()
+    try:  # closed on an error too, so that no bar outlives the command
+        with StopFlag() as stop:
+            progress = solving.solve(info, items, output, cfg, opts, template=template,
+                                     on_progress=bar.update,
+                                     on_notice=lambda m: bar.bar.write(m, file=sys.stderr),
+                                     should_stop=lambda: stop.set, verbose=kw["verbose"])
+    finally:
+        bar.close()
     elapsed = time.perf_counter() - progress.start if progress.start else 0.0
     acc = f"{100 * progress.correct / progress.graded:.1f}%" if progress.graded else "n/a"
     state = "stopped early; run again to resume" if stop.set else "done"

@@ -75,14 +75,16 @@ def hapo_calibrate(model: str, problems: str, output: str, samples: int, paralle
     items = load_problems(problems)[:limit] if limit else load_problems(problems)
     template = load_template(prompt_template)
     bar = tqdm(unit="tok", file=sys.stderr, dynamic_ncols=True)
-    with StopFlag() as stop:
-        ent = calibration_entropies(info, items, cfg, template=template, samples=samples,
-                                    parallel=parallel, max_tokens=max_tokens, seed=seed,
-                                    threads=threads, on_step=bar.update,
-                                    should_stop=lambda: stop.set,
-                                    on_notice=lambda m: bar.write(m, file=sys.stderr),
-                                    verbose=verbose)
-    bar.close()
+    try:  # closed on an error too, so that no bar outlives the command
+        with StopFlag() as stop:
+            ent = calibration_entropies(info, items, cfg, template=template, samples=samples,
+                                        parallel=parallel, max_tokens=max_tokens, seed=seed,
+                                        threads=threads, on_step=bar.update,
+                                        should_stop=lambda: stop.set,
+                                        on_notice=lambda m: bar.write(m, file=sys.stderr),
+                                        verbose=verbose)
+    finally:
+        bar.close()
     if stop.set:
         raise UserError("interrupted; nothing written")
     stats = compute_stats(ent, pivot=hapo_pivot)
