@@ -162,14 +162,15 @@ class Runtime:
         self.close()
 
     # -- tokens ---------------------------------------------------------------------------
-    def tokenize(self, text: str, *, special: bool = True, bos: bool = True,
-                 limit: int | None = None) -> list[int]:
-        """Token ids of ``text``, special tokens parsed unless ``special`` is off; BOS added
-        when ``bos``, the vocab wants it and the text does not already start with it. With
-        ``limit``, a text that cannot fit in ``limit`` tokens raises ContextFullError, judged
-        first by its size in bytes (no token spans more bytes than the vocabulary's longest,
-        ``max_token_bytes``) and only then by tokenizing, so that a huge text never reaches
-        llama.cpp's tokenizer."""
+    def tokenize(self, text: str, *, special: bool = True, limit: int | None = None,
+                 bos: bool = True) -> list[int]:
+        """Token ids of ``text``, special tokens parsed; BOS added when the vocab wants it
+        and the text does not already start with it. With ``limit``, a text that cannot fit
+        in ``limit`` tokens raises ContextFullError, judged first by its size in bytes (no
+        token spans more bytes than the vocabulary's longest, ``max_token_bytes``) and only
+        then by tokenizing, so that a huge text never reaches llama.cpp's tokenizer. ``bos``
+        False tokenizes a continuation: nothing added (no BOS, nor an EOS the vocabulary
+        would append)."""
         data = text.encode("utf-8")
         if limit is not None and len(data) > limit * max_token_bytes(self.info):
             raise ContextFullError(f"the prompt is {len(data)} bytes, more than {limit} tokens "
@@ -180,12 +181,14 @@ class Runtime:
         buf = (llama_cpp.llama_token * n_max)()
         n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, n_max, add_special, special)
         if n < 0 and limit is not None and -n > limit:
-            raise ContextFullError(f"the prompt is {-n} tokens, more than the {limit} that fit")
+            raise ContextFullError(f"the prompt is {-n} tokens, more than the context allows "
+                                   f"({limit})")
         if n < 0:
             buf = (llama_cpp.llama_token * -n)()
             n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, -n, add_special, special)
         if limit is not None and n > limit:
-            raise ContextFullError(f"the prompt is {n} tokens, more than the {limit} that fit")
+            raise ContextFullError(f"the prompt is {n} tokens, more than the context allows "
+                                   f"({limit})")
         return list(buf[:n])
 
     def token_bytes(self, token: int, *, special: bool = True) -> bytes:
