@@ -16,6 +16,9 @@ projections, the analysis) against one plain decode step, with and without --all
 ray: ``solve --ray`` with 2 local workers (1 CPU and 1 thread each) against ``solve`` in one
 process (all cores), LED on the same problems, and the time ``ray.init`` of a local instance
 takes (paid once per --ray run without an address).
+methods: one prompt decoded with --method sample, hapo and swir (the default window, and a
+short window that makes latent steps frequent), rounds interleaved; plus the memory of
+SwiReasoning's float32 embedding matrix.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from led_local.decoding.engine import Engine  # noqa: E402
-from led_local.decoding.generate import generate, prompt_tokens  # noqa: E402
+from led_local.decoding.generate import generate, generate_step, prompt_tokens  # noqa: E402
 from led_local.decoding.methods import DecodeConfig  # noqa: E402
 from led_local.decoding.samplers import LEDConfig  # noqa: E402
 from led_local.llama import native  # noqa: E402
@@ -275,13 +278,59 @@ def bench_ray(model: str, problems: str, *, n_problems: int, samples: int, max_t
     base = walls["one process"]
     for name, wall in walls.items():
         print(f"{name:18} {wall:7.1f} {tokens[name] / wall:7.1f} {base / wall:6.2f}")
+def bench_methods(model: str, *, tokens: int, rounds: int, threads: int | None) -> None:
+    """Decode tokens/s of hapo and swir against plain sampling, and swir's latent share."""
+    from led_local.decoding.hapo import HAPOConfig, compute_stats
+    from led_local.decoding.swir import SwirConfig
+    from led_local.llama.embeddings import input_embeddings
+    from led_local.llama.gguf_info import inspect_model
+
+    info = inspect_model(model)
+    t0 = time.perf_counter()
+    emb = input_embeddings(info)
+    load_s = time.perf_counter() - t0
+    # statistics from a plain (statistics-free) HAPO run of the same prompt
+    with Engine(info, DecodeConfig(method="hapo", temperature=0.6), n_ctx=1024,
+                threads=threads) as e:
+        for seq in generate_step(e, prompt_tokens(e, PROMPT), max_tokens=tokens,  # noqa: B007
+                                 seed=99):
+            pass
+    stats = compute_stats(seq.trace.entropies)
+    variants = {
+        "sample": DecodeConfig(method="sample", think_end=""),
+        "hapo": DecodeConfig(method="hapo", temperature=0.6, hapo=HAPOConfig(stats=stats)),
+        "swir (window 512)": DecodeConfig(method="swir", think_end=""),
+        "swir (window 8)": DecodeConfig(method="swir", think_end="", swir=SwirConfig(window=8)),
+    }
+    engines = {n: Engine(info, c, n_ctx=1024, threads=threads) for n, c in variants.items()}
+    rates: dict[str, list[float]] = {n: [] for n in variants}
+    latent: dict[str, list[float]] = {n: [] for n in variants}
+    try:
+        for r in range(rounds):
+            for name, engine in engines.items():
+                res = generate(engine, prompt_tokens(engine, PROMPT), max_tokens=tokens, seed=r)
+                rates[name].append(len(res.tokens) / res.decode_s)
+                sw = res.diagnostics.get("swir")
+                latent[name].append(sw["latent_steps"] / max(1, len(res.tokens)) if sw else 0.0)
+    finally:
+        for engine in engines.values():
+            engine.close()
+    base = statistics.median(rates["sample"])
+    print(f"methods benchmark: {Path(model).name}, {tokens} tokens x {rounds} rounds, "
+          f"threads={threads or 'default'}")
+    print(f"{'variant':20} {'tokens/s':>9} {'x sample':>9} {'latent/token':>13}")
+    for name, rs in rates.items():
+        med = statistics.median(rs)
+        print(f"{name:20} {med:9.1f} {med / base:9.2f} {statistics.mean(latent[name]):13.2f}")
+    print(f"swir embedding matrix: {emb.shape[0]} x {emb.shape[1]} float32 = "
+          f"{emb.nbytes / 1e6:.0f} MB, read and dequantized in {load_s:.2f}s")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("model")
     ap.add_argument("--what", choices=["decode", "batch", "bufts", "embed", "serve",
-                                       "inspect", "ray", "all"],
+                                       "inspect", "ray", "methods", "all"],
                     default="all")
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=3)
@@ -310,6 +359,8 @@ def main() -> None:
     if args.what in ("ray", "all"):
         bench_ray(args.model, args.problems, n_problems=args.n_problems, samples=args.samples,
                   max_tokens=args.max_tokens, threads=args.threads)
+    if args.what in ("methods", "all"):
+        bench_methods(args.model, tokens=args.tokens, rounds=args.rounds, threads=args.threads)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from led_local.cli import (  # noqa: F401  (each registers its commands)
     decode,
     doctor,
     evaluate,
+    hapo,
     info,
     inspect,
     merge,

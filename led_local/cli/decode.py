@@ -66,8 +66,8 @@ def chat(ctx: click.Context, model: str, system: str | None, max_tokens: int,
          seed: int | None, **kw) -> None:
     """Chat with MODEL; /reset forgets the conversation, /exit (or Ctrl-D) leaves.
 
-    Replies stream as they are generated, thinking shown dim; Ctrl-C stops a reply and
-    keeps the session."""
+    Replies stream as they are generated, thinking (and SwiReasoning's latent steps) shown
+    dim; Ctrl-C stops a reply and keeps the session."""
     from led_local.decoding.chat import ChatSession
     from led_local.decoding.generate import new_seed
     from led_local.errors import ContextFullError
@@ -113,7 +113,7 @@ def _print_reply(session, text: str, *, think_end: str) -> None:
             shown += piece.text
             if not thinking and shown.lstrip().startswith("<think>") and think_end:
                 thinking = True
-            click.echo(click.style(piece.text, dim=thinking), nl=False)
+            click.echo(click.style(piece.text, dim=thinking or piece.latent), nl=False)
             if thinking and think_end and think_end in shown:
                 thinking = False
             if stop.set:

@@ -51,6 +51,9 @@ from led_local.cli.common import (
               help="--ray: CPUs per actor (and its llama.cpp threads unless --threads).")
 @click.option("--ray-gpus-per-worker", type=float, default=0.0, show_default=True,
               help="--ray: GPUs per actor.")
+@click.option("--hapo-rolling", type=int, default=None, metavar="N",
+              help="hapo: rolling statistics, each batch of N problems using the previous "
+              "batch's token entropies (the first batch at plain T0).")
 @decoding_options
 @click.pass_context
 @user_errors
@@ -73,6 +76,9 @@ def solve(ctx: click.Context, model: str, problems: str, output: str, samples: i
                 raise UserError(f"--{name.replace('_', '-')} applies only with --ray")
 
     cfg = decode_config(ctx, kw)
+    if kw.get("hapo_rolling") and (ray_address is not None or shard is not None):
+        raise UserError("--hapo-rolling needs every problem in one process (each batch of "
+                        "problems is calibrated on the one before); drop --shard/--ray")
     if ctx.get_parameter_source("n_ctx") == click.core.ParameterSource.COMMANDLINE:
         raise UserError("--ctx does not apply to solve: the context is sized from the prompts, "
                         "--parallel and --max-tokens")
@@ -83,7 +89,8 @@ def solve(ctx: click.Context, model: str, problems: str, output: str, samples: i
                                 shard=parse_shard(shard) if shard is not None else None)
     check_not_input(output, {"the model": model, "the problem file": resolve_problems(problems),
                              "the prompt template": prompt_template,
-                             "the chat template": kw["chat_template"]}, option="-o")
+                             "the chat template": kw["chat_template"],
+                             "the HAPO statistics": kw["hapo_stats"]}, option="-o")
     info = model_with_template(inspect_model(model), kw["chat_template"])  # read once
     items = load_problems(problems)
     template = load_template(prompt_template)

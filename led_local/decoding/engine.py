@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from led_local.decoding import dola
+from led_local.decoding import dola, latent
+from led_local.decoding.hapo import HAPOTrace, hapo_pick
 from led_local.decoding.methods import DecodeConfig, LlamaSampler, seed_sequence
 from led_local.decoding.samplers import (
     led_base,
@@ -25,6 +26,7 @@ from led_local.decoding.samplers import (
 )
 from led_local.errors import LedError
 from led_local.llama.capture import make_capture
+from led_local.llama.embeddings import input_embeddings
 from led_local.llama.gguf_info import ModelInfo, model_info
 from led_local.llama.head import LMHead
 from led_local.llama.projection import GraphProjection, resolve_projection
@@ -49,11 +51,13 @@ class Sequence:
     scope_end: int | None = None  # index of the token that completed the end-of-thinking marker
     finish_reason: str | None = None
     pending: int | None = None
+    pending_vec: np.ndarray | None = None  # fed instead of ``pending`` when set (SwiReasoning)
     rng: np.random.Generator | None = None
     sampler: LlamaSampler | None = None
     embed_sum: np.ndarray | None = None
     embed_count: int = 0
     cfg: DecodeConfig | None = None  # this sequence's method (None: the engine's)
+    trace: object | None = None  # the method's own per-sequence record (HAPO, SwiReasoning)
     _text_tail: str = ""
 
     @property
@@ -71,6 +75,13 @@ class Sequence:
         if self.embed_sum is None or self.embed_count == 0:
             return None
         return (self.embed_sum / self.embed_count).astype(np.float32)
+
+    def diagnostics(self, *, full: bool = False) -> dict:
+        """The method's own per-sequence report, keyed by method name ({} for the others);
+        ``full`` adds per-token lists where the method keeps them."""
+        if self.trace is None:
+            return {}
+        return self.trace.report(full=full)
 
 
 class Engine:
@@ -139,6 +150,16 @@ class Engine:
             self.graph.attach(self.rt)
         self.n_seq = n_seq
         self._cached: dict[int, list[int]] = {}
+        self.hapo_stats = cfg.hapo.stats  # what new HAPO sequences use (solve may roll it)
+        self.embeddings: np.ndarray | None = None
+        if cfg.method == "swir":
+            try:
+                self.embeddings = input_embeddings(self.info)
+                self.swir_vocab, self.swir_notes = latent.swir_vocab(
+                    self.rt, think_end=cfg.think_end, architecture=self.info.architecture)
+            except BaseException:
+                self.close()
+                raise
 
     def close(self) -> None:
         self.rt.close()
@@ -163,6 +184,10 @@ class Engine:
             seq.sampler = LlamaSampler(cfg, int(ss.generate_state(1, np.uint32)[0]))
         else:
             seq.rng = np.random.default_rng(ss)
+        if cfg.method == "hapo":
+            seq.trace = HAPOTrace(self.hapo_stats, [], [])
+        elif cfg.method == "swir":
+            seq.trace = latent.SwirTrace(notes=dict(self.swir_notes))
         return seq
 
     def _cfg(self, seq: Sequence) -> DecodeConfig:
@@ -191,6 +216,9 @@ class Engine:
                 have += f" --dola-layers {self.cfg.dola_layers}"
             raise LedError(f"method {cfg.method} with these layers needs hidden states this "
                            f"engine does not capture (it was started with {have})")
+        if cfg.method == "swir" and self.embeddings is None:
+            raise LedError("method swir needs the input embeddings, which only an engine "
+                           f"started with --method swir loads (this one: {self.cfg.method})")
 
     def _wanted(self, cfg: DecodeConfig) -> list[int]:
         if cfg.method == "led":
@@ -281,14 +309,23 @@ class Engine:
         if in_response:
             self.rt.set_embeddings(True)
         try:
-            self.rt.decode([s.pending for s in live], [s.n_past for s in live],
-                           [s.slot for s in live], [True] * len(live))
+            args = ([s.n_past for s in live], [s.slot for s in live], [True] * len(live))
+            if any(s.pending_vec is not None for s in live):
+                # a batch carries tokens or vectors, not both: tokens go as their input rows,
+                # which gives the same logits as the token path
+                self.rt.decode_embd(np.stack([self.embeddings[s.pending]
+                                              if s.pending_vec is None else s.pending_vec
+                                              for s in live]), *args)
+            else:
+                self.rt.decode([s.pending for s in live], *args)
             self._add_states(live, in_response)
         finally:
             if in_response:
                 self.rt.set_embeddings(False)
         for s in live:
-            self._cached.setdefault(s.slot, []).append(s.pending)
+            # a fed vector is no token: -1 stops prefix reuse there
+            self._cached.setdefault(s.slot, []).append(
+                s.pending if s.pending_vec is None else -1)
             s.n_past += 1
         self._pick(live, list(range(len(live))))
         if self.embed:
@@ -336,6 +373,7 @@ class Engine:
         depth: list[int | None] = [None] * len(seqs)
         explore: dict[DecodeConfig, list[tuple[int, np.ndarray]]] = {}
         dola_rows: dict[DecodeConfig, list[int]] = {}
+        swir_rows: list[int] = []
         for i, (s, cfg) in enumerate(zip(seqs, cfgs)):
             if cfg.method == "led":
                 led = cfg.led
@@ -348,6 +386,12 @@ class Engine:
                 dola_rows.setdefault(cfg, []).append(i)
             elif cfg.method == "greedy":
                 chosen[i] = int(np.argmax(final[i]))
+            elif cfg.method == "hapo":
+                chosen[i] = hapo_pick(final[i], t0=cfg.temperature, cfg=cfg.hapo, trace=s.trace,
+                                      rng=s.rng, top_k=cfg.top_k, top_p=cfg.top_p,
+                                      min_p=cfg.min_p)
+            elif cfg.method == "swir":
+                swir_rows.append(i)
             else:
                 chosen[i] = s.sampler.sample(self.rt.ctx, rows[i])
         for cfg, items in explore.items():  # one projection per configuration
@@ -368,9 +412,15 @@ class Engine:
                 prem = self._project(states[idx][:, self._columns(cfg)], cfg)
             for p, i in zip(prem, idx):
                 chosen[i] = dola.pick(final[i], p, cfg, seqs[i].rng)
+        if swir_rows:
+            picks = latent.pick_batch(self, [seqs[i] for i in swir_rows], final[swir_rows])
+            for i, tok in zip(swir_rows, picks):
+                chosen[i] = tok
         for i, (s, cfg) in enumerate(zip(seqs, cfgs)):
             temp = 0.0 if cfg.method == "greedy" else cfg.temperature
             self._accept(s, chosen[i], depth[i], final[i] if self.logprobs else None, temp)
+            if cfg.method == "swir" and s.trace.stop and not s.done:
+                s.finish_reason = "stop"  # the forced answer's budget ran out
 
     def _explore_graph(self, row: int, candidates: np.ndarray, final: np.ndarray, seq: Sequence):
         """LED's exploration step for batch row ``row`` from the in-graph projection."""

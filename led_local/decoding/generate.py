@@ -40,6 +40,7 @@ class Piece:
     token: int
     depth: int | None
     in_scope: bool  # emitted inside LED's thinking scope (up to and including the marker)
+    latent: bool = False  # SwiReasoning: emitted but not fed back as itself (a latent step)
 
 
 @dataclass
@@ -57,6 +58,7 @@ class Result:
     prompt_s: float
     decode_s: float
     logprobs: list[float] = field(default_factory=list)
+    diagnostics: dict = field(default_factory=dict)  # the method's own report (hapo, swir)
 
     def to_json(self) -> dict:
         n = len(self.tokens)
@@ -69,6 +71,7 @@ class Result:
             "params": self.params,
             "seed": self.seed,
             "led": {"explored": sum(d is not None for d in self.depths), "depths": self.depths},
+            **self.diagnostics,
             "timing": {
                 "n_prompt": self.n_prompt,
                 "prompt_s": round(self.prompt_s, 4),
@@ -111,7 +114,9 @@ def stream_generate(engine: Engine, tokens: list[int], *, max_tokens: int, seed:
             tok = seq.tokens[seen]
             text = decoder.decode(engine.rt.token_bytes(tok))
             in_scope = seq.scope_end is None or seen <= seq.scope_end
-            yield Piece(text, tok, seq.depths[seen], in_scope)
+            lat = getattr(seq.trace, "latent", None)
+            yield Piece(text, tok, seq.depths[seen], in_scope,
+                        latent=bool(lat is not None and lat[seen]))
             seen += 1
     tail = decoder.decode(b"", final=True)
     if tail:
@@ -133,5 +138,5 @@ def generate(engine: Engine, tokens: list[int], *, max_tokens: int, seed: int) -
         text=text, tokens=list(seq.tokens), finish_reason=seq.finish_reason,
         method=engine.cfg.method, params=engine.cfg.params(), seed=seed,
         depths=list(seq.depths), n_prompt=len(tokens), prompt_s=timing["prompt_s"],
-        decode_s=decode_s, logprobs=list(seq.logprobs),
+        decode_s=decode_s, logprobs=list(seq.logprobs), diagnostics=seq.diagnostics(),
     )

@@ -13,10 +13,12 @@ from dataclasses import asdict, dataclass, field
 import llama_cpp
 import numpy as np
 
+from led_local.decoding.hapo import HAPOConfig
 from led_local.decoding.samplers import LEDConfig
+from led_local.decoding.swir import SwirConfig
 from led_local.errors import LedError
 
-METHODS = ("led", "sample", "greedy", "dola")
+METHODS = ("led", "sample", "greedy", "dola", "hapo", "swir")
 
 
 @dataclass(frozen=True)
@@ -25,7 +27,9 @@ class DecodeConfig:
 
     sample: llama.cpp's chain temperature -> top-k -> top-p -> min-p -> dist (temperature first,
     as the reference's engine does); greedy: argmax of the final layer; led: LED.md; dola:
-    DoLa contrast (Chuang et al. 2023) with ``dola_layers`` low or high.
+    DoLa contrast (Chuang et al. 2023) with ``dola_layers`` low or high; hapo: HAPO's
+    entropy-adaptive temperature (``hapo``, decoding/hapo.py) around T0 = ``temperature``;
+    swir: SwiReasoning's latent/explicit switching (``swir``, decoding/swir.py).
     """
 
     method: str = "led"
@@ -36,6 +40,8 @@ class DecodeConfig:
     led: LEDConfig = field(default_factory=LEDConfig)
     dola_layers: str = "high"
     think_end: str = "</think>"  # LED's scope ends here; solve reads the answer after it
+    hapo: HAPOConfig = field(default_factory=HAPOConfig)
+    swir: SwirConfig = field(default_factory=SwirConfig)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -58,14 +64,25 @@ class DecodeConfig:
     def params(self) -> dict:
         """The parameters that shape this method's output, for JSON records."""
         p: dict = {"temperature": self.temperature}
-        if self.method == "sample":
+        if self.method in ("sample", "hapo", "swir"):
             p.update(top_k=self.top_k, top_p=self.top_p, min_p=self.min_p)
+        if self.method == "hapo":
+            h = self.hapo
+            p.update(hapo_tau=h.tau, hapo_pivot=h.pivot, hapo_variant=h.variant)
+            if h.rolling is not None:
+                p.update(hapo_rolling=h.rolling)
+            else:
+                p.update(hapo_stats=h.stats.to_json() if h.stats else None)
         elif self.method == "led":
             d = asdict(self.led)
             d.pop("temperature")
             p.update({f"led_{k}": v for k, v in d.items()}, led_think_end=self.think_end)
         elif self.method == "dola":
             p.update(dola_layers=self.dola_layers)
+        elif self.method == "swir":
+            w = self.swir
+            p.update(swir_window=w.window, swir_max_switch=w.max_switch, swir_alpha=w.alpha,
+                     swir_beta=w.beta, swir_think_end=self.think_end)
         if self.method == "greedy":
             p = {"temperature": 0.0}
         return p

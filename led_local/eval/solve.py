@@ -7,15 +7,17 @@ progress through callbacks; it prints nothing itself.
 from __future__ import annotations
 
 import base64
+import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from led_local.decoding.batch import context_size, run_jobs
+from led_local.decoding.batch import Finished, Job, context_size, run_jobs
 from led_local.decoding.engine import Engine
 from led_local.decoding.methods import DecodeConfig
+from led_local.errors import LedError
 from led_local.eval.grading import Grader, extract_answer
 from led_local.eval.planning import (
     Plan,
@@ -27,6 +29,7 @@ from led_local.eval.planning import (
     touch,
 )
 from led_local.eval.problems import Problem
+from led_local.eval.runfile import RunFile
 from led_local.llama.gguf_info import ModelInfo, model_info
 
 __all__ = ["Plan", "Progress", "SolveOptions", "fingerprint", "grade", "make_engine", "plan",
@@ -82,9 +85,14 @@ def solve(
                 progress.tokens += n
                 on_progress(progress)
 
-            for fin in run_jobs(engine, todo.jobs, parallel=parallel,
-                                max_tokens=opts.max_tokens, seed=opts.seed,
-                                should_stop=should_stop, on_step=step):
+            run_kw = dict(parallel=parallel, max_tokens=opts.max_tokens, seed=opts.seed,
+                          should_stop=should_stop, on_step=step)
+            if cfg.method == "hapo" and cfg.hapo.rolling:
+                ordered = problems[: opts.limit] if opts.limit else problems
+                finished = _rolling_hapo(engine, todo.jobs, ordered, run, cfg, **run_kw)
+            else:
+                finished = run_jobs(engine, todo.jobs, **run_kw)
+            for fin in finished:
                 rec = sample_record(engine, fin, todo.problems[fin.job.key], todo.fingerprint,
                                     grader, opts.logprobs, todo.hashes[fin.job.key])
                 run.append(rec)
@@ -118,6 +126,9 @@ def sample_record(engine: Engine, fin, problem: Problem, fp: dict, grader: Grade
     }
     if engine.cfg.method == "led":
         rec["led"] = {"explored": seq.explored, "depths": seq.depths}
+    # per-token lists: swir's modes; hapo's entropies only where rolling statistics need them
+    cfg = engine.cfg
+    rec.update(seq.diagnostics(full=cfg.method == "swir" or cfg.hapo.rolling is not None))
     if logprobs:
         rec["logprobs"] = [round(x, 6) for x in seq.logprobs]
     if seq.embedding is not None:
@@ -138,3 +149,37 @@ def encode_embedding(vec: np.ndarray) -> str:
     """A feature as base64 of little-endian float32 (decode: ``np.frombuffer(base64.b64decode(s),
     "<f4")``)."""
     return base64.b64encode(np.asarray(vec, "<f4").tobytes()).decode("ascii")
+
+
+def _rolling_hapo(engine: Engine, jobs: list[Job], problems: list[Problem], run: RunFile,
+                  cfg: DecodeConfig, **run_kw) -> Iterator[Finished]:
+    """HAPO with rolling statistics: problems in file order form batches of
+    ``cfg.hapo.rolling``; batch b samples with the statistics of batch b-1's token entropies
+    (read back from the run's records, so a resumed run uses the same), batch 0 at plain T0.
+    Each batch finishes before the next starts."""
+    from led_local.decoding.hapo import compute_stats
+
+    k = cfg.hapo.rolling
+    batch_of = {p.id: i // k for i, p in enumerate(problems)}
+    for b in sorted({batch_of[j.key] for j in jobs}):
+        prev = [h for r in run.records if batch_of.get(r["problem_id"]) == b - 1
+                for h in _recorded_entropies(run, r)]
+        engine.hapo_stats = compute_stats(prev, pivot=cfg.hapo.pivot) if b > 0 else None
+        yield from run_jobs(engine, [j for j in jobs if batch_of[j.key] == b], **run_kw)
+        if run_kw["should_stop"]():
+            return
+
+
+def _recorded_entropies(run: RunFile, rec: dict) -> list[float]:
+    """The token entropies a rolling HAPO record carries ([] for a skipped problem or another
+    method's record); a malformed list is an error naming the run file and the record."""
+    hapo = rec.get("hapo")
+    if hapo is None:
+        return []
+    values = hapo.get("entropies", []) if isinstance(hapo, dict) else None
+    if not isinstance(values, list) or not all(
+            isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+            and x >= 0 for x in values):
+        raise LedError(f"{run.path}: problem {rec['problem_id']!r} sample {rec['sample']}: "
+                       "'hapo.entropies' must be a list of finite non-negative numbers")
+    return [float(x) for x in values]

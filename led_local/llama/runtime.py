@@ -137,6 +137,7 @@ class Runtime:
         self.n_ctx_seq = llama_cpp.llama_n_ctx_seq(ctx)  # what one sequence may fill
         self.memory = llama_cpp.llama_get_memory(ctx)
         self.batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
+        self.embd_batch = None  # allocated by the first decode_embd
 
     # -- lifetime -------------------------------------------------------------------------
     def close(self) -> None:
@@ -144,6 +145,9 @@ class Runtime:
         if self.batch is not None:
             llama_cpp.llama_batch_free(self.batch)
             self.batch = None
+        if getattr(self, "embd_batch", None) is not None:
+            llama_cpp.llama_batch_free(self.embd_batch)
+            self.embd_batch = None
         if self.ctx is not None:
             llama_cpp.llama_free(self.ctx)
             self.ctx = None
@@ -258,6 +262,33 @@ class Runtime:
             raise RuntimeError(f"llama.cpp has no embedding for output row {row}")
         n = llama_cpp.llama_model_n_embd_out(self.model)
         return np.ctypeslib.as_array(ptr, shape=(n,)).copy()
+
+    def decode_embd(self, rows: np.ndarray, positions: Sequence[int], seqs: Sequence[int],
+                    outputs: Sequence[bool]) -> None:
+        """One llama_decode of input vectors instead of tokens: rows (n, n_embd) float32 go to
+        the first block as they are (a batch carries tokens or vectors, never both)."""
+        rows = np.ascontiguousarray(rows, dtype=np.float32)
+        n, width = rows.shape
+        if n > self.n_batch:
+            raise ValueError(f"batch of {n} rows exceeds n_batch {self.n_batch}")
+        n_embd = llama_cpp.llama_model_n_embd(self.model)
+        if width != n_embd:
+            raise ValueError(f"embedding rows must have {n_embd} values, got {width}")
+        if self.embd_batch is None:
+            self.embd_batch = llama_cpp.llama_batch_init(self.n_batch, n_embd, 1)
+        b = self.embd_batch
+        ctypes.memmove(b.embd, rows.ctypes.data, rows.nbytes)
+        b.n_tokens = n
+        for i in range(n):
+            b.pos[i] = positions[i]
+            b.n_seq_id[i] = 1
+            b.seq_id[i][0] = seqs[i]
+            b.logits[i] = outputs[i]
+        rc = llama_cpp.llama_decode(self.ctx, b)
+        if rc == 1:
+            raise ContextFullError(f"the context of {self.n_ctx} tokens is full")
+        if rc != 0:
+            raise RuntimeError(f"llama_decode of embeddings failed with code {rc}")
 
     def logits(self, row: int) -> np.ndarray:
         """A copy of output row ``row``'s logits (V,) float32 from the last decode."""

@@ -126,15 +126,16 @@ class CommonRequest(_Strict):
         A field for a method that would ignore it is a 400 (top_p: 1 is accepted anywhere,
         since clients send it as "off")."""
         method = self.method or base.method
-        only = {"top_k": ("sample", "dola"), "min_p": ("sample", "dola"),
+        filt = ("sample", "dola", "hapo", "swir")
+        only = {"top_k": filt, "min_p": filt,
                 "led_depths": ("led",), "led_candidates": ("led",), "exploit": ("led",),
                 "led_norm": ("led", "dola"), "dola_layers": ("dola",)}
         for name, methods in only.items():
             if getattr(self, name) is not None and method not in methods:
                 raise APIError(400, f"{name} applies to method {'/'.join(methods)}, not "
                                f"{method}", param=name)
-        if self.top_p is not None and self.top_p < 1 and method not in ("sample", "dola"):
-            raise APIError(400, f"top_p applies to method sample/dola, not {method} (send 1 "
+        if self.top_p is not None and self.top_p < 1 and method not in filt:
+            raise APIError(400, f"top_p applies to method {'/'.join(filt)}, not {method} (send 1 "
                            "or leave it out)", param="top_p")
         temperature = base.temperature if self.temperature is None else self.temperature
         led = base.led
@@ -151,7 +152,8 @@ class CommonRequest(_Strict):
                 top_p=base.top_p if self.top_p is None else self.top_p,
                 min_p=base.min_p if self.min_p is None else self.min_p,
                 led=led, dola_layers=self.dola_layers or base.dola_layers,
-                think_end=base.think_end if self.think_end is None else self.think_end)
+                think_end=base.think_end if self.think_end is None else self.think_end,
+                hapo=base.hapo, swir=base.swir)
         except LedError as e:
             raise APIError(400, _api_names(str(e))) from None
 

@@ -1,0 +1,97 @@
+"""Temperature and truncation filters over one row of logits, pure numpy.
+
+Two engines' conventions are needed exactly, and they differ in small ways:
+
+- ``vllm`` (HAPO's sampler): softmax(z / T); min-p relative to the top probability; then top-k
+  and top-p on the renormalised survivors; top-p keeps a token while the mass strictly above
+  it is < p.
+- ``hf`` (SwiReasoning's ``apply_sampling_filter``): z / T; top-k; top-p keeps a token while
+  the mass above it is <= p; min-p is an absolute threshold on the filtered softmax.
+
+A filter that is off (top_k = 0, top_p = 1, min_p = 0) costs nothing. T = 0 means argmax.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from led_local.decoding.samplers import draw
+
+
+def softmax64(logits: np.ndarray) -> np.ndarray:
+    """softmax of a row (V,) in float64, numerically stable."""
+    z = np.asarray(logits, dtype=np.float64)
+    e = np.exp(z - z.max())
+    return e / e.sum()
+
+
+def entropy(p: np.ndarray, *, floor: float = 0.0) -> float:
+    """-sum p ln p of a probability row, in nats; ``floor`` clips p inside the log
+    (SwiReasoning uses 1e-12; 0 drops zero entries, the limit p ln p -> 0)."""
+    p = np.asarray(p, dtype=np.float64)
+    if floor > 0:
+        return float(-(p * np.log(np.maximum(p, floor))).sum())
+    nz = p[p > 0]
+    return float(-(nz * np.log(nz)).sum())
+
+
+def _top_k_mask(z: np.ndarray, k: int) -> np.ndarray:
+    """Logits >= the k-th largest (ties kept, as torch.topk thresholds are)."""
+    if k <= 0 or k >= z.shape[-1]:
+        return np.ones(z.shape, bool)
+    kth = z[np.argpartition(-z, k - 1)[k - 1]]
+    return z >= kth
+
+
+def filtered_probs(
+    logits: np.ndarray,
+    *,
+    temperature: float,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    min_p: float = 0.0,
+    convention: str = "vllm",
+) -> tuple[np.ndarray, np.ndarray]:
+    """The sampling distribution after temperature and filters, as (token ids, probs) of the
+    survivors (probs float64 summing to 1). logits: (V,); temperature > 0."""
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    idx = np.arange(z.shape[-1])
+    if convention == "vllm" and min_p > 0:
+        p = softmax64(z)
+        keep = p >= min_p * p.max()
+        z, idx = z[keep], idx[keep]
+    keep = _top_k_mask(z, top_k)
+    z, idx = z[keep], idx[keep]
+    if top_p < 1:
+        order = np.argsort(-z, kind="stable")
+        p = softmax64(z[order])
+        before = np.concatenate([[0.0], np.cumsum(p)[:-1]])
+        n = int((before < top_p).sum() if convention == "vllm" else (before <= top_p).sum())
+        sel = np.sort(order[: max(1, n)])
+        z, idx = z[sel], idx[sel]
+    p = softmax64(z)
+    if convention == "hf" and min_p > 0:
+        keep = p >= min_p
+        if keep.any():
+            z, idx = z[keep], idx[keep]
+            p = softmax64(z)
+    return idx, p
+
+
+def sample_token(
+    logits: np.ndarray,
+    *,
+    temperature: float,
+    rng: np.random.Generator,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    min_p: float = 0.0,
+    convention: str = "vllm",
+) -> int:
+    """One token: argmax when T = 0 (no draw), else an inverse-CDF draw from ``rng`` over the
+    filtered distribution (exactly one ``rng.random()`` per call)."""
+    if temperature <= 0:
+        return int(np.argmax(logits))
+    idx, p = filtered_probs(logits, temperature=temperature, top_k=top_k, top_p=top_p,
+                            min_p=min_p, convention=convention)
+    return int(idx[draw(p, rng)])

@@ -1,0 +1,221 @@
+"""SwiReasoning's per-step state machine (docs/SWIR.md), pure numpy.
+
+Each sequence alternates between explicit steps (the sampled token is fed back) and latent
+steps (the probability-weighted mixture of all token embeddings, p^T E, is fed back). It
+starts latent; it turns explicit as soon as the entropy of the untempered next-token
+distribution falls below ``ref`` (the entropy at the last switch), and turns latent again when
+the entropy rises above ``ref`` after at least ``window`` explicit steps, unless the thinking
+section was closed by a sampled end-of-thinking token (``locked``). A sampled math token is
+always fed explicitly. Entering latent mode blends the soft vector toward ``<think>`` and
+entering explicit mode feeds a blend of it with ``</think>`` (weights ramping to 1 over the
+generation budget); step 0 blends toward the line-break token. With ``max_switch`` M set,
+switches M..2M queue the convergence tokens and switch 2M+1 queues the termination tokens and
+starts an answer budget: forced tokens replace the sampled ones from the next step on, and the
+sequence stops when the budget runs out.
+
+Every emitted token is the sampled (or forced) one, also on latent steps where it is not fed.
+What is fed is described by a ``Feed``: c_soft p^T E + sum_t c_t E[t].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import numpy as np
+
+from led_local.decoding.filters import sample_token, softmax64
+from led_local.errors import LedError
+
+LATENT, EXPLICIT = 0, 1
+P_FLOOR = 1e-12  # inside the log of the entropy
+STEP0_BLEND = 0.9  # step 0: 0.9 p^T E + 0.1 E[line break]
+
+
+@dataclass(frozen=True)
+class SwirConfig:
+    """window W: explicit steps before latent mode may return (512); max_switch M: switch
+    control, None = off; alpha, beta: initial blend weights of the soft vector toward
+    ``<think>`` on entering latent mode (1.0 = no blend) and toward ``</think>`` on entering
+    explicit mode (0.7); budget: tokens of the forced answer (32)."""
+
+    window: int = 512
+    max_switch: int | None = None
+    alpha: float = 1.0
+    beta: float = 0.7
+    budget: int = 32
+
+    def __post_init__(self) -> None:
+        if self.window < 0:
+            raise LedError(f"--swir-window must be >= 0, got {self.window}")
+        if self.max_switch is not None and self.max_switch < 1:
+            raise LedError(f"--swir-max-switch must be >= 1, got {self.max_switch}")
+        for name, v in (("--swir-alpha", self.alpha), ("--swir-beta", self.beta)):
+            if not np.isfinite(v) or not 0 <= v <= 1:
+                raise LedError(f"{name} must be in [0, 1], got {v}")
+        if self.budget < 1:
+            raise LedError(f"the answer budget must be >= 1, got {self.budget}")
+
+
+@dataclass(frozen=True)
+class SwirVocab:
+    """Token ids the state machine needs. think_open/think_close: single-token thinking
+    delimiters, None when the model has none (their blends are then skipped); line_break: the
+    step-0 blend token; math: ids always fed explicitly; converge/terminate: the injections."""
+
+    think_open: int | None
+    think_close: int | None
+    line_break: int
+    math: frozenset[int]
+    converge: tuple[int, ...]
+    terminate: tuple[int, ...]
+
+
+class Feed(NamedTuple):
+    """What the next step feeds: soft * p^T E + sum(c * E[t] for t, c in rows)."""
+
+    soft: float
+    rows: tuple[tuple[int, float], ...]
+
+    @property
+    def token(self) -> int | None:
+        """The token id when the feed is exactly one token's embedding (the token path)."""
+        if self.soft == 0 and len(self.rows) == 1 and self.rows[0][1] == 1.0:
+            return self.rows[0][0]
+        return None
+
+
+@dataclass
+class SwirState:
+    """One sequence's state; ``step`` counts the steps taken."""
+
+    mode: int = LATENT
+    stay: int = 0
+    ref: float | None = None
+    locked: bool = False
+    count: int = 0
+    queue: list[int] = field(default_factory=list)
+    injecting: bool = False
+    budget: int = -1
+    step: int = 0
+
+
+class SwirStep(NamedTuple):
+    """One step's outcome: the emitted token, what to feed, the entropy, the switches, and
+    whether the answer budget ran out (stop after emitting ``token``)."""
+
+    token: int
+    feed: Feed
+    entropy: float
+    to_explicit: bool
+    to_latent: bool
+    stop: bool
+
+
+def swir_entropy(p: np.ndarray) -> float:
+    """H = -sum p ln max(p, 1e-12) of the untempered distribution p (V,), float64."""
+    p = np.asarray(p, dtype=np.float64)
+    return float(-(p * np.log(np.maximum(p, P_FLOOR))).sum())
+
+
+def swir_step(state: SwirState, p: np.ndarray, sampled: int, *, closes: bool,
+              cfg: SwirConfig, vocab: SwirVocab, max_new: int) -> SwirStep:
+    """Advance ``state`` by one step (mutated in place).
+
+    p: (V,) untempered, unfiltered next-token probabilities; sampled: the token drawn from
+    the filtered, tempered distribution; closes: whether that sampled token ends the thinking
+    section (it locks explicit mode); max_new: the generation budget S_max (ramps the blends).
+    """
+    s = state.step
+    if closes:
+        state.locked = True
+    x = sampled
+    if cfg.max_switch is not None and state.injecting and state.queue:
+        x = state.queue.pop(0)
+        if not state.queue:
+            state.injecting = False
+    h = swir_entropy(p)
+    to_e = to_l = False
+    if s == 0:
+        state.ref = h
+    else:
+        state.stay += 1
+        to_e = state.mode == LATENT and h < state.ref
+        to_l = (state.mode == EXPLICIT and h > state.ref and state.stay >= cfg.window
+                and not state.locked)
+        if to_e or to_l:
+            state.mode = EXPLICIT if to_e else LATENT
+            state.stay = 0
+            state.ref = h
+            state.count += to_e
+    explicit = state.mode == EXPLICIT or state.locked or x in vocab.math
+    ramp = s / max_new
+    alpha = cfg.alpha + (1 - cfg.alpha) * ramp
+    beta = cfg.beta + (1 - cfg.beta) * ramp
+    if explicit and s > 0 and to_e and vocab.think_close is not None:
+        feed = Feed(beta, ((vocab.think_close, 1 - beta),))
+    elif explicit:  # (without a single-token </think> the blend is skipped: E[x] itself)
+        feed = Feed(0.0, ((x, 1.0),))
+    elif s == 0:
+        feed = Feed(STEP0_BLEND, ((vocab.line_break, 1 - STEP0_BLEND),))
+    elif to_l and vocab.think_open is not None:
+        feed = Feed(alpha, ((vocab.think_open, 1 - alpha),))
+    else:
+        feed = Feed(1.0, ())
+    stop = False
+    m = cfg.max_switch
+    if m is not None and s > 0:
+        if to_e and m <= state.count <= 2 * m and vocab.converge:
+            state.queue, state.injecting = list(vocab.converge), True
+        if to_e and state.count > 2 * m:
+            state.queue, state.injecting = list(vocab.terminate), True
+            state.budget = cfg.budget
+        if state.budget >= 0:
+            state.budget -= 1
+        stop = state.budget == 0
+    state.step += 1
+    return SwirStep(x, feed, h, to_e, to_l, stop)
+
+
+def swir_pick(logits: np.ndarray, state: SwirState, *, closes: Callable[[int], bool],
+              cfg: SwirConfig, vocab: SwirVocab, max_new: int, temperature: float,
+              rng: np.random.Generator | None, top_k: int = 0, top_p: float = 1.0,
+              min_p: float = 0.0) -> tuple[SwirStep, np.ndarray]:
+    """One decoding step of a sequence from its logits (V,): p = softmax(z) untempered, the
+    sampled token from the tempered, filtered distribution (the authors' filter order:
+    top-k, top-p, absolute min-p; argmax at T = 0), then ``swir_step``. Returns the step
+    and p (float64), which the soft vector needs. ``closes(token)`` tells whether a sampled
+    token ends the thinking section."""
+    p = softmax64(logits)
+    x = sample_token(logits, temperature=temperature, rng=rng, top_k=top_k, top_p=top_p,
+                     min_p=min_p, convention="hf")
+    step = swir_step(state, p, x, closes=closes(x), cfg=cfg, vocab=vocab, max_new=max_new)
+    return step, p
+
+
+def feed_vector(feed: Feed, p: np.ndarray | None, embeddings: np.ndarray,
+                soft: np.ndarray | None = None) -> np.ndarray:
+    """The fed vector (n_embd,) float32 of ``feed``. embeddings: (V, n_embd) rows as fed
+    (pre-scaled where the model scales token input); ``soft`` = p^T E when already computed."""
+    v = np.zeros(embeddings.shape[1], np.float32)
+    if feed.soft != 0:
+        if soft is None:
+            soft = soft_vectors(np.asarray(p, np.float32)[None, :], embeddings)[0]
+        v += np.float32(feed.soft) * soft
+    for tok, c in feed.rows:
+        v += np.float32(c) * embeddings[tok]
+    return v
+
+
+def soft_vectors(p: np.ndarray, embeddings: np.ndarray) -> np.ndarray:
+    """p^T E for each row of p (r, V) -> (r, n_embd) float32.
+
+    BLAS picks different kernels (and summation orders) for different row counts, so each row
+    is its own vector-matrix product: a row's result never depends on what shares the step
+    (tested), at the cost of reading E once per row (memory-bound, like a decode step)."""
+    p = np.asarray(p, np.float32)
+    out = np.empty((p.shape[0], embeddings.shape[1]), np.float32)
+    for i in range(p.shape[0]):
+        out[i] = p[i] @ embeddings
+    return out

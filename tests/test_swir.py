@@ -1,0 +1,218 @@
+"""SwiReasoning: the state machine against traces of the authors' own generate_swir on a
+scripted model (V = 8, E = I), through the same pick and feed functions decoding uses."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from led_local.cli import main
+from led_local.decoding.swir import (
+    EXPLICIT,
+    LATENT,
+    SwirConfig,
+    SwirState,
+    SwirVocab,
+    feed_vector,
+    soft_vectors,
+    swir_pick,
+)
+from led_local.llama.embeddings import input_embeddings, input_scale
+from led_local.llama.gguf_info import inspect_model
+from led_local.llama.runtime import Runtime
+
+GSM8K = Path(__file__).resolve().parent / "data" / "gsm8k-3.jsonl"
+
+# tokens: 0 EOS, 1-3 plain, 4 math, 5 <think>, 6 </think>, 7 line break
+VOCAB = SwirVocab(think_open=5, think_close=6, line_break=7, math=frozenset({4}),
+                  converge=(6,), terminate=(6, 7, 1))
+E = np.eye(8, dtype=np.float32)
+S_MAX = 40
+
+# Scenario A: W = 3, M = 1, alpha0 = 0.5, beta0 = 0.7, B = 5.
+# (argmax j, logit a, entropy, mode after, count, emitted, event, fed weights {token: w})
+SCENARIO_A = [
+    (1, 2.0, 1.6394, LATENT, 0, 1, None, {1: .4622, 7: .1625, "other": .0625}),
+    (4, 1.0, 1.9943, LATENT, 0, 4, None, {4: 1.0, "other": 0.0}),
+    (2, 3.0, 1.0743, EXPLICIT, 1, 2, "E", {2: .5302, 6: .3114, "other": .0264}),
+    (3, 3.0, 1.0743, EXPLICIT, 1, 6, None, {6: 1.0, "other": 0.0}),
+    (3, 0.5, 2.0621, EXPLICIT, 1, 3, None, {3: 1.0, "other": 0.0}),
+    (3, 0.5, 2.0621, LATENT, 1, 3, "L", {3: .1072, 5: .5025, "other": .065}),
+    (3, 0.5, 2.0621, LATENT, 1, 3, None, {3: .1906, "other": .1156}),
+    (2, 2.5, 1.3663, EXPLICIT, 2, 2, "E", {2: .4779, 6: .2867, "other": .0392}),
+    (3, 3.0, 1.0743, EXPLICIT, 2, 6, None, {6: 1.0, "other": 0.0}),
+    (3, 3.0, 1.0743, EXPLICIT, 2, 3, None, {3: 1.0, "other": 0.0}),
+    (3, 3.0, 1.0743, EXPLICIT, 2, 3, None, {3: 1.0, "other": 0.0}),
+    (3, 1.0, 1.9943, LATENT, 2, 3, "L", {3: .1783, 5: .4281, "other": .0656}),
+    (2, 4.0, 0.5752, EXPLICIT, 3, 2, "E", {2: .7002, 6: .2228, "other": .0128}),
+    (3, 3.0, 1.0743, EXPLICIT, 3, 6, None, {6: 1.0, "other": 0.0}),
+    (3, 3.0, 1.0743, EXPLICIT, 3, 7, None, {7: 1.0, "other": 0.0}),
+    (3, 3.0, 1.0743, LATENT, 3, 1, "L", {3: .5098, 5: .3379, "other": .0254}),
+    (3, 3.0, 1.0743, LATENT, 3, 3, None, None),  # budget 0: stop, nothing fed
+]
+EMITTED_A = [1, 4, 2, 6, 3, 3, 3, 2, 6, 3, 3, 3, 2, 6, 7, 1, 3]
+
+
+def _logits(j: int, a: float) -> np.ndarray:
+    z = np.zeros(8, np.float32)
+    z[j] = a
+    return z
+
+
+def _drive(script, cfg):
+    """Run the scripted model greedily through swir_pick and feed_vector, as the engine does;
+    yields (step, state snapshot, fed vector or None when the step stops generation)."""
+    state = SwirState()
+    for j, a in script:
+        step, p = swir_pick(_logits(j, a), state, closes=lambda x: x == VOCAB.think_close,
+                            cfg=cfg, vocab=VOCAB, max_new=S_MAX, temperature=0.0, rng=None)
+        fed = None if step.stop or step.token == 0 else feed_vector(step.feed, p, E)
+        yield step, (state.mode, state.count, state.locked), fed
+        if fed is None:
+            return
+
+
+def _check_weights(fed: np.ndarray, want: dict) -> None:
+    for t in range(8):
+        assert fed[t] == pytest.approx(want.get(t, want["other"]), abs=1e-4), t
+
+
+def test_scenario_a_matches_the_authors_trace():
+    cfg = SwirConfig(window=3, max_switch=1, alpha=0.5, beta=0.7, budget=5)
+    out = list(_drive([(j, a) for j, a, *_ in SCENARIO_A], cfg))
+    assert [st.token for st, _, _ in out] == EMITTED_A
+    for s, ((st, (mode, count, _), fed), row) in enumerate(zip(out, SCENARIO_A)):
+        _, _, h, want_mode, want_count, _, event, weights = row
+        assert st.entropy == pytest.approx(h, abs=1e-4), s
+        assert (mode, count) == (want_mode, want_count), s
+        assert (st.to_explicit, st.to_latent) == (event == "E", event == "L"), s
+        if weights is None:
+            assert st.stop and fed is None
+        else:
+            assert not st.stop
+            _check_weights(fed, weights)
+
+
+def test_scenario_b_locks_on_a_sampled_end_of_thinking():
+    cfg = SwirConfig(window=3, max_switch=None, alpha=1.0, beta=0.7)
+    script = [(1, 2.0), (2, 3.0), (6, 3.0), (3, 0.2), (3, 0.2), (3, 0.2), (0, 3.0)]
+    out = list(_drive(script, cfg))
+    assert [st.token for st, _, _ in out] == [1, 2, 6, 3, 3, 3, 0]
+    assert out[0][0].entropy == pytest.approx(1.6394, abs=1e-4)
+    _check_weights(out[0][2], {1: .4622, 7: .1625, "other": .0625})
+    assert out[1][0].to_explicit and out[1][0].entropy == pytest.approx(1.0743, abs=1e-4)
+    _check_weights(out[1][2], {2: .5247, 6: .3186, "other": .0261})
+    assert out[2][1] == (EXPLICIT, 1, True)  # locked by the model's own </think>
+    _check_weights(out[2][2], {6: 1.0, "other": 0.0})
+    for st, (mode, _, locked), fed in out[3:6]:
+        assert st.entropy == pytest.approx(2.0770, abs=1e-4)
+        assert mode == EXPLICIT and locked and not st.to_latent
+        _check_weights(fed, {3: 1.0, "other": 0.0})
+    assert out[6][2] is None
+
+
+def test_without_delimiters_the_blends_are_skipped():
+    vocab = SwirVocab(None, None, 7, frozenset({4}), (), (7, 1))
+    state = SwirState()
+    kw = dict(closes=lambda x: False, cfg=SwirConfig(window=1, alpha=0.5), vocab=vocab,
+              max_new=S_MAX, temperature=0.0, rng=None)
+    swir_pick(_logits(1, 2.0), state, **kw)
+    step, _ = swir_pick(_logits(2, 3.0), state, **kw)  # to explicit: E[x] itself
+    assert step.to_explicit and step.feed.token == 2
+    step, _ = swir_pick(_logits(3, 0.2), state, **kw)  # to latent: the plain soft vector
+    assert step.to_latent and step.feed == (1.0, ())
+
+
+def test_soft_vectors_do_not_depend_on_the_batch():
+    rng = np.random.default_rng(0)
+    emb = rng.standard_normal((5000, 64)).astype(np.float32)
+    p = rng.dirichlet(np.ones(5000), size=20).astype(np.float32)
+    alone = np.concatenate([soft_vectors(p[i:i + 1], emb) for i in range(20)])
+    for n in (2, 3, 7, 16, 20):
+        assert np.array_equal(soft_vectors(p[:n], emb), alone[:n])
+    assert np.array_equal(soft_vectors(p[5:12], emb), alone[5:12])
+    assert np.allclose(alone, p @ emb, atol=1e-6)
+
+
+# -- on the real models ------------------------------------------------------------------------
+
+def run(*args, **kw):
+    return CliRunner().invoke(main, [str(a) for a in args], **kw)
+
+
+@pytest.mark.parametrize("model", ["smollm2", "gemma3"])
+def test_a_token_fed_as_its_embedding_row_gives_identical_logits(model, request):
+    path = request.getfixturevalue(model)
+    info = inspect_model(path)
+    emb = input_embeddings(info)
+    scale = math.sqrt(info.n_embd) if info.architecture == "gemma3" else 1.0
+    assert input_scale(info) == scale and emb.shape == (info.n_vocab, info.n_embd)
+    with Runtime(path, n_ctx=128, info=info) as rt:
+        toks = rt.tokenize("The capital of France is")
+        n = len(toks)
+        rt.decode(toks, range(n), [0] * n, [False] * n)
+        nxt = rt.tokenize(" Paris", bos=False)[0]
+        rt.decode([nxt], [n], [0], [True])
+        by_token = rt.logits(0)
+        rt.seq_rm(0, n, -1)
+        rt.decode_embd(emb[nxt][None, :], [n], [0], [True])
+        by_row = rt.logits(0)
+        assert np.array_equal(by_token, by_row)  # bit for bit, the Gemma scale included
+        if scale != 1.0:  # an unscaled row is not the token
+            rt.seq_rm(0, n, -1)
+            rt.decode_embd(emb[nxt][None, :] / np.float32(scale), [n], [0], [True])
+            assert np.abs(rt.logits(0) - by_token).max() > 1.0
+
+
+SWIR = ["-m", "swir", "--swir-window", "3", "--swir-max-switch", "2"]
+
+
+def test_generate_is_reproducible_and_reports_switches(smollm2):
+    args = ("generate", smollm2, "-p", "What is 12 + 30?", *SWIR, "-n", "40", "--seed", "2",
+            "--json")
+    a, b = json.loads(run(*args).stdout), json.loads(run(*args).stdout)
+    assert a["tokens"] == b["tokens"] and a["swir"] == b["swir"]
+    sw = a["swir"]
+    assert sw["switches"] == sw["to_explicit"] + sw["to_latent"] > 0
+    assert 0 < sw["latent_steps"] < a["n_tokens"] + 1
+    assert sw["delimiters"] is False and sw["line_break"] == 198 and sw["line_break_fallback"]
+    assert a["params"]["swir_window"] == 3 and a["params"]["swir_max_switch"] == 2
+
+
+def test_solve_is_batch_invariant_with_latent_and_token_rows(smollm2, tmp_path):
+    def solve(out, parallel):
+        r = run("solve", smollm2, GSM8K, "-o", out, "-n", "2", "--max-tokens", "12",
+                "--limit", "2", "--parallel", parallel, *SWIR)
+        assert r.exit_code == 0, r.output
+        recs = [json.loads(x) for x in out.read_text().splitlines()]
+        return sorted(({k: v for k, v in r.items() if k != "time_s"} for r in recs),
+                      key=lambda r: (r["problem_id"], r["sample"]))
+
+    a, b = solve(tmp_path / "a.jsonl", 1), solve(tmp_path / "b.jsonl", 16)
+    assert len(a) == 4 and a == b
+    modes = [r["swir"]["latent"] for r in a]
+    assert any("L" in m and "E" in m for m in modes)  # steps mixed vectors and tokens
+    assert len(set(modes)) > 1
+
+
+def test_chat_shows_latent_steps_dim(smollm2):
+    r = run("chat", smollm2, *SWIR, "-n", "12", "--seed", "1", "--think-end", "",
+            input="Hello\n/exit\n", color=True)
+    assert r.exit_code == 0, r.output
+    assert "\x1b[2m" in r.stdout
+
+
+def test_a_sequence_cannot_switch_to_swir_on_another_engine(smollm2):
+    from led_local.decoding.engine import Engine
+    from led_local.decoding.methods import DecodeConfig
+    from led_local.errors import LedError
+
+    with Engine(smollm2, DecodeConfig(method="sample"), n_ctx=256) as engine:
+        with pytest.raises(LedError, match="method swir needs the input embeddings"):
+            engine.check_config(DecodeConfig(method="swir"))
+        engine.check_config(DecodeConfig(method="hapo"))
