@@ -275,8 +275,8 @@ def test_kill_9_five_times_then_resume_equals_an_uninterrupted_run(smollm2, tmp_
     problems.write_text("".join(
         json.dumps({"id": json.loads(x)["id"], "question": json.loads(x)["question"]}) + "\n"
         for x in GSM8K.read_text().splitlines()[:3]))
-    args = ["solve", str(smollm2), str(problems), "-n", "3", "--max-tokens", "16",
-            "--parallel", "4", "-s", "7", "-m", "sample"]
+    args = ["solve", str(smollm2), str(problems), "-n", "6", "--max-tokens", "48",
+            "--parallel", "1", "-s", "7", "-m", "sample"]
     whole = tmp_path / "whole.jsonl"
     assert run(*args, "-o", whole).exit_code == 0
     out = tmp_path / "killed.jsonl"
@@ -291,7 +291,7 @@ def test_kill_9_five_times_then_resume_equals_an_uninterrupted_run(smollm2, tmp_
         while proc.poll() is None and time.monotonic() < deadline and \
                 (not out.exists() or out.stat().st_size == size):
             time.sleep(0.005)
-        time.sleep(rng.uniform(0.0, 0.3))
+        time.sleep(rng.uniform(0.0, 0.1))
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
             kills += 1
