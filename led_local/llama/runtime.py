@@ -236,9 +236,16 @@ class Runtime:
         if n > self.n_batch:
             raise ValueError(f"batch of {n} tokens exceeds n_batch {self.n_batch}")
         b = self.batch
-        b.n_tokens = n
         for i in range(n):
             b.token[i] = tokens[i]
+        self._submit(b, positions, seqs, outputs, what="llama_decode")
+
+    def _submit(self, b, positions: Sequence[int], seqs: Sequence[int],
+                outputs: Sequence[bool], *, what: str) -> None:
+        """Fill a batch's positions, sequence ids and output flags, then decode it."""
+        n = len(positions)
+        b.n_tokens = n
+        for i in range(n):
             b.pos[i] = positions[i]
             b.n_seq_id[i] = 1
             b.seq_id[i][0] = seqs[i]
@@ -247,7 +254,7 @@ class Runtime:
         if rc == 1:
             raise ContextFullError(f"the context of {self.n_ctx} tokens is full")
         if rc != 0:
-            raise RuntimeError(f"llama_decode failed with code {rc}")
+            raise RuntimeError(f"{what} failed with code {rc}")
 
     def set_embeddings(self, on: bool) -> None:
         """Export the final-norm hidden state (the LM head's input) of every output row of the
@@ -278,17 +285,7 @@ class Runtime:
             self.embd_batch = llama_cpp.llama_batch_init(self.n_batch, n_embd, 1)
         b = self.embd_batch
         ctypes.memmove(b.embd, rows.ctypes.data, rows.nbytes)
-        b.n_tokens = n
-        for i in range(n):
-            b.pos[i] = positions[i]
-            b.n_seq_id[i] = 1
-            b.seq_id[i][0] = seqs[i]
-            b.logits[i] = outputs[i]
-        rc = llama_cpp.llama_decode(self.ctx, b)
-        if rc == 1:
-            raise ContextFullError(f"the context of {self.n_ctx} tokens is full")
-        if rc != 0:
-            raise RuntimeError(f"llama_decode of embeddings failed with code {rc}")
+        self._submit(b, positions, seqs, outputs, what="llama_decode of embeddings")
 
     def logits(self, row: int) -> np.ndarray:
         """A copy of output row ``row``'s logits (V,) float32 from the last decode."""
