@@ -19,6 +19,9 @@ takes (paid once per --ray run without an address).
 methods: one prompt decoded with --method sample, hapo and swir (the default window, and a
 short window that makes latent steps frequent), rounds interleaved; plus the memory of
 SwiReasoning's float32 embedding matrix.
+swir-batch: one ``solve`` step of 16 sequences of which L are in latent mode, decoded as one
+all-embedding batch (what the engine does: token rows go as their input rows) against a token
+decode plus an embedding decode, steps interleaved; the design choice rests on it.
 """
 
 from __future__ import annotations
@@ -326,11 +329,64 @@ def bench_methods(model: str, *, tokens: int, rounds: int, threads: int | None) 
           f"{emb.nbytes / 1e6:.0f} MB, read and dequantized in {load_s:.2f}s")
 
 
+def bench_swir_batch(model: str, *, rounds: int, threads: int | None, batch: int = 16) -> None:
+    """Milliseconds per decode step of ``batch`` sequences with L latent: one embedding batch
+    against two calls (tokens, then vectors)."""
+    import numpy as np
+
+    from led_local.llama.embeddings import input_embeddings
+    from led_local.llama.gguf_info import inspect_model
+    from led_local.llama.runtime import Runtime
+
+    info = inspect_model(model)
+    emb = input_embeddings(info)
+    rng = np.random.default_rng(0)
+    latents = [1, batch // 4, batch // 2, batch - 1]
+    steps = max(4, rounds * 4)  # timed steps per (L, variant)
+    n_ctx_seq = 64 + 2 * steps * len(latents) + 8
+    with Runtime(info.path, n_ctx=n_ctx_seq * batch, n_seq=batch, n_threads=threads, info=info,
+                 batch_invariant=True) as rt:
+        prompt = rt.tokenize(PROMPT)[:64]
+        for s in range(batch):
+            rt.decode(prompt, range(len(prompt)), [s] * len(prompt),
+                      [False] * (len(prompt) - 1) + [True])
+        pos = len(prompt)
+        seqs = list(range(batch))
+        times: dict[tuple[int, str], list[float]] = {}
+        for n_latent in latents:
+            for k in range(2 * steps):
+                tokens = rng.integers(0, emb.shape[0], batch)
+                latent = set(rng.choice(batch, n_latent, replace=False).tolist())
+                # a soft token stands in as some row: its content does not change the cost
+                vecs = {i: emb[rng.integers(0, emb.shape[0])] for i in latent}
+                variant = ("one call", "two calls")[(k + n_latent) % 2]
+                t0 = time.perf_counter()
+                if variant == "one call":
+                    rows = np.stack([vecs[i] if i in latent else emb[tokens[i]] for i in seqs])
+                    rt.decode_embd(rows, [pos] * batch, seqs, [True] * batch)
+                else:
+                    tok = [i for i in seqs if i not in latent]
+                    lat = [i for i in seqs if i in latent]
+                    rt.decode([int(tokens[i]) for i in tok], [pos] * len(tok), tok,
+                              [True] * len(tok))
+                    rt.decode_embd(np.stack([vecs[i] for i in lat]), [pos] * len(lat), lat,
+                                   [True] * len(lat))
+                times.setdefault((n_latent, variant), []).append(time.perf_counter() - t0)
+                pos += 1
+    print(f"swir batch benchmark: {Path(model).name}, {batch} sequences per step, {steps} steps "
+          f"per variant, threads={threads or 'default'}")
+    print(f"{'latent':>6} {'one call ms':>12} {'two calls ms':>13} {'two / one':>10}")
+    for n_latent in latents:
+        one = statistics.median(times[(n_latent, "one call")]) * 1e3
+        two = statistics.median(times[(n_latent, "two calls")]) * 1e3
+        print(f"{n_latent:6d} {one:12.1f} {two:13.1f} {two / one:10.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("model")
     ap.add_argument("--what", choices=["decode", "batch", "bufts", "embed", "serve",
-                                       "inspect", "ray", "methods", "all"],
+                                       "inspect", "ray", "methods", "swir-batch", "all"],
                     default="all")
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=3)
@@ -361,6 +417,8 @@ def main() -> None:
                   max_tokens=args.max_tokens, threads=args.threads)
     if args.what in ("methods", "all"):
         bench_methods(args.model, tokens=args.tokens, rounds=args.rounds, threads=args.threads)
+    if args.what in ("swir-batch", "all"):
+        bench_swir_batch(args.model, rounds=args.rounds, threads=args.threads)
 
 
 if __name__ == "__main__":

@@ -147,3 +147,33 @@ def test_compare_select_repexp_and_plot(tmp_path):
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = run("compare", a, b, "--select", "repexp").stdout
     assert "B - A" in text and "samples to correct" in text
+
+
+def test_skipped_problem_counts_as_no_correct_answer(tmp_path):
+    """A problem whose prompt did not fit has only skipped records (no text, no embedding):
+    it stays in the run as a pool without a correct answer, as plain passk counts it."""
+    pools = isolated_correct(n_problems=3)
+    path = write_run(tmp_path / "r.jsonl", pools)
+    with path.open("a") as f:
+        for i in range(16):
+            f.write(json.dumps({"problem_id": "huge", "sample": i, "method": "sample",
+                                "text": "", "answer": None, "gold": "1", "correct": False,
+                                "n_tokens": 0, "finish_reason": "skipped",
+                                "error": "prompt too long"}) + "\n")
+    r = run("passk", path, "--select", "repexp", "--json")
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.stdout)
+    assert rep["n_problems"] == 4 and rep["skipped_problems"] == 1
+    assert rep["n_no_correct"] == 1
+    assert rep["problems"]["huge"]["samples_to_correct_repexp"] == 17
+    plain = json.loads(run("passk", path, "--json").stdout)
+    assert rep["pass_at_k_random"][0] == pytest.approx(plain["pass@1"])
+    assert rep["pass_at_k_random"][-1] == pytest.approx(plain["pass@16"])
+    assert "1 problems skipped" in run("passk", path, "--select", "repexp").stdout
+    # a problem with both skipped and answered samples is refused, not silently mixed
+    with path.open("a") as f:
+        f.write(json.dumps({"problem_id": "p0", "sample": 16, "method": "sample", "text": "",
+                            "answer": None, "gold": "1", "correct": False,
+                            "finish_reason": "skipped"}) + "\n")
+    r = run("passk", path, "--select", "repexp")
+    assert r.exit_code == 2 and "mixes skipped and answered" in r.output

@@ -33,31 +33,47 @@ CI = 0.95
 
 class Pools:
     """A run file's graded problems, each as (features (N, d) float32, correct (N,) bool)
-    in sample order; problems with an ungraded answer are counted in ``ungraded``."""
+    in sample order; problems with an ungraded answer are counted in ``ungraded``.
+
+    A problem whose prompt did not fit the context has only ``skipped`` records: no answer,
+    no feature, all wrong (as ``passk`` counts them). Its pool has no correct answer, so the
+    selection cannot matter and its features (zeros) are never read; it is counted in
+    ``skipped``."""
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         records = read_records(self.path)
         if not records:
             raise LedError(f"run file has no records: {self.path}")
-        if any("embedding" not in r for r in records):
+        answered = [r for r in records if r.get("finish_reason") != "skipped"]
+        if any("embedding" not in r for r in answered):
             raise LedError(f"{self.path} has answers without embeddings; record them with "
                            "`led-local solve --embed` (a new run file, or --force)")
+        dims = {int(r["embedding_dim"]) for r in answered}
+        if len(dims) > 1:
+            raise LedError(f"{self.path} mixes embedding sizes {sorted(dims)}")
+        dim = dims.pop() if dims else 1
         by_problem: dict[str, list[dict]] = defaultdict(list)
         for r in records:
             by_problem[str(r["problem_id"])].append(r)
-        dims = {int(r["embedding_dim"]) for r in records}
-        if len(dims) != 1:
-            raise LedError(f"{self.path} mixes embedding sizes {sorted(dims)}")
         self.pools: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.ungraded = 0
+        self.skipped = 0
         for pid, recs in by_problem.items():
             recs.sort(key=lambda r: int(r["sample"]))
             if any(r.get("correct") is None for r in recs):
                 self.ungraded += 1
                 continue
-            feats = np.stack([decode_embedding(r["embedding"], int(r["embedding_dim"]))
-                              for r in recs])
+            n_skipped = sum(r.get("finish_reason") == "skipped" for r in recs)
+            if n_skipped == len(recs):
+                self.skipped += 1
+                feats = np.zeros((len(recs), dim), np.float32)
+            elif n_skipped:
+                raise LedError(f"{self.path}: problem {pid!r} mixes skipped and answered "
+                               "samples")
+            else:
+                feats = np.stack([decode_embedding(r["embedding"], int(r["embedding_dim"]))
+                                  for r in recs])
             self.pools[pid] = (feats, np.array([bool(r["correct"]) for r in recs]))
         if not self.pools:
             raise LedError(f"no problem in {self.path} has a gold answer to score against")
@@ -115,6 +131,7 @@ def passk_repexp(pools: Pools, *, dim: int = DEFAULT_DIM, lam: float = DEFAULT_L
         "n_no_correct": sum(p["c"] == 0 for p in per.values()),
         "n_all_correct": sum(p["c"] == p["n"] for p in per.values()),
         "ungraded_problems": pools.ungraded,
+        "skipped_problems": pools.skipped,
         "ks": ks,
         "pass_at_k_random": [r[0] for r in rows],
         "pass_at_k_repexp": [r[1] for r in rows],
@@ -159,6 +176,9 @@ def format_passk_repexp(rep: dict, show: list[int]) -> str:
     lines.append(f"RepExp - random in samples to correct: {rep['verdict']}")
     if rep.get("ungraded_problems"):
         lines.append(f"({rep['ungraded_problems']} problems without a gold answer not scored)")
+    if rep.get("skipped_problems"):
+        lines.append(f"({rep['skipped_problems']} problems skipped, prompt too long for the "
+                     "context: no correct answer)")
     return "\n".join(lines)
 
 
