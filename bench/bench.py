@@ -17,7 +17,8 @@ ray: ``solve --ray`` with 2 local workers (1 CPU and 1 thread each) against ``so
 process (all cores), LED on the same problems, and the time ``ray.init`` of a local instance
 takes (paid once per --ray run without an address).
 methods: one prompt decoded with --method sample, hapo and swir (the default window, and a
-short window that makes latent steps frequent), rounds interleaved; plus the memory of
+short window that makes latent steps frequent, with the exact mixture and with the opt-in
+--swir-top-mass 0.9 that reads rows from the file), rounds interleaved; plus the memory of
 SwiReasoning's float32 embedding matrix.
 swir-batch: one ``solve`` step of 16 sequences of which L are in latent mode, decoded as one
 all-embedding batch (what the engine does: token rows go as their input rows) against a token
@@ -304,6 +305,8 @@ def bench_methods(model: str, *, tokens: int, rounds: int, threads: int | None) 
         "hapo": DecodeConfig(method="hapo", temperature=0.6, hapo=HAPOConfig(stats=stats)),
         "swir (window 512)": DecodeConfig(method="swir", think_end=""),
         "swir (window 8)": DecodeConfig(method="swir", think_end="", swir=SwirConfig(window=8)),
+        "swir (w 8, mass .9)": DecodeConfig(method="swir", think_end="",
+                                           swir=SwirConfig(window=8, top_mass=0.9)),
     }
     engines = {n: Engine(info, c, n_ctx=1024, threads=threads) for n, c in variants.items()}
     rates: dict[str, list[float]] = {n: [] for n in variants}
@@ -325,6 +328,7 @@ def bench_methods(model: str, *, tokens: int, rounds: int, threads: int | None) 
     for name, rs in rates.items():
         med = statistics.median(rs)
         print(f"{name:20} {med:9.1f} {med / base:9.2f} {statistics.mean(latent[name]):13.2f}")
+    print("swir --swir-top-mass below 1 holds no float32 matrix (rows read from the file)")
     print(f"swir embedding matrix: {emb.shape[0]} x {emb.shape[1]} float32 = "
           f"{emb.nbytes / 1e6:.0f} MB, read and dequantized in {load_s:.2f}s")
 

@@ -21,8 +21,10 @@ from led_local.decoding.swir import (
     feed_vector,
     soft_vectors,
     swir_pick,
+    top_set,
 )
-from led_local.llama.embeddings import input_embeddings, input_scale
+from led_local.errors import LedError
+from led_local.llama.embeddings import LazyInputRows, input_embeddings, input_rows, input_scale
 from led_local.llama.gguf_info import inspect_model
 from led_local.llama.runtime import Runtime
 
@@ -184,10 +186,11 @@ def test_generate_is_reproducible_and_reports_switches(smollm2):
     assert a["params"]["swir_window"] == 3 and a["params"]["swir_max_switch"] == 2
 
 
-def test_solve_is_batch_invariant_with_latent_and_token_rows(smollm2, tmp_path):
+@pytest.mark.parametrize("extra", [[], ["--swir-top-mass", "0.9"]])
+def test_solve_is_batch_invariant_with_latent_and_token_rows(smollm2, tmp_path, extra):
     def solve(out, parallel):
         r = run("solve", smollm2, GSM8K, "-o", out, "-n", "2", "--max-tokens", "12",
-                "--limit", "2", "--parallel", parallel, *SWIR)
+                "--limit", "2", "--parallel", parallel, *SWIR, *extra)
         assert r.exit_code == 0, r.output
         recs = [json.loads(x) for x in out.read_text().splitlines()]
         return sorted(({k: v for k, v in r.items() if k != "time_s"} for r in recs),
@@ -216,3 +219,69 @@ def test_a_sequence_cannot_switch_to_swir_on_another_engine(smollm2):
         with pytest.raises(LedError, match="method swir needs the input embeddings"):
             engine.check_config(DecodeConfig(method="swir"))
         engine.check_config(DecodeConfig(method="hapo"))
+    with Engine(smollm2, DecodeConfig(method="swir"), n_ctx=256) as engine:
+        with pytest.raises(LedError, match="--swir-top-mass 0.5 differs"):
+            engine.check_config(DecodeConfig(method="swir", swir=SwirConfig(top_mass=0.5)))
+
+
+# -- the opt-in approximate mixture (--swir-top-mass) -----------------------------------------
+
+def test_top_set_is_the_smallest_set_reaching_the_mass():
+    p = np.array([0.1, 0.5, 0.15, 0.25], np.float32)
+    assert top_set(p, 0.5).tolist() == [1]
+    assert top_set(p, 0.7).tolist() == [1, 3]
+    assert top_set(p, 0.75).tolist() == [1, 3]  # reached exactly
+    assert top_set(p, 0.76).tolist() == [1, 3, 2]
+    assert top_set(p, 1.0).tolist() == [1, 3, 2, 0]
+    assert top_set(np.full(4, 0.25, np.float32), 0.5).tolist() == [0, 1]  # ties: lower id
+
+
+def test_top_mass_mixture_is_renormalised_over_the_set():
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(50, 6)).astype(np.float32)
+    p = rng.dirichlet(np.full(50, 0.3), size=3).astype(np.float32)
+    got = soft_vectors(p, emb, top_mass=0.8)
+    for row, v in zip(p, got):
+        ids = top_set(row, 0.8)
+        assert row[ids].sum() >= 0.8 - 1e-6 and row[ids[:-1]].sum() < 0.8
+        want = (row[ids] / row[ids].sum()).astype(np.float64) @ emb[ids].astype(np.float64)
+        np.testing.assert_allclose(v, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(soft_vectors(p, emb, top_mass=1.0)[0], p[0] @ emb)
+    with pytest.raises(LedError, match="--swir-top-mass must be in"):
+        SwirConfig(top_mass=0.0)
+
+
+@pytest.mark.parametrize("model", ["smollm2", "gemma3"])
+def test_rows_read_on_demand_equal_the_matrix(model, request):
+    info = inspect_model(request.getfixturevalue(model))
+    emb = input_embeddings(info)
+    lazy = input_rows(info, resident=False)
+    assert isinstance(lazy, LazyInputRows) and lazy.shape == emb.shape and lazy.nbytes == 0
+    ids = np.array([0, 1, 198, info.n_vocab - 1, 12345])
+    assert np.array_equal(lazy[ids], emb[ids])  # bit for bit, the Gemma scale included
+    assert np.array_equal(lazy[198], emb[198]) and lazy[198].shape == (info.n_embd,)
+    with pytest.raises(IndexError):
+        lazy[np.array([info.n_vocab])]
+    with pytest.raises(LedError, match="needs the whole embedding matrix"):
+        soft_vectors(np.full((1, info.n_vocab), 1 / info.n_vocab, np.float32), lazy)
+
+
+def test_generate_with_top_mass_holds_no_matrix_and_says_so(smollm2):
+    from led_local.decoding.engine import Engine
+    from led_local.decoding.methods import DecodeConfig
+
+    with Engine(smollm2, DecodeConfig(method="swir", swir=SwirConfig(top_mass=0.9)),
+                n_ctx=256) as engine:
+        assert isinstance(engine.embeddings, LazyInputRows)
+    args = ("generate", smollm2, "-p", "What is 12 + 30?", *SWIR, "-n", "24", "--seed", "2",
+            "--json", "--swir-top-mass", "0.9")
+    a, b = json.loads(run(*args).stdout), json.loads(run(*args).stdout)
+    assert a["tokens"] == b["tokens"] and a["swir"]["latent_steps"] > 0
+    assert a["params"]["swir_top_mass"] == 0.9
+    exact = json.loads(run(*args[:-2]).stdout)
+    assert "swir_top_mass" not in exact["params"]
+    for bad in (["--swir-top-mass", "0"], ["--swir-top-mass", "1.5"]):
+        r = run("generate", smollm2, "-p", "x", "-m", "swir", *bad)
+        assert r.exit_code == 2 and "--swir-top-mass" in r.output
+    r = run("generate", smollm2, "-p", "x", "-m", "sample", "--swir-top-mass", "0.9")
+    assert r.exit_code == 2 and "applies to --method swir" in r.output

@@ -98,6 +98,10 @@ def decoding_options(f: Callable) -> Callable:
         click.option("--swir-beta", type=float, default=None,
                      help="swir: initial weight of the soft vector against </think> on "
                      "entering explicit mode [default: 0.7]."),
+        click.option("--swir-top-mass", type=float, default=None,
+                     help="swir: opt-in approximation: mix only the most probable tokens up "
+                     "to this probability mass, reading embedding rows from the file instead "
+                     "of a float32 copy [default: 1, the exact mixture]."),
         click.option("--ctx", "n_ctx", type=int, default=4096, show_default=True,
                      help="Context length in tokens."),
         click.option("--threads", type=int, default=None,
@@ -129,6 +133,7 @@ def decode_config(ctx: click.Context, kw: dict) -> DecodeConfig:
     only = {"top_k": filt, "top_p": filt, "min_p": filt, "hapo_stats": hapo, "hapo_tau": hapo,
             "hapo_pivot": hapo, "hapo_variant": hapo, "hapo_rolling": hapo,
             "swir_window": swir, "swir_max_switch": swir, "swir_alpha": swir, "swir_beta": swir,
+            "swir_top_mass": swir,
             "led_depths": ("led",), "led_candidates": ("led",), "no_exploit": ("led",),
             "led_norm": ("led", "dola"), "dola_layers": ("dola",), "capture": ("led", "dola"),
             "projection": ("led", "dola")}
@@ -154,7 +159,8 @@ def decode_config(ctx: click.Context, kw: dict) -> DecodeConfig:
             window=512 if kw["swir_window"] is None else kw["swir_window"],
             max_switch=kw["swir_max_switch"],
             alpha=1.0 if kw["swir_alpha"] is None else kw["swir_alpha"],
-            beta=0.7 if kw["swir_beta"] is None else kw["swir_beta"]),
+            beta=0.7 if kw["swir_beta"] is None else kw["swir_beta"],
+            top_mass=1.0 if kw["swir_top_mass"] is None else kw["swir_top_mass"]),
     )
 
 

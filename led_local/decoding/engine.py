@@ -26,7 +26,7 @@ from led_local.decoding.samplers import (
 )
 from led_local.errors import LedError
 from led_local.llama.capture import make_capture
-from led_local.llama.embeddings import input_embeddings
+from led_local.llama.embeddings import LazyInputRows, input_rows
 from led_local.llama.gguf_info import ModelInfo, model_info
 from led_local.llama.head import LMHead
 from led_local.llama.projection import GraphProjection, resolve_projection
@@ -151,10 +151,10 @@ class Engine:
         self.n_seq = n_seq
         self._cached: dict[int, list[int]] = {}
         self.hapo_stats = cfg.hapo.stats  # what new HAPO sequences use (solve may roll it)
-        self.embeddings: np.ndarray | None = None
+        self.embeddings: np.ndarray | LazyInputRows | None = None
         if cfg.method == "swir":
             try:
-                self.embeddings = input_embeddings(self.info)
+                self.embeddings = input_rows(self.info, resident=cfg.swir.top_mass >= 1)
                 self.swir_vocab, self.swir_notes = latent.swir_vocab(
                     self.rt, think_end=cfg.think_end, architecture=self.info.architecture)
             except BaseException:
@@ -219,6 +219,9 @@ class Engine:
         if cfg.method == "swir" and self.embeddings is None:
             raise LedError("method swir needs the input embeddings, which only an engine "
                            f"started with --method swir loads (this one: {self.cfg.method})")
+        if cfg.method == "swir" and cfg.swir.top_mass != self.cfg.swir.top_mass:
+            raise LedError(f"--swir-top-mass {cfg.swir.top_mass} differs from this engine's "
+                           f"{self.cfg.swir.top_mass}, which decides how embeddings are held")
 
     def _wanted(self, cfg: DecodeConfig) -> list[int]:
         if cfg.method == "led":
@@ -313,9 +316,11 @@ class Engine:
             if any(s.pending_vec is not None for s in live):
                 # a batch carries tokens or vectors, not both: tokens go as their input rows,
                 # which gives the same logits as the token path
-                self.rt.decode_embd(np.stack([self.embeddings[s.pending]
-                                              if s.pending_vec is None else s.pending_vec
-                                              for s in live]), *args)
+                rows = self.embeddings[np.array([s.pending for s in live])]
+                for i, s in enumerate(live):
+                    if s.pending_vec is not None:
+                        rows[i] = s.pending_vec
+                self.rt.decode_embd(rows, *args)
             else:
                 self.rt.decode([s.pending for s in live], *args)
             self._add_states(live, in_response)

@@ -111,11 +111,14 @@ def pick_batch(engine, seqs: list, final: np.ndarray) -> list[int]:
         steps.append(step)
         probs.append(p)
     need = [i for i, st in enumerate(steps) if st.feed.soft != 0 and not st.stop]
-    soft = soft_vectors(np.stack([probs[i] for i in need]), engine.embeddings) if need else []
+    top_mass = engine.cfg.swir.top_mass  # engine-wide: it decides how the rows are held
+    soft = (soft_vectors(np.stack([probs[i] for i in need]), engine.embeddings,
+                         top_mass=top_mass) if need else [])
     soft_of = dict(zip(need, soft))
     for i, (s, st) in enumerate(zip(seqs, steps)):
         if st.feed.token is not None or st.stop:
             s.pending_vec = None
         else:
-            s.pending_vec = feed_vector(st.feed, None, engine.embeddings, soft_of.get(i))
+            s.pending_vec = feed_vector(st.feed, None, engine.embeddings, soft_of.get(i),
+                                        top_mass=top_mass)
     return [st.token for st in steps]

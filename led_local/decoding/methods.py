@@ -83,6 +83,8 @@ class DecodeConfig:
             w = self.swir
             p.update(swir_window=w.window, swir_max_switch=w.max_switch, swir_alpha=w.alpha,
                      swir_beta=w.beta, swir_think_end=self.think_end)
+            if w.top_mass < 1:  # the approximation; the exact mixture keeps old records' params
+                p.update(swir_top_mass=w.top_mass)
         if self.method == "greedy":
             p = {"temperature": 0.0}
         return p

@@ -38,13 +38,17 @@ class SwirConfig:
     """window W: explicit steps before latent mode may return (512); max_switch M: switch
     control, None = off; alpha, beta: initial blend weights of the soft vector toward
     ``<think>`` on entering latent mode (1.0 = no blend) and toward ``</think>`` on entering
-    explicit mode (0.7); budget: tokens of the forced answer (32)."""
+    explicit mode (0.7); budget: tokens of the forced answer (32); top_mass: 1.0 mixes all
+    token embeddings (exact); below 1 an opt-in approximation mixes only the smallest set of
+    most probable tokens whose probability reaches it, renormalised, and the engine then
+    reads embedding rows from the file on demand instead of holding a float32 copy."""
 
     window: int = 512
     max_switch: int | None = None
     alpha: float = 1.0
     beta: float = 0.7
     budget: int = 32
+    top_mass: float = 1.0
 
     def __post_init__(self) -> None:
         if self.window < 0:
@@ -56,6 +60,8 @@ class SwirConfig:
                 raise LedError(f"{name} must be in [0, 1], got {v}")
         if self.budget < 1:
             raise LedError(f"the answer budget must be >= 1, got {self.budget}")
+        if not np.isfinite(self.top_mass) or not 0 < self.top_mass <= 1:
+            raise LedError(f"--swir-top-mass must be in (0, 1], got {self.top_mass}")
 
 
 @dataclass(frozen=True)
@@ -194,28 +200,51 @@ def swir_pick(logits: np.ndarray, state: SwirState, *, closes: Callable[[int], b
     return step, p
 
 
-def feed_vector(feed: Feed, p: np.ndarray | None, embeddings: np.ndarray,
-                soft: np.ndarray | None = None) -> np.ndarray:
+def feed_vector(feed: Feed, p: np.ndarray | None, embeddings,
+                soft: np.ndarray | None = None, *, top_mass: float = 1.0) -> np.ndarray:
     """The fed vector (n_embd,) float32 of ``feed``. embeddings: (V, n_embd) rows as fed
-    (pre-scaled where the model scales token input); ``soft`` = p^T E when already computed."""
+    (pre-scaled where the model scales token input), a matrix or LazyInputRows; ``soft`` =
+    the soft vector when already computed."""
     v = np.zeros(embeddings.shape[1], np.float32)
     if feed.soft != 0:
         if soft is None:
-            soft = soft_vectors(np.asarray(p, np.float32)[None, :], embeddings)[0]
+            soft = soft_vectors(np.asarray(p, np.float32)[None, :], embeddings,
+                                top_mass=top_mass)[0]
         v += np.float32(feed.soft) * soft
     for tok, c in feed.rows:
         v += np.float32(c) * embeddings[tok]
     return v
 
 
-def soft_vectors(p: np.ndarray, embeddings: np.ndarray) -> np.ndarray:
+def soft_vectors(p: np.ndarray, embeddings, *, top_mass: float = 1.0) -> np.ndarray:
     """p^T E for each row of p (r, V) -> (r, n_embd) float32.
 
     BLAS picks different kernels (and summation orders) for different row counts, so each row
     is its own vector-matrix product: a row's result never depends on what shares the step
-    (tested), at the cost of reading E once per row (memory-bound, like a decode step)."""
+    (tested), at the cost of reading E once per row (memory-bound, like a decode step).
+
+    top_mass < 1 (opt-in approximation): each row mixes only ``top_set(p, top_mass)`` with
+    its probabilities renormalised to sum to 1, reading only those rows of E (which may then
+    be a LazyInputRows)."""
     p = np.asarray(p, np.float32)
     out = np.empty((p.shape[0], embeddings.shape[1]), np.float32)
     for i in range(p.shape[0]):
-        out[i] = p[i] @ embeddings
+        if top_mass >= 1:
+            if not isinstance(embeddings, np.ndarray):
+                raise LedError("the exact soft token needs the whole embedding matrix "
+                               "(--swir-top-mass 1)")
+            out[i] = p[i] @ embeddings
+        else:
+            ids = top_set(p[i], top_mass)
+            w = p[i][ids]
+            out[i] = (w / w.sum()) @ embeddings[ids]
     return out
+
+
+def top_set(p: np.ndarray, mass: float) -> np.ndarray:
+    """Ids of the smallest set of most probable tokens whose probability (p: a distribution)
+    reaches ``mass`` (ties broken by lower id), in decreasing order of probability."""
+    order = np.argsort(-p, kind="stable")
+    csum = np.cumsum(p[order], dtype=np.float64)
+    k = int(np.searchsorted(csum, mass)) + 1
+    return order[:min(k, len(order))]

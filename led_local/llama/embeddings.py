@@ -1,5 +1,7 @@
 """The token-embedding matrix, read from the GGUF (llama.cpp has no tensor accessor), as the
-rows an embedding-input batch must carry.
+rows an embedding-input batch must carry: the whole matrix in float32 (``input_embeddings``),
+or rows dequantized on demand from the file's memory map (``LazyInputRows``), which hold no
+copy and give the very same values row for row.
 
 llama.cpp's embedding-input path feeds a row to the first block as it is, while its token
 path looks the row up and, on Gemma graphs, multiplies it by sqrt(n_embd). So the matrix is
@@ -36,10 +38,7 @@ def input_scale(info: ModelInfo) -> float:
 def input_embeddings(info: ModelInfo) -> np.ndarray:
     """(V, n_embd) float32 input rows (dequantized ``token_embd.weight``, pre-scaled), read
     once per process and model file and shared (read-only) by every engine."""
-    if info.architecture not in EMBEDDING_INPUT_ARCHITECTURES:
-        raise UnsupportedModelError(
-            f"architecture '{info.architecture}' is not supported for embedding input "
-            f"(supported: {', '.join(sorted(EMBEDDING_INPUT_ARCHITECTURES))})")
+    _check_architecture(info)
     key = str(info.path.resolve())
     with _lock:
         if key not in _cache:
@@ -47,9 +46,57 @@ def input_embeddings(info: ModelInfo) -> np.ndarray:
         return _cache[key]
 
 
+def input_rows(info: ModelInfo, *, resident: bool = True) -> np.ndarray | LazyInputRows:
+    """The input rows of ``info``'s model: the shared float32 matrix when ``resident``, else
+    a LazyInputRows over the file (no copy; for an approximate mixture over a few rows)."""
+    if resident:
+        return input_embeddings(info)
+    _check_architecture(info)
+    return LazyInputRows(info)
+
+
+class LazyInputRows:
+    """``token_embd.weight`` read row by row from the GGUF's memory map: ``rows[ids]`` gives
+    (len(ids), n_embd) float32 (or (n_embd,) for one int id), dequantized and pre-scaled
+    exactly as ``input_embeddings`` does, so a row is bit-identical to the matrix's."""
+
+    def __init__(self, info: ModelInfo) -> None:
+        from gguf.constants import GGMLQuantizationType
+
+        t = info.gguf.tensors["token_embd.weight"]
+        self.shape = tuple(int(x) for x in t.shape)
+        self._raw = info.gguf.tensor_bytes(t.name).reshape(self.shape[0], -1)
+        self._qtype = GGMLQuantizationType(t.ggml_type)
+        self._scale = np.float32(input_scale(info))
+        self.nbytes = 0  # resident float32 bytes: none
+
+    def __getitem__(self, ids) -> np.ndarray:
+        one = np.ndim(ids) == 0
+        idx = np.atleast_1d(np.asarray(ids, np.int64))
+        if idx.size and (idx.min() < 0 or idx.max() >= self.shape[0]):
+            raise IndexError(f"token id out of range 0..{self.shape[0] - 1}")
+        rows = _dequantize(self._raw[idx], self._qtype, self.shape[1], self._scale)
+        return rows[0] if one else rows
+
+
+def _check_architecture(info: ModelInfo) -> None:
+    if info.architecture not in EMBEDDING_INPUT_ARCHITECTURES:
+        raise UnsupportedModelError(
+            f"architecture '{info.architecture}' is not supported for embedding input "
+            f"(supported: {', '.join(sorted(EMBEDDING_INPUT_ARCHITECTURES))})")
+
+
+def _dequantize(raw: np.ndarray, qtype, width: int, scale: np.float32) -> np.ndarray:
+    from gguf.quants import dequantize
+
+    rows = np.asarray(dequantize(raw, qtype), np.float32).reshape(-1, width)
+    if scale != 1.0:
+        rows *= scale
+    return rows
+
+
 def _read(info: ModelInfo) -> np.ndarray:
     from gguf.constants import GGMLQuantizationType
-    from gguf.quants import dequantize
 
     g = info.gguf
     t = g.tensors["token_embd.weight"]
@@ -59,9 +106,7 @@ def _read(info: ModelInfo) -> np.ndarray:
     scale = np.float32(input_scale(info))
     out = np.empty((n_rows, width), np.float32)
     for i in range(0, n_rows, CHUNK_ROWS):
-        rows = dequantize(raw[i:i + CHUNK_ROWS], qtype).reshape(-1, width)
+        rows = _dequantize(raw[i:i + CHUNK_ROWS], qtype, width, scale)
         out[i:i + len(rows)] = rows
-        if scale != 1.0:
-            out[i:i + len(rows)] *= scale
     out.flags.writeable = False
     return out
