@@ -328,7 +328,25 @@ def bench_methods(model: str, *, tokens: int, rounds: int, threads: int | None) 
     for name, rs in rates.items():
         med = statistics.median(rs)
         print(f"{name:20} {med:9.1f} {med / base:9.2f} {statistics.mean(latent[name]):13.2f}")
-    print("swir --swir-top-mass below 1 holds no float32 matrix (rows read from the file)")
+    for name, extra in (("sample", ["-m", "sample"]), ("swir exact", ["-m", "swir"]),
+                        ("swir --swir-top-mass 0.9", ["-m", "swir", "--swir-top-mass", "0.9"])):
+        print(f"peak memory of `generate {' '.join(extra)}`: "
+              f"{peak_rss_mb(['generate', model, '-p', 'What is 2+3?', '-n', '16', *extra]):.0f} MB")
+
+
+def peak_rss_mb(args: list[str]) -> float:
+    """Peak resident memory (MB) of one ``led-local`` command run in a child process."""
+    import subprocess
+
+    code = "import sys; from led_local.cli import main; main(sys.argv[1:])"
+    # a fresh grandchild per measurement: RUSAGE_CHILDREN keeps the largest child seen so far
+    probe = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, "
+             "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); "
+             "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    out = subprocess.run([sys.executable, "-c", probe, sys.executable, "-c", code, *args],
+                         check=True, capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parent.parent)
+    return int(out.stdout.split()[-1]) / 1024
     print(f"swir embedding matrix: {emb.shape[0]} x {emb.shape[1]} float32 = "
           f"{emb.nbytes / 1e6:.0f} MB, read and dequantized in {load_s:.2f}s")
 
