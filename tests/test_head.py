@@ -7,7 +7,7 @@ import pytest
 
 from led_local.llama.capture import CallbackCapture, LayerInputCapture
 from led_local.llama.gguf_info import inspect_model
-from led_local.llama.head import LMHead
+from led_local.llama.head import LMHead, final_norm
 from led_local.llama.runtime import Runtime
 
 PROMPT = "Question: what is 17 times 3? Answer step by step."
@@ -70,3 +70,42 @@ def test_head_extras_apply_after_the_product(smollm2):
     np.testing.assert_allclose(capped, 5.0 * np.tanh(plain / 5.0), rtol=1e-5, atol=1e-5)
     head.info = replace(info, logit_scale=0.5, architecture="command-r")
     np.testing.assert_allclose(head.project(x, norm=False), 0.5 * plain, rtol=1e-6)
+
+
+def test_final_norm_kinds():
+    rng = np.random.default_rng(0)
+    x = rng.normal(2.0, 3.0, (5, 16)).astype(np.float32)
+    w = rng.normal(1.0, 0.1, 16).astype(np.float32)
+    b = rng.normal(0.0, 0.1, 16).astype(np.float32)
+    x64 = x.astype(np.float64)
+    rms = x64 / np.sqrt((x64 ** 2).mean(-1, keepdims=True) + 1e-5) * w
+    c = x64 - x64.mean(-1, keepdims=True)
+    ln = c / np.sqrt((c ** 2).mean(-1, keepdims=True) + 1e-5) * w
+    np.testing.assert_allclose(final_norm(x, w, None, eps=1e-5, layernorm=False), rms, rtol=1e-5)
+    np.testing.assert_allclose(final_norm(x, w, None, eps=1e-5, layernorm=True), ln, rtol=1e-4,
+                               atol=1e-5)
+    np.testing.assert_allclose(final_norm(x, w, b, eps=1e-5, layernorm=True), ln + b, rtol=1e-4,
+                               atol=1e-5)
+
+
+@pytest.mark.parametrize(("arch", "layernorm"), [("llama", False), ("command-r", True),
+                                                 ("cohere2", True), ("qwen3", False)])
+def test_command_r_and_cohere2_end_in_a_layernorm_without_bias(tmp_path, arch, layernorm):
+    """llama.cpp's command-r and cohere2 graphs end with LLM_NORM and no bias tensor: the host
+    projection (LED's --led-norm, DoLa) must remove the mean there too."""
+    from tinymodel import write_tiny_llama
+
+    model = write_tiny_llama(tmp_path / f"{arch}.gguf", arch=arch)
+    info = inspect_model(model.path)
+    assert info.norm_is_layernorm is layernorm
+    head = LMHead(info)
+    try:
+        x = np.random.default_rng(1).normal(1.0, 1.0, (2, info.n_embd)).astype(np.float32)
+        got = head.final_norm(x)
+        want = final_norm(x, model.output_norm, None, eps=info.norm_eps, layernorm=layernorm)
+        assert np.array_equal(got, want)
+        other = final_norm(x, model.output_norm, None, eps=info.norm_eps,
+                           layernorm=not layernorm)
+        assert np.abs(got - other).max() > 0.1  # the two kinds differ on these states
+    finally:
+        head.close()

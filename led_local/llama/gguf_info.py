@@ -26,6 +26,9 @@ LED_ARCHITECTURES = frozenset(
     {"llama", "qwen2", "qwen3", "qwen3moe", "gemma2", "gemma3", "phi3", "granite", "command-r",
      "cohere2", "mistral3"}
 )
+# Graphs whose final norm is a LayerNorm (mean removed) without a bias tensor; any model with
+# output_norm.bias is a LayerNorm too. The rest use RMSNorm.
+LAYERNORM_ARCHITECTURES = frozenset({"command-r", "cohere2"})
 # Graphs that register their block inputs for llama_set_embeddings_layer_inp: stock for
 # llama/qwen3/qwen3moe, added for the rest by patches/0001-layer-inp-export.patch.
 LAYER_INP_ARCHITECTURES = frozenset(
@@ -130,9 +133,10 @@ def inspect_model(path: str | os.PathLike) -> ModelInfo:
         raise UnsupportedModelError(f"architecture '{arch}' has no block_count/embedding_length")
     n_layer = _integer(f, f"{arch}.block_count", p)
     n_embd = _integer(f, f"{arch}.embedding_length", p)
-    eps_key = f"{arch}.attention.layer_norm_rms_epsilon"
-    if eps_key not in f:
-        eps_key = f"{arch}.attention.layer_norm_epsilon"
+    layernorm = arch in LAYERNORM_ARCHITECTURES or "output_norm.bias" in g.tensors
+    # the epsilon of the final norm's kind first, as llama.cpp's graph reads it
+    keys = [f"{arch}.attention.layer_norm_rms_epsilon", f"{arch}.attention.layer_norm_epsilon"]
+    eps_key = next((k for k in (keys[::-1] if layernorm else keys) if k in f), keys[0])
     eps = _number(f, eps_key, p, 1e-5)
     softcap = _number(f, f"{arch}.final_logit_softcapping", p, 0.0)
     logit_scale = _number(f, f"{arch}.logit_scale", p, 1.0)
@@ -158,7 +162,7 @@ def inspect_model(path: str | os.PathLike) -> ModelInfo:
         final_softcap=softcap,
         logit_scale=logit_scale or 1.0,
         has_output_bias="output.bias" in g.tensors,
-        norm_is_layernorm="output_norm.bias" in g.tensors,
+        norm_is_layernorm=layernorm,
         gguf=g,
     )
 

@@ -22,6 +22,18 @@ from led_local.llama import native
 from led_local.llama.gguf_info import ModelInfo, read_tensors
 
 
+def final_norm(states: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, *, eps: float,
+               layernorm: bool) -> np.ndarray:
+    """RMSNorm, or LayerNorm (mean removed; command-r and cohere2 have no bias), of the last
+    axis, times ``weight`` plus ``bias``, in float32 as llama.cpp's graph computes it."""
+    x = np.asarray(states, dtype=np.float32)
+    e = np.float32(eps)
+    if layernorm:
+        x = x - x.mean(axis=-1, keepdims=True)
+    y = x / np.sqrt((x * x).mean(axis=-1, keepdims=True) + e) * weight
+    return y if bias is None else y + bias
+
+
 class LMHead:
     """Projects hidden states (n, n_embd) to logits (n, V) exactly as the model's graph does
     after its last block: optional final norm, head product, output bias, logit scale and
@@ -34,7 +46,7 @@ class LMHead:
         self.info = info
         self.threads = max(1, threads)
         names = ["output_norm.weight"]
-        names += ["output_norm.bias"] if info.norm_is_layernorm else []
+        names += ["output_norm.bias"] if "output_norm.bias" in info.gguf.tensors else []
         names += ["output.bias"] if info.has_output_bias else []
         t = read_tensors(info.gguf, names)
         self.norm_weight = t["output_norm.weight"]
@@ -61,14 +73,9 @@ class LMHead:
         self.close()
 
     def final_norm(self, states: np.ndarray) -> np.ndarray:
-        """The model's final RMSNorm (or LayerNorm when it has a bias), with its weights."""
-        x = np.asarray(states, dtype=np.float32)
-        eps = np.float32(self.info.norm_eps)
-        if self.norm_bias is not None:
-            x = x - x.mean(axis=-1, keepdims=True)
-            y = x / np.sqrt((x * x).mean(axis=-1, keepdims=True) + eps)
-            return y * self.norm_weight + self.norm_bias
-        return x / np.sqrt((x * x).mean(axis=-1, keepdims=True) + eps) * self.norm_weight
+        """The model's final norm with its weights (``final_norm``)."""
+        return final_norm(states, self.norm_weight, self.norm_bias, eps=self.info.norm_eps,
+                          layernorm=self.info.norm_is_layernorm)
 
     def _product(self, x: np.ndarray) -> np.ndarray:
         """x (m, n_embd) float32 times the head: (m, V) float32, via one ggml graph."""
