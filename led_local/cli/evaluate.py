@@ -208,20 +208,24 @@ def passk(ctx: click.Context, run: str, ks: str | None, as_json: bool, select: s
         pools = repexp.Pools(run)
         k_list = report.parse_ks(ks) if ks else None
         out = repexp.passk_repexp(pools, dim=dim, lam=lam, seed=seed, ks=k_list)
-        if as_json:
-            click.echo(json.dumps(out))
-        else:
-            click.echo(repexp.format_passk_repexp(
-                out, k_list or repexp.display_ks(pools.max_samples)))
+        _emit(out, as_json, lambda: repexp.format_passk_repexp(
+            out, k_list or repexp.display_ks(pools.max_samples)))
         return
     r = report.Run(run)
     k_list = report.parse_ks(ks) if ks else report.default_ks(r.max_samples)
     with Grader() as grader:
         out = report.passk_report(r, k_list, equivalent=grader.equivalent)
+    _emit(out, as_json, lambda: report.format_passk(out, k_list))
+
+
+def _emit(out: dict, as_json: bool, text, *, plot: str | None = None) -> None:
+    """A report on stdout: one JSON object, or its text (then the plot's path on stderr)."""
     if as_json:
         click.echo(json.dumps(out))
-    else:
-        click.echo(report.format_passk(out, k_list))
+        return
+    click.echo(text())
+    if plot:
+        click.echo(f"plot written to {plot}", err=True)
 
 
 @main.command()
@@ -252,12 +256,7 @@ def compare(ctx: click.Context, run_a: str, run_b: str, ks: str | None, plot: st
     out = report.compare_report(a, b, k_list)
     if plot:
         plot_pass_at_k(report.curves([a, b], k_list), plot, title="pass@k")
-    if as_json:
-        click.echo(json.dumps(out))
-    else:
-        click.echo(report.format_compare(out, k_list))
-        if plot:
-            click.echo(f"plot written to {plot}", err=True)
+    _emit(out, as_json, lambda: report.format_compare(out, k_list), plot=plot)
 
 
 def _compare_repexp(run_a: str, run_b: str, ks: str | None, plot: str | None, as_json: bool,
@@ -272,9 +271,4 @@ def _compare_repexp(run_a: str, run_b: str, ks: str | None, plot: str | None, as
     if plot:
         plot_pass_at_k(repexp.compare_curves(out, show), plot,
                        title="pass@k: random vs RepExp selection")
-    if as_json:
-        click.echo(json.dumps(out))
-    else:
-        click.echo(repexp.format_compare_repexp(out, show))
-        if plot:
-            click.echo(f"plot written to {plot}", err=True)
+    _emit(out, as_json, lambda: repexp.format_compare_repexp(out, show), plot=plot)
