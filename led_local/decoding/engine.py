@@ -298,15 +298,14 @@ class Engine:
         live = [s for s in seqs if not s.done]
         if not live:
             return
-        if self.capture is not None:
+        if self.capture is not None or self.graph is not None:
             # LED outside every sequence's thinking scope needs no hidden states
             wanted = any(self._cfg(s).method == "dola"
                          or (self._cfg(s).method == "led" and s.in_scope) for s in live)
-            self.capture.begin(np.arange(len(live) if wanted else 0, dtype=np.int64))
-        if self.graph is not None:
-            self.graph.enable(any(self._cfg(s).method == "dola"
-                                  or (self._cfg(s).method == "led" and s.in_scope)
-                                  for s in live))
+            if self.capture is not None:
+                self.capture.begin(np.arange(len(live) if wanted else 0, dtype=np.int64))
+            if self.graph is not None:
+                self.graph.enable(wanted)
         # only a response token's state counts, not the prompt's last token's
         in_response = [s for s in live if s.tokens] if self.embed else []
         if in_response:
@@ -316,7 +315,10 @@ class Engine:
             if any(s.pending_vec is not None for s in live):
                 # a batch carries tokens or vectors, not both: tokens go as their input rows,
                 # which gives the same logits as the token path
-                rows = self.embeddings[np.array([s.pending for s in live])]
+                rows = np.empty((len(live), self.embeddings.shape[1]), np.float32)
+                tok = [i for i, s in enumerate(live) if s.pending_vec is None]
+                if tok:  # all-latent steps have none
+                    rows[tok] = self.embeddings[np.array([live[i].pending for i in tok])]
                 for i, s in enumerate(live):
                     if s.pending_vec is not None:
                         rows[i] = s.pending_vec

@@ -227,12 +227,12 @@ def soft_vectors(p: np.ndarray, embeddings, *, top_mass: float = 1.0) -> np.ndar
     its probabilities renormalised to sum to 1, reading only those rows of E (which may then
     be a LazyInputRows)."""
     p = np.asarray(p, np.float32)
+    if top_mass >= 1 and not isinstance(embeddings, np.ndarray):
+        raise LedError("the exact soft token needs the whole embedding matrix "
+                       "(--swir-top-mass 1)")
     out = np.empty((p.shape[0], embeddings.shape[1]), np.float32)
     for i in range(p.shape[0]):
         if top_mass >= 1:
-            if not isinstance(embeddings, np.ndarray):
-                raise LedError("the exact soft token needs the whole embedding matrix "
-                               "(--swir-top-mass 1)")
             out[i] = p[i] @ embeddings
         else:
             ids = top_set(p[i], top_mass)
