@@ -161,18 +161,16 @@ def test_hostile_statistics_files_are_one_line_errors(smollm2, tmp_path, content
 
 
 def test_rolling_statistics_refuse_malformed_recorded_entropies(tmp_path):
+    from led_local.decoding.hapo import recorded_entropies
     from led_local.errors import LedError
-    from led_local.eval.solve import _recorded_entropies
 
-    class Run:
-        path = tmp_path / "run.jsonl"
-
+    where = str(tmp_path / "run.jsonl")
     ok = {"problem_id": "a", "sample": 0, "hapo": {"entropies": [0.5, 1]}}
-    assert _recorded_entropies(Run, ok) == [0.5, 1.0]
-    assert _recorded_entropies(Run, {"problem_id": "a", "sample": 0}) == []  # skipped record
+    assert recorded_entropies(ok, where=where) == [0.5, 1.0]
+    assert recorded_entropies({"problem_id": "a", "sample": 0}, where=where) == []  # skipped
     for bad in ("x", {"entropies": "x"}, {"entropies": [True]}, {"entropies": [float("inf")]}):
         with pytest.raises(LedError, match="problem 'a' sample 0: 'hapo.entropies'"):
-            _recorded_entropies(Run, {"problem_id": "a", "sample": 0, "hapo": bad})
+            recorded_entropies({"problem_id": "a", "sample": 0, "hapo": bad}, where=where)
 
 
 def test_calibrate_never_writes_over_an_input_nor_fails_on_a_huge_question(smollm2, tmp_path):

@@ -190,7 +190,7 @@ def test_auto_follows_offload(monkeypatch):
     assert projection.projection_path().startswith("graph")
     monkeypatch.setattr(projection, "offloaded", lambda: False)
     assert resolve_projection("auto") == "host"
-    with pytest.raises(LedError, match="--projection"):
+    with pytest.raises(LedError, match="projection must be one of"):
         resolve_projection("device")
 
 

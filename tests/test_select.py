@@ -139,7 +139,7 @@ def test_embedding_round_trip_and_bad_inputs():
     np.testing.assert_array_equal(decode_embedding(text, 3), v)
     with pytest.raises(LedError, match="embedding_dim"):
         decode_embedding(text, 4)
-    with pytest.raises(LedError, match="--lambda"):
+    with pytest.raises(LedError, match="lambda must be"):
         greedy_orders(H, lam=0.0)
-    with pytest.raises(LedError, match="--dim"):
+    with pytest.raises(LedError, match="dim must be"):
         prepare(H, dim=-1)

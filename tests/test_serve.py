@@ -34,12 +34,13 @@ def _free_port() -> int:
 class Server:
     """A `led-local serve` subprocess on a free port."""
 
-    def __init__(self, model: Path, *args: str) -> None:
+    def __init__(self, model: Path, *args: str,
+                 code: str = "from led_local.cli import main; main()") -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)])}
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from led_local.cli import main; main()", "serve", str(model),
+            [sys.executable, "-c", code, "serve", str(model),
              "--port", str(self.port), *args],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 180

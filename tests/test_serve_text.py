@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from led_local.serve.text import ReasoningSplit, TextStream
+from led_local.decoding.think_tags import ThinkTagSplit as ReasoningSplit
+from led_local.serve.text import TextStream
 
 
 def feed_all(stream: TextStream, pieces: list[bytes]) -> list[str]:

@@ -220,7 +220,7 @@ def test_a_sequence_cannot_switch_to_swir_on_another_engine(smollm2):
             engine.check_config(DecodeConfig(method="swir"))
         engine.check_config(DecodeConfig(method="hapo"))
     with Engine(smollm2, DecodeConfig(method="swir"), n_ctx=256) as engine:
-        with pytest.raises(LedError, match="--swir-top-mass 0.5 differs"):
+        with pytest.raises(LedError, match="swir_top_mass 0.5 differs"):
             engine.check_config(DecodeConfig(method="swir", swir=SwirConfig(top_mass=0.5)))
 
 
@@ -247,7 +247,7 @@ def test_top_mass_mixture_is_renormalised_over_the_set():
         want = (row[ids] / row[ids].sum()).astype(np.float64) @ emb[ids].astype(np.float64)
         np.testing.assert_allclose(v, want, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(soft_vectors(p, emb, top_mass=1.0)[0], p[0] @ emb)
-    with pytest.raises(LedError, match="--swir-top-mass must be in"):
+    with pytest.raises(LedError, match="swir_top_mass must be in"):
         SwirConfig(top_mass=0.0)
 
 

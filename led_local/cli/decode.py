@@ -14,6 +14,7 @@ from led_local.cli.common import (
     main,
     model_argument,
     open_engine,
+    reasoning_format_option,
     user_errors,
 )
 
@@ -26,7 +27,7 @@ from led_local.cli.common import (
 @click.option("-n", "--max-tokens", type=int, default=512, show_default=True)
 @click.option("-s", "--seed", type=int, default=None, help="Random seed [default: random].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-@decoding_options
+@decoding_options()
 @click.pass_context
 @user_errors
 def generate(ctx: click.Context, model: str, prompt: str, raw: bool, system: str | None,
@@ -59,15 +60,17 @@ def generate(ctx: click.Context, model: str, prompt: str, raw: bool, system: str
 @click.option("-n", "--max-tokens", type=int, default=1024, show_default=True,
               help="Most tokens per reply.")
 @click.option("-s", "--seed", type=int, default=None, help="Random seed [default: random].")
-@decoding_options
+@reasoning_format_option("thinking is shown dim")
+@decoding_options()
 @click.pass_context
 @user_errors
 def chat(ctx: click.Context, model: str, system: str | None, max_tokens: int,
-         seed: int | None, **kw) -> None:
+         seed: int | None, reasoning_format: str | None, **kw) -> None:
     """Chat with MODEL; /reset forgets the conversation, /exit (or Ctrl-D) leaves.
 
     Replies stream as they are generated, thinking (and SwiReasoning's latent steps) shown
     dim; Ctrl-C stops a reply and keeps the session."""
+    from led_local.decoding import chatformat
     from led_local.decoding.chat import ChatSession
     from led_local.decoding.generate import new_seed
     from led_local.errors import ContextFullError
@@ -77,8 +80,10 @@ def chat(ctx: click.Context, model: str, system: str | None, max_tokens: int,
         raise UserError(f"--max-tokens must be >= 1, got {max_tokens}")
     with open_engine(model, cfg, kw) as engine:
         engine.rt.apply_chat_template([{"role": "user", "content": "hi"}])  # fail early
+        fmt = (chatformat.detect(engine.info.chat_template) if reasoning_format is None
+               else chatformat.get(reasoning_format))
         session = ChatSession(engine, system=system, max_tokens=max_tokens,
-                              seed=new_seed() if seed is None else seed)
+                              seed=new_seed() if seed is None else seed, format=fmt)
         click.echo(f"Chatting with {engine.info.name} ({cfg.method}). /reset, /exit.", err=True)
         while True:
             try:
@@ -97,21 +102,22 @@ def chat(ctx: click.Context, model: str, system: str | None, max_tokens: int,
             if not text:
                 continue
             try:
-                _print_reply(session, text, think_end=cfg.think_end)
+                _print_reply(session, text)
             except ContextFullError as e:
                 click.echo(f"\n{e}", err=True)
 
 
-def _print_reply(session, text: str, *, think_end: str) -> None:
+def _print_reply(session, text: str) -> None:
     """Stream one reply: thinking dim, answer plain; Ctrl-C stops the reply only."""
     thinking = None
     shown = ""
+    think_end = session.format.think_end
     with StopFlag() as stop:
         for piece in session.send(text):
             if thinking is None:
                 thinking = session.opened_thinking
             shown += piece.text
-            if not thinking and shown.lstrip().startswith("<think>") and think_end:
+            if not thinking and session.format.opens(shown):
                 thinking = True
             click.echo(click.style(piece.text, dim=thinking or piece.latent), nl=False)
             if thinking and think_end and think_end in shown:

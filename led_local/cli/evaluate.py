@@ -51,10 +51,7 @@ from led_local.cli.common import (
               help="--ray: CPUs per actor (and its llama.cpp threads unless --threads).")
 @click.option("--ray-gpus-per-worker", type=float, default=0.0, show_default=True,
               help="--ray: GPUs per actor.")
-@click.option("--hapo-rolling", type=int, default=None, metavar="N",
-              help="hapo: rolling statistics, each batch of N problems using the previous "
-              "batch's token entropies (the first batch at plain T0).")
-@decoding_options
+@decoding_options("solve")
 @click.pass_context
 @user_errors
 def solve(ctx: click.Context, model: str, problems: str, output: str, samples: int,

@@ -53,6 +53,7 @@ def hapo_calibrate(model: str, problems: str, output: str, samples: int, paralle
     """Sample PROBLEMS plainly with MODEL and record every token's entropy for HAPO."""
     from tqdm import tqdm
 
+    from led_local.decoding import hapo
     from led_local.decoding.hapo import compute_stats, save_entropies
     from led_local.decoding.methods import DecodeConfig
     from led_local.eval.calibrate import calibration_entropies
@@ -68,7 +69,7 @@ def hapo_calibrate(model: str, problems: str, output: str, samples: int, paralle
     check_not_input(output, {"the model": model, "the problem file": resolve_problems(problems),
                              "the prompt template": prompt_template,
                              "the chat template": chat_template}, option="-o")
-    cfg = DecodeConfig(method="hapo", temperature=temperature, top_k=top_k, top_p=top_p,
+    cfg = DecodeConfig(method=hapo.NAME, temperature=temperature, top_k=top_k, top_p=top_p,
                        min_p=min_p)
     compute_stats([], pivot=hapo_pivot)  # validates the pivot before any sampling
     info = model_with_template(inspect_model(model), chat_template)

@@ -3,6 +3,7 @@ from plain sampling, position by position, for a generated, given or recorded re
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 
@@ -10,28 +11,23 @@ import click
 
 from led_local.cli.common import (
     UserError,
+    _flag,
     decode_config,
     decoding_options,
     main,
     model_argument,
     user_errors,
 )
+from led_local.decoding import led, registry
+from led_local.decoding.methods import build_config
+from led_local.decoding.options import TEMPERATURE, THINK_END
 
 # inspect analyses with the LED options (and captures states) whatever --method generates
-_ANALYSIS_OPTIONS = frozenset({"led_depths", "led_candidates", "led_norm", "no_exploit",
-                               "capture"})
-_GENERATION_OPTIONS = ("method", "top_k", "top_p", "min_p", "dola_layers", "max_tokens", "seed")
-
-
-class _AnalysisView:
-    """The click context as ``decode_config`` should see it for inspect: the LED options
-    count as not given, so they may accompany any generation method."""
-
-    def __init__(self, ctx: click.Context) -> None:
-        self._ctx = ctx
-
-    def get_parameter_source(self, name: str):
-        return None if name in _ANALYSIS_OPTIONS else self._ctx.get_parameter_source(name)
+_ANALYSIS_OPTIONS = frozenset(o.name for o in led.METHOD.options) | {"capture"}
+# what only shapes a generated response (the temperature and the scope also shape the analysis)
+_GENERATION_OPTIONS = ("method", "max_tokens", "seed") + tuple(
+    o.name for o in registry.options()
+    if o.name not in _ANALYSIS_OPTIONS and o not in (TEMPERATURE, THINK_END) and o.cli_flag)
 
 
 def _given(ctx: click.Context, name: str) -> bool:
@@ -65,7 +61,7 @@ def _check_mode(ctx: click.Context, kw: dict) -> str:
     if mode in ("response", "run"):
         for name in _GENERATION_OPTIONS:
             if _given(ctx, name):
-                flag = "--" + name.replace("_", "-")
+                flag = _flag(name)
                 raise UserError(f"{flag} applies when inspect generates the response; "
                                 "a given or recorded response is analysed as it is")
     if kw["raw"] and kw["system"]:
@@ -104,7 +100,7 @@ def _check_mode(ctx: click.Context, kw: dict) -> str:
 @click.option("--plot", type=click.Path(path_type=str), default=None,
               help="Write the depth-entropy figure and the per-position trace (PNG).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-@decoding_options
+@decoding_options()
 @click.pass_context
 @user_errors
 def inspect(ctx: click.Context, model: str, max_tokens: int, seed: int | None,
@@ -120,7 +116,10 @@ def inspect(ctx: click.Context, model: str, max_tokens: int, seed: int | None,
     if all_layers and kw["capture"] == "layer-inp":
         raise UserError("--all-layers needs --capture callback or auto: the layer-input "
                         "export has no output of the last block")
-    cfg = decode_config(_AnalysisView(ctx), kw)
+    cfg = decode_config(ctx, kw, free=_ANALYSIS_OPTIONS)
+    analysis = build_config(led.NAME, {o.name: kw[o.name] for o in led.METHOD.options}
+                            | {"temperature": cfg.temperature}).led
+    cfg = dataclasses.replace(cfg, led=analysis)
     info = inspect_model(model)  # read once, handed down
     params = {"temperature": cfg.temperature, "led_depths": cfg.led.depths,
               "led_candidates": cfg.led.candidates, "led_exploit": cfg.led.exploit,
@@ -160,7 +159,7 @@ def _generated(info, cfg, kw: dict, mode: str, params: dict) -> list:
     seed = new_seed() if kw["seed"] is None else kw["seed"]
     params["generation"] = {"method": cfg.method, **cfg.params(), "seed": seed,
                             "max_tokens": kw["max_tokens"]}
-    capture = kw["capture"] if cfg.method in ("led", "dola") else "auto"
+    capture = kw["capture"] if cfg.unit.reads_states else "auto"
     with Engine(info, cfg, n_ctx=kw["n_ctx"], threads=kw["threads"], capture=capture,
                 verbose=kw["verbose"]) as engine:
         if mode == "prompt":

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import click
 
-from led_local.cli.common import decode_config, decoding_options, main, model_argument, user_errors
+from led_local.cli.common import (
+    decode_config,
+    decoding_options,
+    main,
+    model_argument,
+    model_with_template,
+    reasoning_format_option,
+    user_errors,
+)
 
 
 @main.command()
@@ -17,11 +25,9 @@ from led_local.cli.common import decode_config, decoding_options, main, model_ar
               help="Most requests waiting for a slot; beyond it the answer is 503.")
 @click.option("--api-key", default=None, envvar="LED_LOCAL_API_KEY",
               help="Require 'Authorization: Bearer KEY' [env LED_LOCAL_API_KEY].")
-@click.option("--reasoning-format", type=click.Choice(["deepseek", "none"]), default=None,
-              help="deepseek: <think> text goes to reasoning_content [default: deepseek when "
-              "the chat template thinks, else none].")
+@reasoning_format_option("the reasoning goes to reasoning_content")
 @click.option("--alias", default=None, help="Model name in the API [default: the file's name].")
-@decoding_options
+@decoding_options()
 @click.pass_context
 @user_errors
 def serve(ctx: click.Context, model: str, host: str, port: int, parallel: int, max_queue: int,
@@ -33,6 +39,8 @@ def serve(ctx: click.Context, model: str, host: str, port: int, parallel: int, m
     from led_local.serve.server import serve as run
 
     cfg = decode_config(ctx, kw)
-    run(model, cfg, host=host, port=port, parallel=parallel, ctx=kw["n_ctx"],
+    run(model_with_template(model, kw["chat_template"]), cfg, host=host, port=port,
+        parallel=parallel, ctx=kw["n_ctx"],
         max_queue=max_queue, api_key=api_key, reasoning_format=reasoning_format, alias=alias,
-        threads=kw["threads"], capture=kw["capture"], verbose=kw["verbose"])
+        threads=kw["threads"], capture=kw["capture"], projection=kw["projection"],
+        verbose=kw["verbose"])

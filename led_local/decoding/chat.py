@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from led_local.decoding.chatformat import ChatFormat, detect
 from led_local.decoding.engine import Engine
 from led_local.decoding.generate import Piece, stream_generate
 from led_local.errors import ContextFullError, LedError
@@ -18,7 +19,7 @@ class ChatSession:
     """History plus generation settings; ``send`` streams the assistant's reply."""
 
     def __init__(self, engine: Engine, *, system: str | None = None, max_tokens: int = 1024,
-                 seed: int = 0) -> None:
+                 seed: int = 0, format: ChatFormat | None = None) -> None:
         self.engine = engine
         self.system = system
         self.max_tokens = max_tokens
@@ -27,6 +28,8 @@ class ChatSession:
         self.turn = 0
         self.last_finish: str | None = None
         self.opened_thinking = False  # the last prompt ended inside a thinking block
+        # how the model marks thinking (default: as its chat template shows)
+        self.format = format or detect(engine.info.chat_template)
 
     def reset(self) -> None:
         """Forget the conversation (the KV cache is reused or dropped on the next turn)."""
@@ -51,16 +54,17 @@ class ChatSession:
         except LedError:
             self.messages.pop()
             raise
-        self.opened_thinking = tokens is not None and prompt.rstrip().endswith("<think>")
+        self.opened_thinking = tokens is not None and self.format.starts_inside(prompt)
         if tokens is None or len(tokens) >= self.engine.rt.n_ctx_seq:
             self.messages.pop()
             raise ContextFullError(
                 f"the conversation{'' if tokens is None else f' ({len(tokens)} tokens)'} no "
                 f"longer fits the context of {self.engine.rt.n_ctx_seq}; /reset to start over "
-                "or raise --ctx"
+                "or raise `ctx`"
             )
         reply = {"role": "assistant", "content": ""}
         self.messages.append(reply)
+        turn = len(self.messages) - 1
         self.turn += 1
         self.last_finish = None
         seed = (self.seed + self.turn) & 0xFFFFFFFF  # a fresh but reproducible stream per turn
@@ -68,6 +72,8 @@ class ChatSession:
         for piece in stream_generate(self.engine, tokens, max_tokens=self.max_tokens, seed=seed,
                                      timing=info):
             reply["content"] += piece.text
+            self.messages[turn] = self.format.assistant_turn(reply["content"],
+                                                             thinking=self.opened_thinking)
             yield piece
         self.last_finish = info.get("finish_reason")
 

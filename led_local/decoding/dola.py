@@ -12,6 +12,20 @@ from __future__ import annotations
 
 import numpy as np
 
+from led_local.decoding.options import (
+    LED_NORM,
+    MIN_P,
+    TEMPERATURE,
+    THINK_END,
+    TOP_K,
+    TOP_P,
+    Option,
+)
+from led_local.decoding.unit import DecodingMethod
+
+NAME = "dola"
+LAYERS = Option("dola_layers", str, "high", "Candidate premature layers.",
+                choices=("low", "high"))
 RELATIVE_TOP = 0.1
 BASE_FILTER_VALUE = -1e-3
 
@@ -68,3 +82,54 @@ def pick(final: np.ndarray, premature: np.ndarray, cfg, rng: np.random.Generator
     p = p[:keep] / p[:keep].sum()
     u = rng.random()
     return int(order[min(int(np.searchsorted(np.cumsum(p), u, side="right")), keep - 1)])
+
+
+class DoLa(DecodingMethod):
+    name = NAME
+    help = "DoLa contrast"
+    options = (LAYERS, LED_NORM)
+    shared = (TEMPERATURE, TOP_K, TOP_P, MIN_P, THINK_END)
+    reads_states = True
+
+    def configure(self, values, base):
+        from led_local.decoding.samplers import LEDConfig
+
+        return dict(dola_layers=values["dola_layers"],
+                    led=LEDConfig(temperature=values["temperature"], norm=values["led_norm"]))
+
+    def values(self, cfg):
+        return {"dola_layers": cfg.dola_layers, "led_norm": cfg.led.norm}
+
+    def params(self, cfg):
+        return {"temperature": cfg.temperature, "dola_layers": cfg.dola_layers}
+
+    def layers(self, info, cfg):
+        return info.dola_hidden_indices(cfg.dola_layers)
+
+    def layers_key(self, cfg):
+        return (cfg.dola_layers,)
+
+    def describe(self, cfg):
+        return f"method {NAME}, dola_layers {cfg.dola_layers}"
+
+    def check_model(self, info, cfg):
+        info.check_led(2)
+
+    def wants_states(self, seq, cfg):
+        return True
+
+    def pick(self, engine, batch, idx):
+        groups: dict = {}
+        for i in idx:
+            groups.setdefault(batch.cfgs[i], []).append(i)
+        for cfg, rows in groups.items():
+            if engine.graph is not None:
+                prem = np.stack([engine.graph.logits(batch.rows[i]) for i in rows])
+            else:
+                cols = engine.columns(self.layers(engine.info, cfg))
+                prem = engine.project(batch.states[rows][:, cols], norm=cfg.led.norm)
+            for p, i in zip(prem, rows):
+                batch.tokens[i] = pick(batch.final[i], p, cfg, batch.seqs[i].rng)
+
+
+METHOD = DoLa()

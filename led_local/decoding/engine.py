@@ -14,19 +14,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from led_local.decoding import dola, latent
-from led_local.decoding.hapo import HAPOTrace, hapo_pick
 from led_local.decoding.methods import DecodeConfig, LlamaSampler, seed_sequence
-from led_local.decoding.samplers import (
-    led_base,
-    led_explore,
-    led_explore_logprobs,
-    log_probs_at,
-    token_logprob,
-)
-from led_local.errors import LedError
+from led_local.decoding.samplers import token_logprob
+from led_local.decoding.unit import Batch
+from led_local.errors import ConfigError, LedError
 from led_local.llama.capture import make_capture
-from led_local.llama.embeddings import LazyInputRows, input_rows
+from led_local.llama.embeddings import LazyInputRows
 from led_local.llama.gguf_info import ModelInfo, model_info
 from led_local.llama.head import LMHead
 from led_local.llama.projection import GraphProjection, resolve_projection
@@ -57,6 +50,7 @@ class Sequence:
     embed_sum: np.ndarray | None = None
     embed_count: int = 0
     cfg: DecodeConfig | None = None  # this sequence's method (None: the engine's)
+    engine_cfg: DecodeConfig | None = None
     trace: object | None = None  # the method's own per-sequence record (HAPO, SwiReasoning)
     _text_tail: str = ""
 
@@ -77,11 +71,12 @@ class Sequence:
         return (self.embed_sum / self.embed_count).astype(np.float32)
 
     def diagnostics(self, *, full: bool = False) -> dict:
-        """The method's own per-sequence report, keyed by method name ({} for the others);
-        ``full`` adds per-token lists where the method keeps them."""
+        """The method's own per-sequence report, keyed by its record field ({} for methods
+        without one); ``full`` adds per-token lists where the method keeps them."""
         if self.trace is None:
             return {}
-        return self.trace.report(full=full)
+        cfg = self.cfg or self.engine_cfg
+        return cfg.unit.record(self, cfg, full=full)
 
 
 class Engine:
@@ -122,20 +117,13 @@ class Engine:
         self.head: LMHead | None = None
         self.capture = None
         self.graph: GraphProjection | None = None
-        self.layers: list[int] = []
-        if cfg.method == "led":
-            self.info.check_led(cfg.led.depths)
-            if cfg.led.candidates > self.info.n_vocab:
-                raise LedError(f"--led-candidates must be <= the vocabulary "
-                               f"{self.info.n_vocab}, got {cfg.led.candidates}")
-            self.layers = self.info.led_hidden_indices(cfg.led.depths)
-        elif cfg.method == "dola":
-            self.info.check_led(2)
-            self.layers = self.info.dola_hidden_indices(cfg.dola_layers)
+        unit = cfg.unit
+        unit.check_model(self.info, cfg)
+        self.layers: list[int] = unit.layers(self.info, cfg)
         if self.layers and resolve_projection(projection) == "graph":
-            k = cfg.led.candidates if cfg.method == "led" else None
-            self.graph = GraphProjection(self.info, self.layers, norm=cfg.led.norm,
-                                         temperature=cfg.temperature, candidates=k)
+            self.graph = GraphProjection(self.info, self.layers, norm=unit.norm(cfg),
+                                         temperature=cfg.temperature,
+                                         candidates=unit.graph_candidates(cfg))
         elif self.layers:
             self.capture = make_capture(self.info, self.layers, prefer=capture)
             self.head = LMHead(self.info, threads=threads or default_threads())
@@ -150,16 +138,14 @@ class Engine:
             self.graph.attach(self.rt)
         self.n_seq = n_seq
         self._cached: dict[int, list[int]] = {}
-        self.hapo_stats = cfg.hapo.stats  # what new HAPO sequences use (solve may roll it)
+        # the input embedding rows, for methods that feed vectors instead of tokens
         self.embeddings: np.ndarray | LazyInputRows | None = None
-        if cfg.method == "swir":
-            try:
-                self.embeddings = input_rows(self.info, resident=cfg.swir.top_mass >= 1)
-                self.swir_vocab, self.swir_notes = latent.swir_vocab(
-                    self.rt, think_end=cfg.think_end, architecture=self.info.architecture)
-            except BaseException:
-                self.close()
-                raise
+        self.shared: dict[str, object] = {}  # what the engine's own method set up, by name
+        try:
+            unit.setup(self)
+        except BaseException:
+            self.close()
+            raise
 
     def close(self) -> None:
         self.rt.close()
@@ -177,63 +163,46 @@ class Engine:
                      cfg: DecodeConfig | None = None) -> Sequence:
         """A sequence in ``slot`` whose randomness derives from ``seed`` alone; ``cfg`` gives
         it its own method (default: the engine's), which ``check_config`` must accept."""
-        seq = Sequence(slot=slot, max_tokens=max_tokens, cfg=cfg)
+        seq = Sequence(slot=slot, max_tokens=max_tokens, cfg=cfg, engine_cfg=self.cfg)
         cfg = self._cfg(seq)
-        ss = seed_sequence(*seed)
-        if cfg.method == "sample":
-            seq.sampler = LlamaSampler(cfg, int(ss.generate_state(1, np.uint32)[0]))
-        else:
-            seq.rng = np.random.default_rng(ss)
-        if cfg.method == "hapo":
-            seq.trace = HAPOTrace(self.hapo_stats, [], [])
-        elif cfg.method == "swir":
-            seq.trace = latent.SwirTrace(notes=dict(self.swir_notes))
+        cfg.unit.start(self, seq, cfg, seed_sequence(*seed))
         return seq
 
     def _cfg(self, seq: Sequence) -> DecodeConfig:
         return seq.cfg or self.cfg
 
-    def _columns(self, cfg: DecodeConfig) -> list[int]:
-        """Which captured states (columns of ``capture.collect()``) ``cfg`` projects."""
-        return [self.layers.index(h) for h in self._wanted(cfg)]
+    def columns(self, hidden: list[int]) -> list[int]:
+        """Which captured states (columns of ``capture.collect()``) hold hidden ``hidden``."""
+        return [self.layers.index(h) for h in hidden]
+
+    def project(self, states: np.ndarray, *, norm: bool) -> np.ndarray:
+        """(R, m, n_embd) captured states -> (R, m, V) logits in one ggml product."""
+        r, m, n = states.shape
+        out = self.head.project(states.reshape(r * m, n), norm=norm)
+        return out.reshape(r, m, -1)
 
     def check_config(self, cfg: DecodeConfig) -> None:
-        """Refuse a per-sequence method whose hidden states this engine does not capture."""
-        if cfg.method == "led" and cfg.led.candidates > self.info.n_vocab:
-            raise LedError(f"led_candidates must be <= the vocabulary {self.info.n_vocab}, "
-                           f"got {cfg.led.candidates}")
-        if (self.graph is not None and cfg.method in ("led", "dola")
-                and (cfg.method, cfg.temperature, cfg.led, cfg.dola_layers)
-                != (self.cfg.method, self.cfg.temperature, self.cfg.led, self.cfg.dola_layers)):
-            raise LedError("with --projection graph the depth logits are built for the "
-                           f"engine's own {self.cfg.method} settings; a sequence cannot change "
-                           "them (start with --projection host)")
-        if cfg.method in ("led", "dola") and not set(self._wanted(cfg)) <= set(self.layers):
-            have = f"--method {self.cfg.method}"
-            if self.cfg.method == "led":
-                have += f" --led-depths {self.cfg.led.depths}"
-            elif self.cfg.method == "dola":
-                have += f" --dola-layers {self.cfg.dola_layers}"
-            raise LedError(f"method {cfg.method} with these layers needs hidden states this "
-                           f"engine does not capture (it was started with {have})")
-        if cfg.method == "swir" and self.embeddings is None:
-            raise LedError("method swir needs the input embeddings, which only an engine "
-                           f"started with --method swir loads (this one: {self.cfg.method})")
-        if cfg.method == "swir" and cfg.swir.top_mass != self.cfg.swir.top_mass:
-            raise LedError(f"--swir-top-mass {cfg.swir.top_mass} differs from this engine's "
-                           f"{self.cfg.swir.top_mass}, which decides how embeddings are held")
-
-    def _wanted(self, cfg: DecodeConfig) -> list[int]:
-        if cfg.method == "led":
-            return self.info.led_hidden_indices(cfg.led.depths)
-        return self.info.dola_hidden_indices(cfg.dola_layers)
+        """Refuse a per-sequence method this engine cannot run: hidden states it does not
+        capture, an in-graph projection built for other settings, what the method checks."""
+        unit, own = cfg.unit, self.cfg.unit
+        unit.check_model(self.info, cfg)
+        need = unit.layers(self.info, cfg)
+        if self.graph is not None and need and unit.graph_key(cfg) != own.graph_key(self.cfg):
+            raise ConfigError("projection", f"graph builds the depth logits for the engine's "
+                              f"own {own.describe(self.cfg)} settings; a sequence cannot "
+                              "change them (start with projection host)")
+        if not set(need) <= set(self.layers):
+            raise LedError(f"method {unit.name} with these layers needs hidden states this "
+                           f"engine does not capture (it was started with "
+                           f"{own.describe(self.cfg)})")
+        unit.check(self, cfg)
 
     def prefill(self, slot: int, tokens: list[int]) -> None:
         """Evaluate a prompt into ``slot``, reusing the longest prefix already cached there;
         the logits (and states) of its last token are then ready for ``start``."""
         if len(tokens) >= self.rt.n_ctx_seq:
             raise LedError(f"the prompt has {len(tokens)} tokens, more than the context allows "
-                           f"({self.rt.n_ctx_seq}); raise --ctx or shorten it")
+                           f"({self.rt.n_ctx_seq}); raise `ctx` or shorten it")
         self._fill(slot, tokens, logits=True)
 
     def load_prefix(self, slot: int, tokens: list[int]) -> None:
@@ -300,8 +269,7 @@ class Engine:
             return
         if self.capture is not None or self.graph is not None:
             # LED outside every sequence's thinking scope needs no hidden states
-            wanted = any(self._cfg(s).method == "dola"
-                         or (self._cfg(s).method == "led" and s.in_scope) for s in live)
+            wanted = any(self._cfg(s).unit.wants_states(s, self._cfg(s)) for s in live)
             if self.capture is not None:
                 self.capture.begin(np.arange(len(live) if wanted else 0, dtype=np.int64))
             if self.graph is not None:
@@ -369,87 +337,25 @@ class Engine:
     # -- token choice ---------------------------------------------------------------------
     def _pick(self, seqs: list[Sequence], rows: list[int]) -> None:
         """Choose each sequence's next token from output row rows[i] of the last decode
-        (and, for LED and DoLa, from the states captured for those rows, in the same order)."""
+        (and, for methods that read hidden states, from the states captured for those rows,
+        in the same order): each method picks for all of its sequences at once."""
         states = self.capture.collect() if self.capture is not None else None
         cfgs = [self._cfg(s) for s in seqs]
+        units = [c.unit for c in cfgs]
         # llama.cpp's own sampler reads the logits in place; copy them only when needed
         final = None
-        if self.logprobs or any(c.method != "sample" for c in cfgs):
+        if self.logprobs or any(u.reads_logits for u in units):
             final = np.stack([self.rt.logits(r) for r in rows])
-        chosen: list[int] = [0] * len(seqs)
-        depth: list[int | None] = [None] * len(seqs)
-        explore: dict[DecodeConfig, list[tuple[int, np.ndarray]]] = {}
-        dola_rows: dict[DecodeConfig, list[int]] = {}
-        swir_rows: list[int] = []
-        for i, (s, cfg) in enumerate(zip(seqs, cfgs)):
-            if cfg.method == "led":
-                led = cfg.led
-                b = led_base(final[i], temperature=cfg.temperature, k=led.candidates,
-                             exploit=led.exploit, in_scope=s.in_scope, rng=s.rng)
-                chosen[i] = b.base
-                if b.explore:
-                    explore.setdefault(cfg, []).append((i, b.candidates))
-            elif cfg.method == "dola":
-                dola_rows.setdefault(cfg, []).append(i)
-            elif cfg.method == "greedy":
-                chosen[i] = int(np.argmax(final[i]))
-            elif cfg.method == "hapo":
-                chosen[i] = hapo_pick(final[i], t0=cfg.temperature, cfg=cfg.hapo, trace=s.trace,
-                                      rng=s.rng, top_k=cfg.top_k, top_p=cfg.top_p,
-                                      min_p=cfg.min_p)
-            elif cfg.method == "swir":
-                swir_rows.append(i)
-            else:
-                chosen[i] = s.sampler.sample(self.rt.ctx, rows[i])
-        for cfg, items in explore.items():  # one projection per configuration
-            if self.graph is not None:  # the graph holds the engine's own configuration
-                for i, cand in items:
-                    step = self._explore_graph(rows[i], cand, final[i], seqs[i])
-                    chosen[i], depth[i] = step.token, step.depth
-                continue
-            idx = [i for i, _ in items]
-            z = self._depth_logits(idx, final, states[:, self._columns(cfg)], cfg)
-            for zi, (i, cand) in zip(z, items):
-                step = led_explore(zi, cand, temperature=cfg.temperature, rng=seqs[i].rng)
-                chosen[i], depth[i] = step.token, step.depth
-        for cfg, idx in dola_rows.items():
-            if self.graph is not None:
-                prem = np.stack([self.graph.logits(rows[i]) for i in idx])
-            else:
-                prem = self._project(states[idx][:, self._columns(cfg)], cfg)
-            for p, i in zip(prem, idx):
-                chosen[i] = dola.pick(final[i], p, cfg, seqs[i].rng)
-        if swir_rows:
-            picks = latent.pick_batch(self, [seqs[i] for i in swir_rows], final[swir_rows])
-            for i, tok in zip(swir_rows, picks):
-                chosen[i] = tok
-        for i, (s, cfg) in enumerate(zip(seqs, cfgs)):
-            temp = 0.0 if cfg.method == "greedy" else cfg.temperature
-            self._accept(s, chosen[i], depth[i], final[i] if self.logprobs else None, temp)
-            if cfg.method == "swir" and s.trace.stop and not s.done:
-                s.finish_reason = "stop"  # the forced answer's budget ran out
-
-    def _explore_graph(self, row: int, candidates: np.ndarray, final: np.ndarray, seq: Sequence):
-        """LED's exploration step for batch row ``row`` from the in-graph projection."""
-        t = self.cfg.temperature
-        cands, deeper = self.graph.logprobs(row, candidates, final)
-        logp = np.vstack([log_probs_at(final, cands, t)[None], deeper])
-        return led_explore_logprobs(logp, cands, temperature=t, rng=seq.rng)
-
-    def _project(self, states: np.ndarray, cfg: DecodeConfig) -> np.ndarray:
-        """(R, m, n_embd) captured states -> (R, m, V) logits in one ggml product."""
-        r, m, n = states.shape
-        out = self.head.project(states.reshape(r * m, n), norm=cfg.led.norm)
-        return out.reshape(r, m, -1)
-
-    def _depth_logits(self, idx: list[int], final: np.ndarray, states: np.ndarray,
-                      cfg: DecodeConfig) -> np.ndarray:
-        """(E, d, V) LED logits for output rows ``idx``: depth 0 final, 1..d-1 projected."""
-        d = cfg.led.depths
-        z = np.empty((len(idx), d, final.shape[1]), np.float32)
-        z[:, 0] = final[idx]
-        z[:, 1:] = self._project(states[idx], cfg)
-        return z
+        batch = Batch(seqs, cfgs, rows, final, states, [0] * len(seqs), [None] * len(seqs))
+        groups: dict = {}
+        for i, u in enumerate(units):
+            groups.setdefault(u, []).append(i)
+        for u, idx in groups.items():
+            u.pick(self, batch, idx)
+        for i, (s, cfg, u) in enumerate(zip(seqs, cfgs, units)):
+            self._accept(s, batch.tokens[i], batch.depths[i],
+                         final[i] if self.logprobs else None, u.logprob_temperature(cfg))
+            u.after_accept(self, s)
 
     def _accept(self, s: Sequence, tok: int, depth: int | None, final: np.ndarray | None,
                 temperature: float) -> None:

@@ -85,7 +85,7 @@ def generate_step(engine: Engine, tokens: list[int], *, max_tokens: int, seed: i
                   timing: dict | None = None) -> Iterator[Sequence]:
     """Prefill ``tokens`` into slot 0, then yield the sequence after every new token."""
     if max_tokens < 1:
-        raise LedError(f"--max-tokens must be >= 1, got {max_tokens}")
+        raise LedError(f"`max_tokens` must be >= 1, got {max_tokens}")
     t0 = time.perf_counter()
     engine.prefill(0, tokens)
     t1 = time.perf_counter()

@@ -23,9 +23,23 @@ from pathlib import Path
 import numpy as np
 
 from led_local.decoding.filters import entropy, sample_token, softmax64
-from led_local.errors import LedError, OutputError
+from led_local.decoding.options import MIN_P, TEMPERATURE, THINK_END, TOP_K, TOP_P, Option
+from led_local.decoding.unit import DecodingMethod
+from led_local.errors import ConfigError, LedError, OutputError
 
+NAME = "hapo"
 VARIANTS = ("signed", "code")
+STATS = Option("hapo_stats", "path", None, "Entropy statistics file from led-local "
+               "hapo-calibrate.", http="", default_help="none")
+TAU = Option("hapo_tau", float, 0.05, "Largest relative temperature change.", low=0, high=1)
+PIVOT = Option("hapo_pivot", float, 0.8, "Quantile of the log-entropies used as pivot.",
+               low=0, high=1, http="")
+VARIANT = Option("hapo_variant", str, "signed", "signed cools confident tokens (the paper's "
+                 "intent); code warms every token (the released code).", choices=VARIANTS)
+ROLLING = Option("hapo_rolling", int, None, "Rolling statistics, each batch of N problems "
+                 "using the previous batch's token entropies (the first batch at plain T0).",
+                 low=1, note="problem per batch", http="", commands=frozenset({"solve"}),
+                 default_help="off")
 STATS_FORMAT = "led-local-hapo-entropies/1"
 MAX_STATS_BYTES = 256 << 20  # about 20 bytes per token: some 12 million tokens
 
@@ -48,8 +62,7 @@ class HAPOStats:
 
 def compute_stats(entropies: np.ndarray | list[float], *, pivot: float = 0.8) -> HAPOStats | None:
     """HAPOStats of per-token entropies (nats), or None when there are none."""
-    if not 0 <= pivot <= 1:
-        raise LedError(f"--hapo-pivot must be in [0, 1], got {pivot}")
+    PIVOT.check(pivot)
     h = np.asarray(entropies, dtype=np.float64).ravel()
     if h.size == 0:
         return None
@@ -95,14 +108,10 @@ class HAPOConfig:
     rolling: int | None = None
 
     def __post_init__(self) -> None:
-        if not np.isfinite(self.tau) or not 0 <= self.tau <= 1:
-            raise LedError(f"--hapo-tau must be in [0, 1], got {self.tau}")
-        if not 0 <= self.pivot <= 1:
-            raise LedError(f"--hapo-pivot must be in [0, 1], got {self.pivot}")
-        if self.variant not in VARIANTS:
-            raise LedError(f"--hapo-variant must be signed or code, got {self.variant!r}")
-        if self.rolling is not None and self.rolling < 1:
-            raise LedError(f"--hapo-rolling must be >= 1 problem per batch, got {self.rolling}")
+        TAU.check(self.tau)
+        PIVOT.check(self.pivot)
+        VARIANT.check(self.variant)
+        ROLLING.check(self.rolling)
 
 
 @dataclass
@@ -112,10 +121,6 @@ class HAPOTrace:
     stats: HAPOStats | None
     entropies: list[float]
     temperatures: list[float]
-
-    def report(self, *, full: bool = False) -> dict:
-        """{"hapo": ...} for records; ``full`` adds every token's entropy (rolling runs)."""
-        return {"hapo": self.summary(with_entropies=full)}
 
     def summary(self, *, with_entropies: bool = False) -> dict:
         t = self.temperatures
@@ -163,24 +168,115 @@ def load_entropies(path: str | os.PathLike) -> list[float]:
     non-negative numbers, at most MAX_STATS_BYTES of file."""
     p = Path(path)
     if not p.is_file():
-        raise LedError(f"--hapo-stats file not found: {p}")
+        raise ConfigError(STATS.name, f"file not found: {p}")
     try:
         if p.stat().st_size > MAX_STATS_BYTES:
-            raise LedError(f"--hapo-stats {p} is larger than {MAX_STATS_BYTES} bytes; make it "
+            raise ConfigError(STATS.name, f"{p} is larger than {MAX_STATS_BYTES} bytes; make it "
                            "with led-local hapo-calibrate")
         data = json.loads(p.read_text(encoding="utf-8"))
     except OSError as e:
-        raise LedError(f"cannot read --hapo-stats {p}: {e.strerror}") from None
+        raise ConfigError(STATS.name, f"{p} cannot be read: {e.strerror}") from None
     except (ValueError, RecursionError):
-        raise LedError(f"--hapo-stats {p} is not JSON; make it with led-local "
+        raise ConfigError(STATS.name, f"{p} is not JSON; make it with led-local "
                        "hapo-calibrate") from None
     if not isinstance(data, dict) or data.get("format") != STATS_FORMAT \
             or not isinstance(data.get("entropies"), list) or not data["entropies"]:
-        raise LedError(f"--hapo-stats {p} is not a led-local hapo-calibrate file with entropies")
+        raise ConfigError(STATS.name, f"{p} is not a led-local hapo-calibrate file with entropies")
     values = data["entropies"]
     for i, x in enumerate(values):
         if isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x) \
                 or x < 0:
-            raise LedError(f"--hapo-stats {p}: entropy {i} must be a finite number >= 0, got "
+            raise ConfigError(STATS.name, f"{p}: entropy {i} must be a finite number >= 0, got "
                            f"{json.dumps(x)[:40]}")
+    return [float(x) for x in values]
+
+
+class HAPO(DecodingMethod):
+    name = NAME
+    help = "entropy-adaptive temperature"
+    options = (STATS, TAU, PIVOT, VARIANT, ROLLING)
+    shared = (TEMPERATURE, TOP_K, TOP_P, MIN_P, THINK_END)
+    defaults = {"temperature": 1.0, "top_k": 0, "top_p": 1.0}
+    records = NAME
+
+    def configure(self, values, base):
+        path, rolling = values["hapo_stats"], values["hapo_rolling"]
+        if base is not None and path is None and rolling is None:
+            # a request: the statistics are the server's
+            return {"hapo": HAPOConfig(tau=values["hapo_tau"], pivot=base.hapo.pivot,
+                                       variant=values["hapo_variant"], stats=base.hapo.stats,
+                                       rolling=base.hapo.rolling)}
+        if (path is None) == (rolling is None):
+            raise ConfigError(STATS.name, "FILE (from led-local hapo-calibrate) is needed"
+                              + " (or `hapo_rolling` N with solve)"
+                              + (", not both" if rolling is not None else ""))
+        pivot = values["hapo_pivot"]
+        stats = None if path is None else compute_stats(load_entropies(path), pivot=pivot)
+        return {"hapo": HAPOConfig(tau=values["hapo_tau"], pivot=pivot,
+                                   variant=values["hapo_variant"], stats=stats, rolling=rolling)}
+
+    def values(self, cfg):
+        h = cfg.hapo
+        return {"hapo_stats": None, "hapo_tau": h.tau, "hapo_pivot": h.pivot,
+                "hapo_variant": h.variant, "hapo_rolling": None}
+
+    def params(self, cfg):
+        h = cfg.hapo
+        p = {"temperature": cfg.temperature, "top_k": cfg.top_k, "top_p": cfg.top_p,
+             "min_p": cfg.min_p, "hapo_tau": h.tau, "hapo_pivot": h.pivot,
+             "hapo_variant": h.variant}
+        if h.rolling is not None:
+            p.update(hapo_rolling=h.rolling)
+        else:
+            p.update(hapo_stats=h.stats.to_json() if h.stats else None)
+        return p
+
+    def setup(self, engine):
+        engine.shared[NAME] = engine.cfg.hapo.stats  # solve's rolling statistics replace it
+
+    def check(self, engine, cfg):
+        if cfg.hapo.stats is None and cfg.hapo.rolling is None and NAME not in engine.shared:
+            raise LedError(f"method {NAME} needs entropy statistics, which only an engine "
+                           f"started with method {NAME} and hapo_stats holds (this one: "
+                           f"{engine.cfg.method})")
+
+    def start(self, engine, seq, cfg, seed):
+        super().start(engine, seq, cfg, seed)
+        seq.trace = HAPOTrace(engine.shared.get(NAME, cfg.hapo.stats), [], [])
+
+    def pick(self, engine, batch, idx):
+        for i in idx:
+            cfg, s = batch.cfgs[i], batch.seqs[i]
+            batch.tokens[i] = hapo_pick(batch.final[i], t0=cfg.temperature, cfg=cfg.hapo,
+                                        trace=s.trace, rng=s.rng, top_k=cfg.top_k,
+                                        top_p=cfg.top_p, min_p=cfg.min_p)
+
+    def record(self, seq, cfg, *, full=False):
+        return {NAME: seq.trace.summary(with_entropies=full)}
+
+    def full_records(self, cfg):
+        return cfg.hapo.rolling is not None
+
+
+def set_stats(engine, stats: HAPOStats | None) -> None:
+    """What new HAPO sequences of ``engine`` use from now on (solve's rolling statistics)."""
+    engine.shared[NAME] = stats
+
+
+METHOD = HAPO()
+
+
+def recorded_entropies(rec: dict, *, where: str) -> list[float]:
+    """The token entropies a rolling HAPO record carries ([] for a skipped problem or another
+    method's record); a malformed list is an error naming ``where`` (the run file) and the
+    record."""
+    fields = rec.get(NAME)
+    if fields is None:
+        return []
+    values = fields.get("entropies", []) if isinstance(fields, dict) else None
+    if not isinstance(values, list) or not all(
+            isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+            and x >= 0 for x in values):
+        raise LedError(f"{where}: problem {rec['problem_id']!r} sample {rec['sample']}: "
+                       f"'{NAME}.entropies' must be a list of finite non-negative numbers")
     return [float(x) for x in values]

@@ -3,9 +3,10 @@ per-sequence trace, and one batched pick that turns each step into a token and a
 
 Models without single-token thinking delimiters (both bundled models) run the documented
 deviation: the blends toward ``<think>``/``</think>`` are skipped, explicit mode locks when the
-emitted text contains ``--think-end`` (never with ``''``), the convergence injection is a no-op
-and the termination injection drops ``</think>``. The step-0 blend token is the vocabulary piece
-backslash-n when one exists (as the authors' lookup), else the real newline token (recorded).
+emitted text contains the thinking-end marker (never with ``''``), the convergence injection is
+a no-op and the termination injection drops ``</think>``. The step-0 blend token is the
+vocabulary piece backslash-n when one exists (as the authors' lookup), else the real newline
+token (recorded).
 """
 
 from __future__ import annotations
@@ -82,10 +83,10 @@ class SwirTrace:
                "locked": self.state.locked, "budget_stop": self.stop, **self.notes}
         if full:
             out["latent"] = "".join("L" if x else "E" for x in self.latent)
-        return {"swir": out}
+        return out
 
 
-def pick_batch(engine, seqs: list, final: np.ndarray) -> list[int]:
+def pick_batch(engine, vocab: SwirVocab, seqs: list, final: np.ndarray) -> list[int]:
     """One SwiReasoning step for every sequence: the emitted tokens; each sequence's
     ``pending_vec`` is set to its fed vector (None when it feeds a plain token). Each
     sequence uses its own configuration (``s.cfg``, else the engine's)."""
@@ -95,13 +96,13 @@ def pick_batch(engine, seqs: list, final: np.ndarray) -> list[int]:
         cfg = s.cfg or engine.cfg
 
         def closes(x: int, s=s, cfg=cfg) -> bool:
-            if engine.swir_vocab.think_close is not None:
-                return x == engine.swir_vocab.think_close
+            if vocab.think_close is not None:
+                return x == vocab.think_close
             end = cfg.think_end
             return bool(end) and end in (s._text_tail + engine.rt.token_text(x))
 
         step, p = swir_pick(final[i], tr.state, closes=closes, cfg=cfg.swir,
-                            vocab=engine.swir_vocab, max_new=s.max_tokens,
+                            vocab=vocab, max_new=s.max_tokens,
                             temperature=cfg.temperature, rng=s.rng, top_k=cfg.top_k,
                             top_p=cfg.top_p, min_p=cfg.min_p)
         tr.latent.append(step.feed.token is None)

@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from led_local.errors import LedError
+from led_local.errors import ConfigError
 
 PROB_FLOOR = 1e-6  # LED.md step 4: A[j, c] = max(P_j[C_c], 1e-6)
 LOG_CLIP = 1e-9  # LED.md step 6: clip inside the log of the entropy
@@ -37,12 +37,12 @@ class LEDConfig:
     norm: bool = False
 
     def __post_init__(self) -> None:
-        if not np.isfinite(self.temperature) or self.temperature < 0:
-            raise LedError(f"temperature must be >= 0, got {self.temperature}")
-        if self.depths < 2:
-            raise LedError(f"--led-depths must be >= 2, got {self.depths}")
-        if self.candidates < 1:
-            raise LedError(f"--led-candidates must be >= 1, got {self.candidates}")
+        from led_local.decoding import led  # the options are declared by the method
+        from led_local.decoding.options import TEMPERATURE
+
+        TEMPERATURE.check(self.temperature)
+        led.DEPTHS.check(self.depths)
+        led.CANDIDATES.check(self.candidates)
 
 
 class BaseStep(NamedTuple):
@@ -91,8 +91,8 @@ def top_candidates(final_logits: np.ndarray, k: int) -> np.ndarray:
     """The k most probable token ids of one row (V,), most probable first, ties by lower id."""
     z = np.asarray(final_logits)
     if not 1 <= k <= z.shape[-1]:
-        raise LedError(
-            f"--led-candidates must be between 1 and the vocabulary {z.shape[-1]}, got {k}"
+        raise ConfigError(
+            "led_candidates", f"must be between 1 and the vocabulary {z.shape[-1]}, got {k}"
         )
     if k < z.shape[-1]:
         kth = z[np.argpartition(-z, k - 1)[k - 1]]  # the k-th largest value

@@ -26,7 +26,22 @@ from typing import NamedTuple
 import numpy as np
 
 from led_local.decoding.filters import sample_token, softmax64
-from led_local.errors import LedError
+from led_local.decoding.options import MIN_P, TEMPERATURE, THINK_END, TOP_K, TOP_P, Option
+from led_local.decoding.unit import DecodingMethod
+from led_local.errors import ConfigError, LedError
+
+NAME = "swir"
+WINDOW = Option("swir_window", int, 512, "Explicit steps before latent mode may return.", low=0)
+MAX_SWITCH = Option("swir_max_switch", int, None, "Switch count that starts forcing an answer.",
+                    low=1, default_help="off")
+ALPHA = Option("swir_alpha", float, 1.0, "Initial weight of the soft vector against <think> on "
+               "entering latent mode.", low=0, high=1)
+BETA = Option("swir_beta", float, 0.7, "Initial weight of the soft vector against </think> on "
+              "entering explicit mode.", low=0, high=1)
+TOP_MASS = Option("swir_top_mass", float, 1.0, "Opt-in approximation: mix only the most "
+                  "probable tokens up to this probability mass, reading embedding rows from "
+                  "the file instead of a float32 copy (1: the exact mixture).", low=0, high=1,
+                  low_open=True)
 
 LATENT, EXPLICIT = 0, 1
 P_FLOOR = 1e-12  # inside the log of the entropy
@@ -51,17 +66,13 @@ class SwirConfig:
     top_mass: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.window < 0:
-            raise LedError(f"--swir-window must be >= 0, got {self.window}")
-        if self.max_switch is not None and self.max_switch < 1:
-            raise LedError(f"--swir-max-switch must be >= 1, got {self.max_switch}")
-        for name, v in (("--swir-alpha", self.alpha), ("--swir-beta", self.beta)):
-            if not np.isfinite(v) or not 0 <= v <= 1:
-                raise LedError(f"{name} must be in [0, 1], got {v}")
+        WINDOW.check(self.window)
+        MAX_SWITCH.check(self.max_switch)
+        ALPHA.check(self.alpha)
+        BETA.check(self.beta)
         if self.budget < 1:
             raise LedError(f"the answer budget must be >= 1, got {self.budget}")
-        if not np.isfinite(self.top_mass) or not 0 < self.top_mass <= 1:
-            raise LedError(f"--swir-top-mass must be in (0, 1], got {self.top_mass}")
+        TOP_MASS.check(self.top_mass)
 
 
 @dataclass(frozen=True)
@@ -228,8 +239,8 @@ def soft_vectors(p: np.ndarray, embeddings, *, top_mass: float = 1.0) -> np.ndar
     be a LazyInputRows)."""
     p = np.asarray(p, np.float32)
     if top_mass >= 1 and not isinstance(embeddings, np.ndarray):
-        raise LedError("the exact soft token needs the whole embedding matrix "
-                       "(--swir-top-mass 1)")
+        raise ConfigError(TOP_MASS.name, "1 (the exact soft token) needs the whole "
+                          "embedding matrix")
     out = np.empty((p.shape[0], embeddings.shape[1]), np.float32)
     for i in range(p.shape[0]):
         if top_mass >= 1:
@@ -248,3 +259,76 @@ def top_set(p: np.ndarray, mass: float) -> np.ndarray:
     csum = np.cumsum(p[order], dtype=np.float64)
     k = int(np.searchsorted(csum, mass)) + 1
     return order[:min(k, len(order))]
+
+
+class SwiReasoning(DecodingMethod):
+    name = NAME
+    help = "SwiReasoning latent/explicit switching"
+    options = (WINDOW, MAX_SWITCH, ALPHA, BETA, TOP_MASS)
+    shared = (TEMPERATURE, TOP_K, TOP_P, MIN_P, THINK_END)
+    records = NAME
+
+    def configure(self, values, base):
+        return {"swir": SwirConfig(window=values["swir_window"],
+                                   max_switch=values["swir_max_switch"],
+                                   alpha=values["swir_alpha"], beta=values["swir_beta"],
+                                   top_mass=values["swir_top_mass"])}
+
+    def values(self, cfg):
+        w = cfg.swir
+        return {"swir_window": w.window, "swir_max_switch": w.max_switch, "swir_alpha": w.alpha,
+                "swir_beta": w.beta, "swir_top_mass": w.top_mass}
+
+    def params(self, cfg):
+        w = cfg.swir
+        p = {"temperature": cfg.temperature, "top_k": cfg.top_k, "top_p": cfg.top_p,
+             "min_p": cfg.min_p, "swir_window": w.window, "swir_max_switch": w.max_switch,
+             "swir_alpha": w.alpha, "swir_beta": w.beta, "swir_think_end": cfg.think_end}
+        if w.top_mass < 1:  # the approximation; the exact mixture keeps old records' params
+            p.update(swir_top_mass=w.top_mass)
+        return p
+
+    def setup(self, engine):
+        from led_local.decoding import latent
+        from led_local.llama.embeddings import input_rows
+
+        cfg = engine.cfg
+        engine.embeddings = input_rows(engine.info, resident=cfg.swir.top_mass >= 1)
+        engine.shared[NAME] = latent.swir_vocab(engine.rt, think_end=cfg.think_end,
+                                                architecture=engine.info.architecture)
+
+    def check(self, engine, cfg):
+        if NAME not in engine.shared:
+            raise LedError(f"method {NAME} needs the input embeddings, which only an engine "
+                           f"started with method {NAME} loads (this one: {engine.cfg.method})")
+        if cfg.swir.top_mass != engine.cfg.swir.top_mass:
+            raise ConfigError(TOP_MASS.name, f"{cfg.swir.top_mass} differs from this engine's "
+                              f"{engine.cfg.swir.top_mass}, which decides how embeddings are "
+                              "held")
+
+    def start(self, engine, seq, cfg, seed):
+        from led_local.decoding import latent
+
+        super().start(engine, seq, cfg, seed)
+        seq.trace = latent.SwirTrace(notes=dict(engine.shared[NAME][1]))
+
+    def pick(self, engine, batch, idx):
+        from led_local.decoding import latent
+
+        seqs = [batch.seqs[i] for i in idx]
+        picks = latent.pick_batch(engine, engine.shared[NAME][0], seqs, batch.final[idx])
+        for i, tok in zip(idx, picks):
+            batch.tokens[i] = tok
+
+    def after_accept(self, engine, seq):
+        if seq.trace.stop and not seq.done:
+            seq.finish_reason = "stop"  # the forced answer's budget ran out
+
+    def record(self, seq, cfg, *, full=False):
+        return {NAME: seq.trace.report(full=full)}
+
+    def full_records(self, cfg):
+        return True
+
+
+METHOD = SwiReasoning()

@@ -38,7 +38,7 @@ def run_doctor(model: str | Path | None = None, *, capture: str = "auto",
     model file.
     """
     if capture not in CAPTURES:
-        raise LedError(f"--capture must be one of {', '.join(CAPTURES)}, got {capture!r}")
+        raise LedError(f"`capture` must be one of {', '.join(CAPTURES)}, got {capture!r}")
     checks = build_checks(capture=capture)
     if model is not None and len(checks) > 1:  # one check only: llama-cpp-python won't load
         checks += model_checks(model, capture=capture, threads=threads)
@@ -119,6 +119,7 @@ def capture_check(info, capture: str) -> Check:
 def decode_check(info, *, threads: int | None = None) -> Check:
     """Greedy LED that always explores (every token read from the captured depths), a few
     tokens through each available capture path: tokens and chosen depths must agree."""
+    from led_local.decoding import led
     from led_local.decoding.engine import Engine
     from led_local.decoding.generate import generate
     from led_local.decoding.methods import DecodeConfig
@@ -128,7 +129,7 @@ def decode_check(info, *, threads: int | None = None) -> Check:
         return Check("decode", False, f"LED needs at least 3 blocks, the model has "
                      f"{info.n_layer}")
     d = min(LEDConfig().depths, info.n_layer - 1)
-    cfg = DecodeConfig(method="led", temperature=0.0, think_end="",
+    cfg = DecodeConfig(method=led.NAME, temperature=0.0, think_end="",
                        led=LEDConfig(temperature=0.0, depths=d, exploit=False))
     paths = ["callback"] + ([] if layer_inp_unavailable(info) else ["layer-inp"])
     runs = {}

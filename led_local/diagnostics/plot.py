@@ -35,7 +35,7 @@ def plot_inspection(responses: list[dict], path: str | os.PathLike, *, n_layer: 
 
     steps = [s for r in responses for s in r["steps"]]
     if not steps:
-        raise LedError("--plot: no response position to plot")
+        raise LedError("`plot`: no response position to plot")
     inside = [s for s in steps if s["in_scope"]] or steps
     fig = Figure(figsize=(10.0, 7.0))
     FigureCanvasAgg(fig)
@@ -83,4 +83,4 @@ def plot_inspection(responses: list[dict], path: str | os.PathLike, *, n_layer: 
     try:
         fig.savefig(path, format="png", dpi=90)
     except OSError as exc:
-        raise LedError(f"--plot: cannot write {os.fspath(path)!r}: {exc}") from None
+        raise LedError(f"`plot`: cannot write {os.fspath(path)!r}: {exc}") from None

@@ -51,10 +51,10 @@ class Probe:
                  verbose: bool = False) -> None:
         info.check_led(led.depths)
         if led.candidates > info.n_vocab:
-            raise LedError(f"--led-candidates must be <= the vocabulary {info.n_vocab}, "
+            raise LedError(f"`led_candidates` must be <= the vocabulary {info.n_vocab}, "
                            f"got {led.candidates}")
         if all_layers and capture == "layer-inp":
-            raise LedError("--all-layers needs --capture callback or auto: the layer-input "
+            raise LedError("`all_layers` needs `capture` callback or auto: the layer-input "
                            "export has no output of the last block")
         self.info = info
         depth_layers = info.led_hidden_indices(led.depths)  # h = L-2, ..., L-d
@@ -85,7 +85,7 @@ class Probe:
         if n_prompt + n_response > self.rt.n_ctx_seq:
             raise LedError(f"the prompt ({n_prompt} tokens) and the response ({n_response} "
                            f"tokens) do not fit in the context ({self.rt.n_ctx_seq}); "
-                           "raise --ctx")
+                           "raise `ctx`")
 
     def positions(self, prompt: list[int], response: list[int]) -> Iterator[Position]:
         """Teacher-force ``response`` after ``prompt``; one Position per response token, in

@@ -58,7 +58,7 @@ def text_response(rt: Runtime, text: str) -> list[int]:
     """A given response's tokens: a continuation of the prompt, special tokens parsed."""
     tokens = rt.tokenize(text, bos=False)
     if not tokens:
-        raise LedError("--response is empty")
+        raise LedError("`response` is empty")
     return tokens
 
 
@@ -82,12 +82,12 @@ def _select(records: list[dict], path: str, *, problem: str | None, sample: int 
         records = [r for r in records if str(r["problem_id"]) == problem]
         if not records:
             shown = ", ".join(ids[:5]) + (", ..." if len(ids) > 5 else "")
-            raise LedError(f"--problem: unknown problem id {problem!r} in {path} "
+            raise LedError(f"`problem`: unknown problem id {problem!r} in {path} "
                            f"(it has {shown})")
     if sample is not None:
         records = [r for r in records if int(r["sample"]) == sample]
         if not records:
-            raise LedError(f"--sample {sample}: no such sample in {path}"
+            raise LedError(f"`sample` {sample}: no such sample in {path}"
                            + (f" for problem {problem!r}" if problem is not None else ""))
     if limit is not None:
         records = records[:limit]
@@ -106,7 +106,7 @@ def run_items(rt: Runtime, info: ModelInfo, path: str, problems: list[Problem],
     for key, what in (("model", "model"), ("prompt_template", "prompt template")):
         found = next((r.get(key) for r in records if r.get(key) != expect[key]), expect[key])
         if found != expect[key]:
-            hint = "" if key == "model" else " (pass the run's file with --prompt-template)"
+            hint = "" if key == "model" else " (pass the run's file with `prompt_template`)"
             raise LedError(f"{path} was made with another {what} ({found!r}, this one is "
                            f"{expect[key]!r}){hint}")
     by_id = {p.id: p for p in problems}
@@ -115,7 +115,7 @@ def run_items(rt: Runtime, info: ModelInfo, path: str, problems: list[Problem],
         pid = str(rec["problem_id"])
         if pid not in by_id:
             raise LedError(f"problem {pid!r} of {path} is not in the problem file; pass the "
-                           "one the run used with --problems")
+                           "one the run used with `problems`")
         p = by_id[pid]
         chat = problem_chat(rt, template, p)
         recorded = rec.get("problem_hash")  # question, gold and the full prompt, when recorded
@@ -123,7 +123,7 @@ def run_items(rt: Runtime, info: ModelInfo, path: str, problems: list[Problem],
                 else recorded != problem_hash(p.question, p.answer, chat)):
             raise LedError(f"problem {pid!r} differs between the problem file and {path} (its "
                            "question, answer or prompt); pass the problem file and "
-                           "--prompt-template the run used")
+                           "`prompt_template` the run used")
         text = rec.get("text")
         if not isinstance(text, str):
             raise LedError(f"{path}: the record of problem {pid!r} sample {rec['sample']} "

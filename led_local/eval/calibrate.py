@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
+from led_local.decoding import hapo
 from led_local.decoding.batch import Job, context_size, run_jobs
 from led_local.decoding.engine import Engine
 from led_local.decoding.methods import DecodeConfig
@@ -41,12 +42,12 @@ def calibration_entropies(
     ``hapo`` without statistics (sampling at T0 with its filters). A problem whose prompt
     cannot fit the model's context (judged by its bytes, then its tokens, as ``solve`` does)
     is left out, with a message to ``on_notice``."""
-    if cfg.method != "hapo" or cfg.hapo.stats is not None or cfg.hapo.rolling is not None:
-        raise ValueError("calibration samples with --method hapo and no statistics")
+    if cfg.unit is not hapo.METHOD or cfg.hapo.stats is not None or cfg.hapo.rolling is not None:
+        raise ValueError("calibration samples with `method` hapo and no statistics")
     if samples < 1 or parallel < 1 or max_tokens < 1 or not problems:
-        raise LedError(f"hapo-calibrate needs problems, -n >= 1, --parallel >= 1 and "
-                       f"--max-tokens >= 1 (got {len(problems)} problems, -n {samples}, "
-                       f"--parallel {parallel}, --max-tokens {max_tokens})")
+        raise LedError(f"hapo-calibrate needs problems, -n >= 1, `parallel` >= 1 and "
+                       f"`max_tokens` >= 1 (got {len(problems)} problems, -n {samples}, "
+                       f"`parallel` {parallel}, `max_tokens` {max_tokens})")
     info = model_info(model)
     limit = context_limit(info) - 1
     prompts: dict[str, tuple[int, ...]] = {}

@@ -46,13 +46,13 @@ class SolveOptions:
         if self.samples < 1:
             raise LedError(f"-n must be >= 1, got {self.samples}")
         if self.parallel < 1:
-            raise LedError(f"--parallel must be >= 1, got {self.parallel}")
+            raise LedError(f"`parallel` must be >= 1, got {self.parallel}")
         if self.max_tokens < 1:
-            raise LedError(f"--max-tokens must be >= 1, got {self.max_tokens}")
+            raise LedError(f"`max_tokens` must be >= 1, got {self.max_tokens}")
         if self.limit is not None and self.limit < 1:
-            raise LedError(f"--limit must be >= 1, got {self.limit}")
+            raise LedError(f"`limit` must be >= 1, got {self.limit}")
         if self.shard is not None and not 0 <= self.shard[0] < self.shard[1]:
-            raise LedError(f"--shard I/N needs 0 <= I < N, got {self.shard[0]}/{self.shard[1]}")
+            raise LedError(f"`shard` I/N needs 0 <= I < N, got {self.shard[0]}/{self.shard[1]}")
 
 
 @dataclass
@@ -228,7 +228,7 @@ def _check_unchanged(run: RunFile, by_id: dict[str, Problem], hashes: dict[str, 
         if changed:
             run.refuse_or_restart(
                 f"problem {p.id!r} changed since {run.path} was written (its question, gold "
-                "answer or prompt differ from the recorded ones); use another -o, or --force "
+                "answer or prompt differ from the recorded ones); use another -o, or `force` "
                 "to start a new run (the old file is kept as a backup)")
             return
 

@@ -65,11 +65,11 @@ class RayOptions:
 
     def __post_init__(self) -> None:
         if self.workers is not None and self.workers < 1:
-            raise LedError(f"--ray-workers must be >= 1, got {self.workers}")
+            raise LedError(f"`ray_workers` must be >= 1, got {self.workers}")
         if not self.cpus_per_worker > 0:
-            raise LedError(f"--ray-cpus-per-worker must be > 0, got {self.cpus_per_worker}")
+            raise LedError(f"`ray_cpus_per_worker` must be > 0, got {self.cpus_per_worker}")
         if self.gpus_per_worker < 0:
-            raise LedError(f"--ray-gpus-per-worker must be >= 0, got {self.gpus_per_worker}")
+            raise LedError(f"`ray_gpus_per_worker` must be >= 0, got {self.gpus_per_worker}")
         if self.shards_per_worker < 1 or self.attempts < 1 or self.replacements < 0:
             raise LedError("shards_per_worker and attempts must be >= 1, replacements >= 0")
 
@@ -89,7 +89,7 @@ def _import_ray():
     try:
         import ray
     except ImportError:
-        raise LedError("--ray needs Ray: pip install 'led-local[ray]'") from None
+        raise LedError("`ray` needs Ray: pip install 'led-local[ray]'") from None
     return ray
 
 
@@ -295,4 +295,6 @@ class _Pool:
 def _cause(e: Exception) -> str:
     """The message of the LedError a worker raised (without Ray's traceback around it)."""
     cause = getattr(e, "cause", None)
+    if isinstance(cause, LedError) and cause.args:
+        return cause.args[0]  # option names in backquotes, for the CLI to show as flags
     return str(cause) if cause is not None else str(e).strip().splitlines()[-1]

@@ -43,7 +43,7 @@ class SolveWorker:
                 model_info(model_path), cfg, opts, longest_prompt=longest_prompt,
                 n_jobs=n_jobs, threads=threads, verbose=verbose)
         except LedError as e:
-            self.error = str(e)
+            self.error = e.args[0] if e.args else str(e)  # option names kept for the CLI
 
     def ready(self) -> str:
         """The worker's host name, once the model is loaded; raises what loading raised."""

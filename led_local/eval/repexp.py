@@ -48,7 +48,7 @@ class Pools:
         answered = [r for r in records if r.get("finish_reason") != "skipped"]
         if any("embedding" not in r for r in answered):
             raise LedError(f"{self.path} has answers without embeddings; record them with "
-                           "`led-local solve --embed` (a new run file, or --force)")
+                           "`led-local solve `embed`` (a new run file, or `force`)")
         dims = {int(r["embedding_dim"]) for r in answered}
         if len(dims) > 1:
             raise LedError(f"{self.path} mixes embedding sizes {sorted(dims)}")
@@ -111,7 +111,7 @@ def passk_repexp(pools: Pools, *, dim: int = DEFAULT_DIM, lam: float = DEFAULT_L
     per = evaluate_run(pools, dim=dim, lam=lam, seed=seed)
     ks = ks or list(range(1, pools.max_samples + 1))
     if ks[-1] > pools.max_samples:
-        raise LedError(f"--k {ks[-1]} is above the {pools.max_samples} samples per problem "
+        raise LedError(f"`k` {ks[-1]} is above the {pools.max_samples} samples per problem "
                        f"in {pools.path}")
     rows = []
     for k in ks:
@@ -202,7 +202,7 @@ def compare_repexp(a: Pools, b: Pools, *, dim: int = DEFAULT_DIM, lam: float = D
     for k in ks:
         both = [p for p in common if pa[p]["n"] >= k and pb[p]["n"] >= k]
         if not both:
-            raise LedError(f"--k {k}: no common problem has {k} samples in both runs")
+            raise LedError(f"`k` {k}: no common problem has {k} samples in both runs")
         ra = np.array([pa[p]["pass_at_k_repexp"][k - 1] for p in both])
         rb = np.array([pb[p]["pass_at_k_repexp"][k - 1] for p in both])
         lo, hi = _interval(rb - ra, seed)

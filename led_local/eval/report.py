@@ -51,7 +51,7 @@ class Run:
     def check_ks(self, ks: list[int]) -> None:
         for k in ks:
             if k > self.max_samples:
-                raise LedError(f"--k {k} is above the {self.max_samples} samples per problem "
+                raise LedError(f"`k` {k} is above the {self.max_samples} samples per problem "
                                f"in {self.path}")
 
 
@@ -60,9 +60,9 @@ def parse_ks(text: str) -> list[int]:
     try:
         ks = sorted({int(x) for x in text.split(",") if x.strip()})
     except ValueError:
-        raise LedError(f"--k must be a comma-separated list of integers, got {text!r}") from None
+        raise LedError(f"`k` must be a comma-separated list of integers, got {text!r}") from None
     if not ks or ks[0] < 1:
-        raise LedError(f"--k values must be >= 1, got {text!r}")
+        raise LedError(f"`k` values must be >= 1, got {text!r}")
     return ks
 
 

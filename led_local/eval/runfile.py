@@ -181,7 +181,7 @@ class RunFile:
         if not is_run:
             self.refuse_or_restart(
                 f"{self.path} is not a led-local run file (its first line is not a sample "
-                "record); use another -o, or --force to move it aside")
+                "record); use another -o, or `force` to move it aside")
             return
         try:
             records = read_records(self.path)
@@ -194,7 +194,7 @@ class RunFile:
                 k = diff[0]
                 self.refuse_or_restart(
                     f"{self.path} was made with a different {k} ({rec.get(k)!r}, now "
-                    f"{self.fingerprint.get(k)!r}); use another -o, or --force to start a "
+                    f"{self.fingerprint.get(k)!r}); use another -o, or `force` to start a "
                     "new run (the old file is kept as a backup)")
                 return
         self.records = records
@@ -204,8 +204,8 @@ class RunFile:
         """Refuse the existing file with ``message``, or with ``force`` plan a new run (the
         old file is moved aside when writing starts)."""
         if not self.force:
-            if "--force" not in message:
-                message += " (use --force to start a new run; the old file is kept)"
+            if "`force`" not in message:
+                message += " (use `force` to start a new run; the old file is kept)"
             raise LedError(message)
         self._restart = True
         self.records, self.done = [], set()

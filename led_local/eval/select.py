@@ -30,9 +30,9 @@ DEFAULT_LAMBDA = 1.0
 def check_params(*, dim: int, lam: float) -> None:
     """Refuse a projection size below 0 or a ridge lambda that is not positive."""
     if dim < 0:
-        raise LedError(f"--dim must be >= 0 (0 = no projection), got {dim}")
+        raise LedError(f"`dim` must be >= 0 (0 = no projection), got {dim}")
     if not lam > 0:
-        raise LedError(f"--lambda must be > 0, got {lam}")
+        raise LedError(f"`lambda` must be > 0, got {lam}")
 
 
 def decode_embedding(text: str, dim: int) -> np.ndarray:
@@ -70,7 +70,7 @@ def prepare(features: np.ndarray, *, dim: int = DEFAULT_DIM,
     if h.ndim != 2 or h.shape[0] < 1:
         raise LedError(f"features must be a non-empty (N, d) array, got shape {h.shape}")
     if dim < 0:
-        raise LedError(f"--dim must be >= 0 (0 = no projection), got {dim}")
+        raise LedError(f"`dim` must be >= 0 (0 = no projection), got {dim}")
     if dim > 0:
         if rng is None:
             raise LedError("a projection needs a random generator")
@@ -92,7 +92,7 @@ def greedy_orders(g: np.ndarray, *, lam: float = DEFAULT_LAMBDA,
     g = np.asarray(g, np.float64)
     n = g.shape[0]
     if not lam > 0:
-        raise LedError(f"--lambda must be > 0, got {lam}")
+        raise LedError(f"`lambda` must be > 0, got {lam}")
     k = n if k is None else k
     if not 1 <= k <= n:
         raise LedError(f"k must be in [1, {n}], got {k}")

@@ -29,12 +29,12 @@ def parse_shard(text: str) -> tuple[int, int]:
     """``"I/N"`` -> (I, N), with 0 <= I < N (I counts from 0, as Slurm array ids do)."""
     m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
     if not m:
-        raise LedError(f"--shard must be I/N (for example 0/4), got {text!r}")
+        raise LedError(f"`shard` must be I/N (for example 0/4), got {text!r}")
     i, n = int(m.group(1)), int(m.group(2))
     if n < 1:
-        raise LedError(f"--shard I/N needs N >= 1, got {text!r}")
+        raise LedError(f"`shard` I/N needs N >= 1, got {text!r}")
     if i >= n:
-        raise LedError(f"--shard I/N needs 0 <= I < N, got {text!r}")
+        raise LedError(f"`shard` I/N needs 0 <= I < N, got {text!r}")
     return i, n
 
 

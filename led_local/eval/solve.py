@@ -7,7 +7,6 @@ progress through callbacks; it prints nothing itself.
 from __future__ import annotations
 
 import base64
-import math
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -17,7 +16,6 @@ import numpy as np
 from led_local.decoding.batch import Finished, Job, context_size, run_jobs
 from led_local.decoding.engine import Engine
 from led_local.decoding.methods import DecodeConfig
-from led_local.errors import LedError
 from led_local.eval.grading import Grader, extract_answer
 from led_local.eval.planning import (
     Plan,
@@ -87,7 +85,7 @@ def solve(
 
             run_kw = dict(parallel=parallel, max_tokens=opts.max_tokens, seed=opts.seed,
                           should_stop=should_stop, on_step=step)
-            if cfg.method == "hapo" and cfg.hapo.rolling:
+            if cfg.hapo.rolling:  # only HAPO has rolling statistics
                 ordered = problems[: opts.limit] if opts.limit else problems
                 finished = _rolling_hapo(engine, todo.jobs, ordered, run, cfg, **run_kw)
             else:
@@ -124,11 +122,9 @@ def sample_record(engine: Engine, fin, problem: Problem, fp: dict, grader: Grade
         "finish_reason": seq.finish_reason,
         "time_s": round(fin.time_s, 3),
     }
-    if engine.cfg.method == "led":
-        rec["led"] = {"explored": seq.explored, "depths": seq.depths}
-    # per-token lists: swir's modes; hapo's entropies only where rolling statistics need them
+    # the method's own fields, with per-token lists where the method wants them in runs
     cfg = engine.cfg
-    rec.update(seq.diagnostics(full=cfg.method == "swir" or cfg.hapo.rolling is not None))
+    rec.update(cfg.unit.record(seq, cfg, full=cfg.unit.full_records(cfg)))
     if logprobs:
         rec["logprobs"] = [round(x, 6) for x in seq.logprobs]
     if seq.embedding is not None:
@@ -157,29 +153,14 @@ def _rolling_hapo(engine: Engine, jobs: list[Job], problems: list[Problem], run:
     ``cfg.hapo.rolling``; batch b samples with the statistics of batch b-1's token entropies
     (read back from the run's records, so a resumed run uses the same), batch 0 at plain T0.
     Each batch finishes before the next starts."""
-    from led_local.decoding.hapo import compute_stats
+    from led_local.decoding.hapo import compute_stats, recorded_entropies, set_stats
 
     k = cfg.hapo.rolling
     batch_of = {p.id: i // k for i, p in enumerate(problems)}
     for b in sorted({batch_of[j.key] for j in jobs}):
         prev = [h for r in run.records if batch_of.get(r["problem_id"]) == b - 1
-                for h in _recorded_entropies(run, r)]
-        engine.hapo_stats = compute_stats(prev, pivot=cfg.hapo.pivot) if b > 0 else None
+                for h in recorded_entropies(r, where=str(run.path))]
+        set_stats(engine, compute_stats(prev, pivot=cfg.hapo.pivot) if b > 0 else None)
         yield from run_jobs(engine, [j for j in jobs if batch_of[j.key] == b], **run_kw)
         if run_kw["should_stop"]():
             return
-
-
-def _recorded_entropies(run: RunFile, rec: dict) -> list[float]:
-    """The token entropies a rolling HAPO record carries ([] for a skipped problem or another
-    method's record); a malformed list is an error naming the run file and the record."""
-    hapo = rec.get("hapo")
-    if hapo is None:
-        return []
-    values = hapo.get("entropies", []) if isinstance(hapo, dict) else None
-    if not isinstance(values, list) or not all(
-            isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
-            and x >= 0 for x in values):
-        raise LedError(f"{run.path}: problem {rec['problem_id']!r} sample {rec['sample']}: "
-                       "'hapo.entropies' must be a list of finite non-negative numbers")
-    return [float(x) for x in values]

@@ -176,7 +176,7 @@ def make_capture(info, layers: list[int], *, prefer: str = "auto"):
     layer_inp_ok = _layer_inp_ok(info)
     if prefer == "layer-inp" and not layer_inp_ok:
         raise UnsupportedModelError(
-            "--capture layer-inp needs led-local's patched llama.cpp (make install) and one of "
+            "`capture` layer-inp needs led-local's patched llama.cpp (make install) and one of "
             f"the architectures {', '.join(sorted(LAYER_INP_ARCHITECTURES))}"
         )
     if prefer == "layer-inp" or (prefer == "auto" and layer_inp_ok):

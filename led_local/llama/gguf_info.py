@@ -67,11 +67,11 @@ class ModelInfo:
         if not self.led_supported:
             raise UnsupportedModelError(
                 f"architecture '{self.architecture}' is not supported for LED "
-                f"(supported: {', '.join(sorted(LED_ARCHITECTURES))}); use --method sample"
+                f"(supported: {', '.join(sorted(LED_ARCHITECTURES))}); use `method` sample"
             )
         if not 2 <= depths < self.n_layer:
             raise LedError(
-                f"--led-depths must be between 2 and {self.n_layer - 1} "
+                f"`led_depths` must be between 2 and {self.n_layer - 1} "
                 f"(the model has {self.n_layer} blocks), got {depths}"
             )
 

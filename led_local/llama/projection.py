@@ -41,9 +41,9 @@ def offloaded() -> bool:
 def resolve_projection(prefer: str = "auto") -> str:
     """``host`` or ``graph`` for the choice ``prefer`` (auto, host or graph)."""
     if prefer not in PROJECTIONS:
-        raise LedError(f"--projection must be one of {', '.join(PROJECTIONS)}, got {prefer!r}")
+        raise LedError(f"`projection` must be one of {', '.join(PROJECTIONS)}, got {prefer!r}")
     if prefer == "graph" and not graph_available():
-        raise LedError("--projection graph needs led-local's patched llama.cpp with "
+        raise LedError("`projection` graph needs led-local's patched llama.cpp with "
                        "patches/0002-led-depth-logits.patch: run make install")
     if prefer == "auto":
         return "graph" if graph_available() and offloaded() else "host"

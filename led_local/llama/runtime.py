@@ -87,7 +87,7 @@ class Runtime:
         n_outputs_max: int = 0,
     ) -> None:
         if n_ctx < 16:
-            raise LedError(f"--ctx must be >= 16, got {n_ctx}")
+            raise LedError(f"`ctx` must be >= 16, got {n_ctx}")
         self.info = info or inspect_model(path)
         _init_backend(verbose)
         self.model = None
@@ -216,7 +216,7 @@ class Runtime:
         template = self.info.chat_template
         if not template:
             raise LedError(f"{self.info.path.name} has no chat template in its metadata; use "
-                           "--raw or --chat-template FILE")
+                           "`raw` or `chat_template` FILE")
         return render_chat_template(
             template, list(messages),
             eos_token=self.token_text(llama_cpp.llama_vocab_eos(self.vocab)),

@@ -32,7 +32,7 @@ TIME_LIMIT_S = 5.0  # per render
 STARTUP_LIMIT_S = 60.0  # the worker's start (a Python interpreter and jinja2)
 MEMORY_LIMIT = 2 << 30  # the worker's address space, bytes
 MIN_OUTPUT = 1 << 20
-HINT = "pass --chat-template FILE with a working template (or --raw with generate)"
+HINT = "pass `chat_template` FILE with a working template (or `raw` with generate)"
 
 
 class TemplateError(LedError):

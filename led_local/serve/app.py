@@ -20,9 +20,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from led_local.decoding.chatformat import PLAIN, ChatFormat
 from led_local.decoding.generate import new_seed
 from led_local.decoding.methods import DecodeConfig
-from led_local.errors import LedError
+from led_local.errors import ConfigError, LedError
 from led_local.serve import protocol as P
 from led_local.serve.metrics import Metrics
 from led_local.serve.responses import Collector, stream_chunks
@@ -41,7 +42,7 @@ class ServerState:
     model_name: str
     base: DecodeConfig
     api_key: str | None
-    reasoning: bool  # split <think> blocks into reasoning_content
+    format: ChatFormat  # how replies divide into reasoning_content and content
     created: int
 
 
@@ -217,17 +218,18 @@ def _work(state: ServerState, req: P.CommonRequest, chat: bool) -> Work:
     try:
         engine.check_config(cfg)
     except LedError as e:
-        raise P.APIError(400, str(e), param="method") from None
+        param = P.field_name(e.option) if isinstance(e, ConfigError) else "method"
+        raise P.APIError(400, e.render(P.field_name), param=param) from None
     if req.n > state.scheduler.parallel:
         raise P.APIError(400, f"n must be <= {state.scheduler.parallel} (the server's "
-                         f"--parallel), got {req.n}", param="n")
+                         f"parallel setting), got {req.n}", param="n")
     rt = engine.rt
     thinking = False
     try:
         if chat:
             messages = [{"role": m.role, "content": m.text()} for m in req.messages]
             prompt = rt.apply_chat_template(messages)
-            thinking = prompt.rstrip().endswith("<think>")
+            thinking = state.format.starts_inside(prompt)
             tokens = rt.tokenize(prompt)
         elif isinstance(req.prompt, list) and req.prompt and isinstance(req.prompt[0], int):
             tokens = list(req.prompt)
@@ -238,13 +240,14 @@ def _work(state: ServerState, req: P.CommonRequest, chat: bool) -> Work:
             text = req.prompt if isinstance(req.prompt, str) else "".join(req.prompt)
             tokens = rt.tokenize(text)
     except LedError as e:
-        raise P.APIError(400, str(e), param="messages" if chat else "prompt") from None
+        raise P.APIError(400, e.render(P.field_name),
+                         param="messages" if chat else "prompt") from None
     if not tokens:
         raise P.APIError(400, "the prompt is empty", param="messages" if chat else "prompt")
     room = rt.n_ctx_seq - len(tokens)
     if room < 1:
         raise P.APIError(400, f"the prompt has {len(tokens)} tokens, more than the context "
-                         f"of {rt.n_ctx_seq} allows (--ctx)", param="messages" if chat
+                         f"of {rt.n_ctx_seq} allows (the server's ctx)", param="messages" if chat
                          else "prompt", code="context_length_exceeded")
     limit = req.limit()
     max_tokens = room if limit is None else min(limit, room)
@@ -252,5 +255,5 @@ def _work(state: ServerState, req: P.CommonRequest, chat: bool) -> Work:
                 seed=new_seed() if req.seed is None else req.seed, stop=req.stops(),
                 emit=lambda event: None, top_n=req.top_n(),
                 logprobs=req.logprobs is True if chat else req.logprobs is not None,
-                split=chat and state.reasoning, thinking=thinking,
+                format=state.format if chat else PLAIN, thinking=thinking,
                 cache_prompt=req.cache_prompt)

@@ -9,16 +9,16 @@ server as ``{"error": {"message", "type", "param", "code"}}`` built by ``APIErro
 
 from __future__ import annotations
 
-import re
 import time
 import uuid
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from led_local.decoding.methods import DecodeConfig
-from led_local.decoding.samplers import LEDConfig
-from led_local.errors import LedError
+from led_local.decoding import registry
+from led_local.decoding.methods import DecodeConfig, build_config
+from led_local.decoding.options import Option
+from led_local.errors import ConfigError, LedError
 
 MAX_STOP = 16
 
@@ -71,7 +71,34 @@ class Message(_Strict):
         return "".join(p.text for p in self.content)
 
 
-class CommonRequest(_Strict):
+def _request_field(o: Option) -> tuple[Any, Any]:
+    """The pydantic field of a decoding option: its type, None when absent, its bounds."""
+    kind = Literal[o.choices] if o.choices is not None else o.kind
+    bounds: dict[str, float] = {}
+    if o.low is not None:
+        bounds["gt" if o.low_open else "ge"] = o.low
+    if o.high is not None:
+        bounds["lt" if o.high_open else "le"] = o.high
+    return (kind | None, Field(None, **bounds))
+
+
+def field_name(name: str) -> str:
+    """The request field of decoding option ``name`` (itself when it has none)."""
+    for o in registry.options():
+        if o.name == name:
+            return o.field or name
+    return name
+
+
+# led-local's decoding fields, from the methods' option declarations (the openai client sends
+# them with extra_body); the OpenAI fields among them (temperature, top_p) are declared below
+_MethodFields = create_model(
+    "_MethodFields", __base__=_Strict,
+    method=(Literal[tuple(registry.METHODS)] | None, None),
+    **{o.field: _request_field(o) for o in registry.options() if o.field and not o.openai})
+
+
+class CommonRequest(_MethodFields):
     """Fields shared by chat and text completions (OpenAI's and led-local's own)."""
 
     model: str | None = None
@@ -87,16 +114,6 @@ class CommonRequest(_Strict):
     frequency_penalty: float | None = None
     presence_penalty: float | None = None
     logit_bias: dict[str, float] | None = None
-    # led-local's decoding fields (the openai client sends them with extra_body)
-    method: Literal["led", "sample", "greedy", "dola"] | None = None
-    top_k: int | None = Field(None, ge=0)
-    min_p: float | None = Field(None, ge=0, le=1)
-    led_depths: int | None = Field(None, ge=2)
-    led_candidates: int | None = Field(None, ge=1)
-    led_norm: bool | None = None
-    exploit: bool | None = None
-    think_end: str | None = None
-    dola_layers: Literal["low", "high"] | None = None
     cache_prompt: bool = True  # as llama-server: reuse a finished sequence's KV prefix
 
     def stops(self) -> list[str]:
@@ -123,39 +140,23 @@ class CommonRequest(_Strict):
     def decode_config(self, base: DecodeConfig) -> DecodeConfig:
         """The request's method: the server's defaults overridden by the fields given.
 
-        A field for a method that would ignore it is a 400 (top_p: 1 is accepted anywhere,
-        since clients send it as "off")."""
-        method = self.method or base.method
-        filt = ("sample", "dola", "hapo", "swir")
-        only = {"top_k": filt, "min_p": filt,
-                "led_depths": ("led",), "led_candidates": ("led",), "exploit": ("led",),
-                "led_norm": ("led", "dola"), "dola_layers": ("dola",)}
-        for name, methods in only.items():
-            if getattr(self, name) is not None and method not in methods:
-                raise APIError(400, f"{name} applies to method {'/'.join(methods)}, not "
-                               f"{method}", param=name)
-        if self.top_p is not None and self.top_p < 1 and method not in filt:
-            raise APIError(400, f"top_p applies to method {'/'.join(filt)}, not {method} (send 1 "
-                           "or leave it out)", param="top_p")
-        temperature = base.temperature if self.temperature is None else self.temperature
-        led = base.led
+        A field for a method that would ignore it is a 400; a field at its neutral value
+        (top_p: 1, which clients send as "off") counts as not given there."""
+        unit = registry.get(self.method or base.method)
+        reads = {o.name for o in unit.all_options()}
+        given = {}
+        for o in registry.options():
+            if o.field and hasattr(self, o.field):
+                value = getattr(self, o.field)
+                if o.name not in reads and value is not None and value == o.neutral:
+                    value = None
+                given[o.name] = value
         try:
-            led = LEDConfig(
-                temperature=temperature,
-                depths=led.depths if self.led_depths is None else self.led_depths,
-                candidates=led.candidates if self.led_candidates is None else self.led_candidates,
-                exploit=led.exploit if self.exploit is None else self.exploit,
-                norm=led.norm if self.led_norm is None else self.led_norm)
-            return DecodeConfig(
-                method=method, temperature=temperature,
-                top_k=base.top_k if self.top_k is None else self.top_k,
-                top_p=base.top_p if self.top_p is None else self.top_p,
-                min_p=base.min_p if self.min_p is None else self.min_p,
-                led=led, dola_layers=self.dola_layers or base.dola_layers,
-                think_end=base.think_end if self.think_end is None else self.think_end,
-                hapo=base.hapo, swir=base.swir)
+            return build_config(unit.name, given, base=base)
+        except ConfigError as e:
+            raise APIError(400, e.render(field_name), param=field_name(e.option)) from None
         except LedError as e:
-            raise APIError(400, _api_names(str(e))) from None
+            raise APIError(400, e.render(field_name)) from None
 
 
 class ChatRequest(CommonRequest):
@@ -244,9 +245,3 @@ def text_logprobs(entries: list[dict], offset: int = 0) -> dict:
             "token_logprobs": [e["logprob"] for e in entries],
             "top_logprobs": [{t: lp for t, lp, _ in e["top"]} for e in entries],
             "text_offset": offsets}
-
-
-def _api_names(message: str) -> str:
-    """A library message names command-line options (--led-depths); the API's fields are
-    led_depths."""
-    return re.sub(r"--([a-z][a-z-]*)", lambda m: m.group(1).replace("-", "_"), message)

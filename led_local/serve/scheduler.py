@@ -23,12 +23,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from led_local.decoding.chatformat import PLAIN, ChatFormat
 from led_local.decoding.engine import Engine, Sequence
 from led_local.decoding.methods import DecodeConfig
 from led_local.decoding.samplers import log_probs_at, top_candidates
 from led_local.errors import LedError
 from led_local.serve.metrics import Metrics
-from led_local.serve.text import NoSplit, ReasoningSplit, TextStream
+from led_local.serve.text import TextStream
 
 
 class QueueFull(Exception):
@@ -48,8 +49,8 @@ class Work:
     emit: Callable[[dict], None]
     logprobs: bool = False
     top_n: int = 0
-    split: bool = True
-    thinking: bool = False  # the prompt already opened a <think> block
+    format: ChatFormat = PLAIN  # how the text divides into reasoning and content
+    thinking: bool = False  # the prompt already opened a thinking block
     cache_prompt: bool = True  # reuse the longest cached prefix (False: evaluate it all)
     arrived: float = field(default_factory=time.perf_counter)
     cancelled: bool = False
@@ -64,7 +65,7 @@ class Choice:
     index: int
     seq: Sequence
     text: TextStream
-    split: ReasoningSplit | NoSplit
+    split: object  # the chat format's splitter
     seen: int = 0
     t_last: float = 0.0
     logprobs: list[dict] = field(default_factory=list)
@@ -123,7 +124,7 @@ class Scheduler:
             if self._stopping:
                 raise QueueFull("the server is shutting down")
             if len(self.queue) >= self.max_queue:
-                raise QueueFull(f"{len(self.queue)} requests are waiting (--max-queue)")
+                raise QueueFull(f"{len(self.queue)} requests are waiting (the server's max_queue)")
             self.queue.append(work)
             self.metrics.queue.set(len(self.queue))
             self._cv.notify()
@@ -207,7 +208,7 @@ class Scheduler:
             seq.pending, seq.n_past = work.tokens[-1], len(work.tokens) - 1
             eng.top_n[slot] = work.top_n
             eng.top[slot] = []
-            split = ReasoningSplit(thinking=work.thinking) if work.split else NoSplit()
+            split = work.format.splitter(thinking=work.thinking)
             self.running[slot] = Choice(work, i, seq, TextStream(work.stop), split, t_last=now)
         self.metrics.busy.set(self.busy())
         self.metrics.tokens_in.inc(len(work.tokens))

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from led_local.decoding import chatformat
 from led_local.decoding.methods import DecodeConfig
 from led_local.errors import LedError
 from led_local.serve.app import MAX_BODY, Guard, ServerState, build_app
@@ -25,32 +26,33 @@ def _ignore(*_args: object) -> None:
     """A signal uvicorn has already acted on."""
 
 
-def serve(model: str, cfg: DecodeConfig, *, host: str = "127.0.0.1", port: int = 8080,
+def serve(model, cfg: DecodeConfig, *, host: str = "127.0.0.1", port: int = 8080,
           parallel: int = 4, ctx: int = 4096, max_queue: int = 64, api_key: str | None = None,
           reasoning_format: str | None = None, alias: str | None = None,
-          threads: int | None = None, capture: str = "auto", verbose: bool = False) -> None:
+          threads: int | None = None, capture: str = "auto", projection: str = "auto",
+          verbose: bool = False) -> None:
     """Serve ``model`` until interrupted; ``ctx`` is each slot's context (tokens),
-    ``reasoning_format`` deepseek, none or None (deepseek when the chat template thinks)."""
+    ``reasoning_format``: a chat format's name, or None to detect it from the template;
+    ``model``: a path, or a ModelInfo (with the chat template to use)."""
     import uvicorn
 
     if not 1 <= parallel <= 256:
-        raise LedError(f"--parallel must be between 1 and 256, got {parallel}")
+        raise LedError(f"`parallel` must be between 1 and 256, got {parallel}")
     if max_queue < 0:
-        raise LedError(f"--max-queue must be >= 0, got {max_queue}")
+        raise LedError(f"`max_queue` must be >= 0, got {max_queue}")
     if not 0 <= port <= 65535:
-        raise LedError(f"--port must be between 0 and 65535, got {port}")
+        raise LedError(f"`port` must be between 0 and 65535, got {port}")
     engine = ServeEngine(model, cfg, n_ctx=ctx * parallel, n_seq=parallel, threads=threads,
-                         capture=capture, verbose=verbose)
+                         capture=capture, projection=projection, verbose=verbose)
     try:
-        template = engine.info.chat_template or ""
-        if reasoning_format is None:
-            reasoning_format = "deepseek" if "<think>" in template else "none"
+        fmt = (chatformat.detect(engine.info.chat_template) if reasoning_format is None
+               else chatformat.get(reasoning_format))
         metrics = Metrics()
         scheduler = Scheduler(engine, parallel=parallel, max_queue=max_queue, metrics=metrics)
         state = ServerState(
             engine=engine, scheduler=scheduler, metrics=metrics,
             model_name=alias or Path(engine.info.path).name.removesuffix(".gguf"),
-            base=cfg, api_key=api_key, reasoning=reasoning_format == "deepseek",
+            base=cfg, api_key=api_key, format=fmt,
             created=int(time.time()))
         app = Guard(build_app(state), state, max_body=MAX_BODY)
         config = uvicorn.Config(app, host=host, port=port, log_level="warning",

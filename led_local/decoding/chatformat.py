@@ -1,0 +1,105 @@
+"""What a chat format is: how a model family marks thinking, and what follows from it.
+
+A ``ChatFormat`` knows, from its markers: whether a rendered prompt leaves the response
+inside thinking, how streamed text divides into reasoning and content (incrementally, a
+partial marker held back), where LED's exploration scope ends, and how an assistant turn goes
+back into the messages for the next render. One module per format, a line in ``FORMATS``;
+``detect`` picks a model's format from its GGUF (the chat template's text), and every command
+that renders a chat can override it by name (``reasoning_format``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from led_local.errors import ConfigError
+
+
+@dataclass
+class Split:
+    """Released text divided into reasoning (thinking) and content."""
+
+    reasoning: str = ""
+    content: str = ""
+
+
+def held(text: str, markers: list[str]) -> int:
+    """Length of the longest end of ``text`` that is a proper prefix of one of ``markers``."""
+    best = 0
+    for m in markers:
+        for n in range(min(len(m) - 1, len(text)), best, -1):
+            if text.endswith(m[:n]):
+                best = n
+                break
+    return best
+
+
+class PlainSplit:
+    """Everything is content."""
+
+    def feed(self, text: str) -> Split:
+        return Split(content=text)
+
+    def finish(self) -> Split:
+        return Split()
+
+
+class ChatFormat:
+    """A format without thinking markers: all text is content, LED's scope is the whole
+    response. ``name``: its name for ``reasoning_format``; ``think_end``: the marker that ends
+    thinking ('' : none)."""
+
+    name = "none"
+    think_end = ""
+
+    def matches(self, template: str) -> bool:
+        """Whether a chat template's text writes this format."""
+        return False
+
+    def starts_inside(self, prompt: str) -> bool:
+        """Whether the response to the rendered ``prompt`` starts inside thinking."""
+        return False
+
+    def opens(self, shown: str) -> bool:
+        """Whether a response shown so far has opened a thinking block itself."""
+        return False
+
+    def splitter(self, *, thinking: bool = False):
+        """A fresh incremental splitter (``feed(text) -> Split``, ``finish() -> Split``) of one
+        response; ``thinking``: the prompt left the response inside thinking."""
+        return PlainSplit()
+
+    def split(self, text: str, *, thinking: bool = False) -> Split:
+        """A whole response divided into reasoning and content."""
+        s = self.splitter(thinking=thinking)
+        a, b = s.feed(text), s.finish()
+        return Split(a.reasoning + b.reasoning, a.content + b.content)
+
+    def assistant_turn(self, text: str, *, thinking: bool = False) -> dict[str, str]:
+        """The message that puts a reply back into the conversation for the next render
+        (the reply as generated: the families' templates drop earlier turns' reasoning)."""
+        return {"role": "assistant", "content": text}
+
+
+PLAIN = ChatFormat()
+
+
+def formats() -> dict[str, ChatFormat]:
+    from led_local.decoding import think_tags
+
+    return {f.name: f for f in (think_tags.FORMAT, PLAIN)}
+
+
+def get(name: str) -> ChatFormat:
+    known = formats()
+    if name not in known:
+        raise ConfigError("reasoning_format", f"must be one of {', '.join(known)}, got {name!r}")
+    return known[name]
+
+
+def detect(template: str | None) -> ChatFormat:
+    """The format a chat template writes (the first whose markers it holds), else plain."""
+    for f in formats().values():
+        if f is not PLAIN and f.matches(template or ""):
+            return f
+    return PLAIN
