@@ -1,4 +1,7 @@
-"""Shared fixtures: the bundled real models (fetched by `make models`)."""
+"""Shared fixtures: the bundled real models (fetched by `make models`).
+
+Every test that uses a real model, directly or through another fixture, is marked ``slow``
+here, so ``make test-fast`` (``pytest -m "not slow"``) runs without the models."""
 
 from __future__ import annotations
 
@@ -9,6 +12,15 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SMOLLM2 = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 GEMMA3 = ROOT / "models" / "gemma-3-270m-q4_k_m.gguf"
+
+
+REAL_MODEL_FIXTURES = frozenset({"smollm2", "gemma3"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if REAL_MODEL_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 def _model(path: Path) -> Path:
