@@ -129,8 +129,10 @@ def test_make_uses_gnu_tools_where_they_exist():
     assert f"CMAKE_BUILD_PARALLEL_LEVEL={cores} " in out
 
 
-def test_apple_silicon_builds_metal_by_default(tmp_path):
-    apple = make_dry_run(macos_like_path(tmp_path, uname=("Darwin", "arm64")), "install")
-    assert "-DGGML_METAL=on" in apple and "-mno-amx" not in apple
-    linux = make_dry_run(os.environ["PATH"], "install")
-    assert "-DGGML_METAL=on" not in linux
+@pytest.mark.parametrize("system, machine, metal", [("Darwin", "arm64", True),
+                                                    ("Darwin", "x86_64", False),
+                                                    ("Linux", "aarch64", False)])
+def test_apple_silicon_builds_metal_by_default(tmp_path, system, machine, metal):
+    out = make_dry_run(macos_like_path(tmp_path, uname=(system, machine)), "install")
+    assert ("-DGGML_METAL=on" in out) == metal
+    assert ("-mno-amx" in out) == (machine == "x86_64")
