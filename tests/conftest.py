@@ -18,8 +18,13 @@ REAL_MODEL_FIXTURES = frozenset({"smollm2", "gemma3"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``slow`` every test that takes a real-model fixture, or is parametrized over their
+    names to fetch one with ``request.getfixturevalue``."""
     for item in items:
-        if REAL_MODEL_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+        callspec = getattr(item, "callspec", None)
+        params = callspec.params.values() if callspec is not None else ()
+        named = {p for p in params if isinstance(p, str)}
+        if REAL_MODEL_FIXTURES.intersection({*getattr(item, "fixturenames", ()), *named}):
             item.add_marker(pytest.mark.slow)
 
 
