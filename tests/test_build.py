@@ -9,6 +9,7 @@ define for an AMX CPU (``-march=sapphirerapids``) under the flags the Makefile h
 from __future__ import annotations
 
 import ctypes
+import os
 import platform
 import shlex
 import shutil
@@ -74,3 +75,64 @@ def test_installed_cpu_backend_has_no_amx():
         asm = subprocess.run(["objdump", "-d", "--no-show-raw-insn", str(libs[0])],
                              capture_output=True, text=True).stdout
         assert "ldtilecfg" not in asm and "tdpbssd" not in asm
+
+
+def macos_like_path(tmp_path: Path, *, uname: tuple[str, str] | None = None) -> str:
+    """A PATH holding every tool of this one except GNU ``sha256sum`` and ``nproc`` (stock
+    macOS lacks both), with stand-ins for macOS's ``shasum`` and ``sysctl`` (and ``uname``)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for directory in os.environ["PATH"].split(os.pathsep):
+        if not os.path.isdir(directory):
+            continue
+        for name in os.listdir(directory):
+            target = bin_dir / name
+            if name in ("sha256sum", "nproc") or target.exists():
+                continue
+            target.symlink_to(Path(directory) / name)
+    stubs = {"shasum": 'echo "shasum $*"', "sysctl": 'test "$*" = "-n hw.ncpu" && echo 7'}
+    if uname is not None:
+        stubs["uname"] = f'case "$1" in -s) echo {uname[0]};; -m) echo {uname[1]};; esac'
+    for name, body in stubs.items():
+        (bin_dir / name).unlink(missing_ok=True)
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    return str(bin_dir)
+
+
+def make_dry_run(path: str, *args: str) -> str:
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    env = {**os.environ, "PATH": path}
+    env.pop("BACKEND", None)
+    return subprocess.run(["make", "-n", "-B", "--no-print-directory", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, check=True).stdout
+
+
+def test_make_install_falls_back_to_shasum_and_sysctl_without_gnu_tools(tmp_path):
+    path = macos_like_path(tmp_path)
+    assert shutil.which("sha256sum", path=path) is None and shutil.which("nproc", path=path) is None
+    out = make_dry_run(path, "install")
+    assert "sha256sum" not in out
+    assert "| shasum -a 256 -c --quiet" in out  # the sdist's checksum
+    assert "CMAKE_BUILD_PARALLEL_LEVEL=7" in out
+    models = make_dry_run(path, "models")
+    assert models.count("| shasum -a 256 -c --quiet") == 2  # both model files
+
+
+def test_make_uses_gnu_tools_where_they_exist():
+    if shutil.which("sha256sum") is None or shutil.which("nproc") is None:
+        pytest.skip("GNU coreutils are not installed")
+    out = make_dry_run(os.environ["PATH"], "install")
+    assert "| sha256sum -c --quiet" in out
+    cores = subprocess.run(["nproc"], capture_output=True, text=True, check=True).stdout.strip()
+    assert f"CMAKE_BUILD_PARALLEL_LEVEL={cores} " in out
+
+
+@pytest.mark.parametrize("system, machine, metal", [("Darwin", "arm64", True),
+                                                    ("Darwin", "x86_64", False),
+                                                    ("Linux", "aarch64", False)])
+def test_apple_silicon_builds_metal_by_default(tmp_path, system, machine, metal):
+    out = make_dry_run(macos_like_path(tmp_path, uname=(system, machine)), "install")
+    assert ("-DGGML_METAL=on" in out) == metal
+    assert ("-mno-amx" in out) == (machine == "x86_64")

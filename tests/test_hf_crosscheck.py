@@ -34,6 +34,8 @@ from led_local.llama.gguf_info import inspect_model  # noqa: E402
 from led_local.llama.head import LMHead  # noqa: E402
 from led_local.llama.runtime import Runtime  # noqa: E402
 
+pytestmark = pytest.mark.slow  # the bundled real models, through two frameworks
+
 MODELS = Path(__file__).resolve().parents[1] / "models"
 TEXT = (
     "The quick brown fox jumps over the lazy dog. In 1969, Apollo 11 landed on the Moon; "

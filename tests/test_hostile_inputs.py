@@ -260,5 +260,5 @@ def test_ctrl_c_while_the_grader_starts_does_not_kill_it():
 
 def test_info_head_memory_is_the_heads_size_on_disk(smollm2):
     out = json.loads(run("info", smollm2, "--json").stdout)
-    assert 29.5 < out["head_memory_mb"] < 30.5  # Q8_0 49152 x 576, as the README says
-    assert "SmolLM2: 30 MB" in (ROOT / "README.md").read_text()
+    assert 29.5 < out["head_memory_mb"] < 30.5  # Q8_0 49152 x 576, as docs/methods.md says
+    assert "SmolLM2: 30 MB" in (ROOT / "docs" / "methods.md").read_text()
