@@ -60,7 +60,8 @@ def test_the_docs_index_lists_every_page():
 
 
 def test_every_option_of_every_command_is_in_usage():
-    usage = (ROOT / "docs" / "usage.md").read_text()
+    # the decoding methods' options are in their generated table
+    usage = (ROOT / "docs" / "usage.md").read_text() + (ROOT / "docs" / "options.md").read_text()
     written = set(re.findall(r"(?<![\w-])(--?[A-Za-z][\w-]*)", usage))
     missing = []
     for name, command in [("", main), *sorted(main.commands.items())]:

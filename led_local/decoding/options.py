@@ -100,7 +100,8 @@ def _in_range(opt: Option, value: float) -> bool:
 
 
 # The options several methods share. A method's defaults may differ (hapo: T0 = 1, no filters).
-TEMPERATURE = Option("temperature", float, 0.6, "Sampling temperature (0 = greedy selection).",
+TEMPERATURE = Option("temperature", float, 0.6, "Sampling temperature (0 = greedy selection; "
+                     "T0 for hapo).",
                      low=0, short="-t", openai=True)
 TOP_K = Option("top_k", int, 20, "top-k", low=0, note="(0 = off)")
 TOP_P = Option("top_p", float, 0.95, "top-p", low=0, high=1, low_open=True, openai=True,
@@ -110,5 +111,5 @@ THINK_END = Option("think_end", str, "</think>",
                    "Marker that ends the thinking scope ('' = whole response); solve reads "
                    "the answer after it.")
 LED_NORM = Option("led_norm", bool, False,
-                  "Apply the final norm before projecting shallower states.",
+                  "Apply the final norm before projecting shallower states (reference ln=1).",
                   default_help="off")

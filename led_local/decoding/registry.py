@@ -70,7 +70,7 @@ def options_table() -> str:
         scope = "all" if len(readers) == len(METHODS) else ", ".join(readers)
         rng = o.range_text() or (" or ".join(o.choices) if o.choices else "")
         meaning = o.help + (f" ({rng})" if rng else "")
-        flag = f"`{o.cli_flag}`" if o.cli_flag else ""
+        flag = f"`{o.short + ', ' if o.short else ''}{o.cli_flag}`" if o.cli_flag else ""
         field = f"`{o.field}`" if o.field else ""
         meaning = meaning.replace("<", "&lt;")
         rows.append(f"| `{o.name}` | {flag} | {field} | {scope} | `{default_text(o)}` | "

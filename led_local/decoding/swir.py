@@ -32,8 +32,9 @@ from led_local.errors import ConfigError, LedError
 
 NAME = "swir"
 WINDOW = Option("swir_window", int, 512, "Explicit steps before latent mode may return.", low=0)
-MAX_SWITCH = Option("swir_max_switch", int, None, "Switch count that starts forcing an answer.",
-                    low=1, default_help="off")
+MAX_SWITCH = Option("swir_max_switch", int, None, "Switch count M that starts closing "
+                    "thinking (M..2M) and forcing the answer (2M+1).", low=1,
+                    default_help="off")
 ALPHA = Option("swir_alpha", float, 1.0, "Initial weight of the soft vector against <think> on "
                "entering latent mode.", low=0, high=1)
 BETA = Option("swir_beta", float, 0.7, "Initial weight of the soft vector against </think> on "
