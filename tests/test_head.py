@@ -36,9 +36,13 @@ def test_projecting_the_final_normed_state_reproduces_llama_cpp_logits(model, re
     info, states, logits = _final_states_and_logits(request.getfixturevalue(model))
     ours = LMHead(info).project(states, norm=True)
     assert ours.shape == logits.shape
-    # the same quantized head and the same ggml kernels: equal up to the norm's rounding
-    err = float(np.abs(ours - logits).max())
-    assert err <= 1e-3, err
+    # the same quantized head and the same ggml kernels: equal up to the norm's rounding,
+    # except that the norm's float32 rounding (its summation order depends on the CPU's
+    # vector width) may move one activation of a row across a Q8 rounding boundary, which
+    # shifts that whole row by a little (Gemma on an AVX-512 machine: one row of 14, 4e-3)
+    err = np.abs(ours - logits).max(axis=1)
+    assert (err > 1e-3).sum() <= 1, err
+    assert err.max() <= 1e-2, err
     assert (ours.argmax(1) == logits.argmax(1)).all()
 
 

@@ -157,7 +157,7 @@ def _q8_0(x: np.ndarray) -> np.ndarray:
 
 
 def _bundled(path: Path, prompt_text: str, response_text: str, *, raw: bool, d: int = 8,
-             k: int = 8) -> None:
+             k: int = 8, tol: float = 1e-3) -> None:
     info, prompt, response, logits, states = _captured(path, prompt_text, response_text,
                                                        raw=raw, d=d)
     args = ["inspect", path, "-p", prompt_text, "--response", response_text, "--json"]
@@ -179,7 +179,7 @@ def _bundled(path: Path, prompt_text: str, response_text: str, *, raw: bool, d: 
     for final, x in zip(logits, states.astype(np.float64)):
         normed = x / np.sqrt((x * x).mean(axis=-1, keepdims=True) + info.norm_eps) * w
         expected.append(_expected(final, {"ln0": lens(x), "ln1": lens(normed)}, k))
-    check_agreement(resp["steps"], expected, tol=1e-3)
+    check_agreement(resp["steps"], expected, tol=tol)
 
 
 def test_smollm2_matches_a_float32_dequantised_head(smollm2):
@@ -189,4 +189,8 @@ def test_smollm2_matches_a_float32_dequantised_head(smollm2):
 
 
 def test_gemma3_matches_a_float32_dequantised_head(gemma3):
-    _bundled(gemma3, "Question: what is 17 times 3?\nAnswer:", " 17 times 3 is 51.", raw=True)
+    # float64 here, float32 in the engine: an activation at a Q8_0 rounding boundary may round
+    # the other way (machine-dependent summation order), which moves one depth's entropy by up
+    # to ~6e-3 nats at one position (seen on an AVX-512 machine)
+    _bundled(gemma3, "Question: what is 17 times 3?\nAnswer:", " 17 times 3 is 51.", raw=True,
+             tol=1e-2)

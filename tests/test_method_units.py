@@ -119,12 +119,13 @@ def test_a_request_starts_from_the_servers_configuration():
     base = build_config("led", {"led_depths": 4, "temperature": 0.9})
     cfg = build_config("led", {"led_candidates": 3}, base=base)
     assert (cfg.led.depths, cfg.led.candidates, cfg.temperature) == (4, 3, 0.9)
-    with pytest.raises(LedError, match="needs entropy statistics"):
-        from led_local.decoding.engine import Engine
-
-        Engine.check_config(type("E", (), {"cfg": base, "info": None, "graph": None,
-                                           "layers": [], "shared": {}})(),
-                            build_config("hapo", {}, base=base))
+    # another method keeps the server's settings it does not change (its own defaults are
+    # the command line's, not a request's)
+    dola = build_config("dola", {"top_k": 4}, base=base)
+    assert (dola.temperature, dola.top_k, dola.dola_layers, dola.led.depths) == \
+        (0.9, 4, "high", 4)
+    with pytest.raises(LedError, match="^dola_layers must be low or high, got 'mid'$"):
+        build_config("dola", {"dola_layers": "mid"}, base=base)
 
 
 # -- a new method: one module (tests/toy_method.py) and one registry line ---------------------

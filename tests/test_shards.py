@@ -33,7 +33,7 @@ def test_shards_are_stable_under_adding_and_reordering_problems():
 
 
 @pytest.mark.parametrize("text, message", [
-    ("3", "--shard must be I/N"), ("a/b", "--shard must be I/N"),
+    ("3", "^shard must be I/N"), ("a/b", "^shard must be I/N"),
     ("3/3", "needs 0 <= I < N"), ("0/0", "needs N >= 1"),
 ])
 def test_bad_shard_specs(text, message):

@@ -78,6 +78,21 @@ def _click_option(o: Option) -> Callable:
                         metavar="N" if o.kind is int and o.commands else None)
 
 
+def method_option(o: Option, method, *, help: str | None = None) -> Callable:
+    """Option ``o`` with ``method``'s default filled in (a command that always samples one
+    way, such as hapo-calibrate), checked against its declared range."""
+    names = ([o.short] if o.short else []) + [o.cli_flag, o.name]
+
+    def check(ctx, param, value):
+        try:
+            return o.check(value)
+        except LedError as e:
+            raise UserError(e.render(_flag)) from None
+
+    return click.option(*names, type=o.kind, default=method.default(o), show_default=True,
+                        help=help or o.help, callback=check)
+
+
 def decoding_options(command: str | None = None) -> Callable:
     """The decoding options of every registered method (those ``command`` offers), then the
     engine's options; the method's choice among the registry's names."""

@@ -11,10 +11,13 @@ from led_local.cli.common import (
     StopFlag,
     UserError,
     main,
+    method_option,
     model_argument,
     model_with_template,
     user_errors,
 )
+from led_local.decoding import hapo
+from led_local.decoding.options import MIN_P, TEMPERATURE, TOP_K, TOP_P
 
 
 @main.command("hapo-calibrate")
@@ -32,13 +35,13 @@ from led_local.cli.common import (
 @click.option("--prompt-template", type=click.Path(path_type=str), default=None,
               help="File with a {question} slot [default: the reference math prompt].")
 @click.option("-s", "--seed", type=int, default=0, show_default=True, help="Run seed.")
-@click.option("-t", "--temperature", type=float, default=1.0, show_default=True,
-              help="T0, the plain temperature of the calibration samples.")
-@click.option("--top-k", type=int, default=0, show_default=True, help="top-k (0 = off).")
-@click.option("--top-p", type=float, default=1.0, show_default=True, help="top-p.")
-@click.option("--min-p", type=float, default=0.0, show_default=True, help="min-p.")
-@click.option("--hapo-pivot", type=float, default=0.8, show_default=True,
-              help="Pivot quantile for the statistics printed (runs pick their own).")
+@method_option(TEMPERATURE, hapo.METHOD, help="T0, the plain temperature of the calibration "
+               "samples.")
+@method_option(TOP_K, hapo.METHOD)
+@method_option(TOP_P, hapo.METHOD)
+@method_option(MIN_P, hapo.METHOD)
+@method_option(hapo.PIVOT, hapo.METHOD, help="Pivot quantile for the statistics printed (runs "
+               "pick their own).")
 @click.option("--threads", type=int, default=None,
               help="llama.cpp threads [default: cores, up to 8].")
 @click.option("--chat-template", "chat_template", type=click.Path(path_type=str), default=None,
@@ -53,7 +56,6 @@ def hapo_calibrate(model: str, problems: str, output: str, samples: int, paralle
     """Sample PROBLEMS plainly with MODEL and record every token's entropy for HAPO."""
     from tqdm import tqdm
 
-    from led_local.decoding import hapo
     from led_local.decoding.hapo import compute_stats, save_entropies
     from led_local.decoding.methods import DecodeConfig
     from led_local.eval.calibrate import calibration_entropies

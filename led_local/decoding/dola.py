@@ -92,10 +92,14 @@ class DoLa(DecodingMethod):
     reads_states = True
 
     def configure(self, values, base):
+        import dataclasses
+
         from led_local.decoding.samplers import LEDConfig
 
+        led = LEDConfig() if base is None else base.led  # DoLa reads only its norm
         return dict(dola_layers=values["dola_layers"],
-                    led=LEDConfig(temperature=values["temperature"], norm=values["led_norm"]))
+                    led=dataclasses.replace(led, temperature=values["temperature"],
+                                            norm=values["led_norm"]))
 
     def values(self, cfg):
         return {"dola_layers": cfg.dola_layers, "led_norm": cfg.led.norm}

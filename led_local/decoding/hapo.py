@@ -234,12 +234,6 @@ class HAPO(DecodingMethod):
     def setup(self, engine):
         engine.shared[NAME] = engine.cfg.hapo.stats  # solve's rolling statistics replace it
 
-    def check(self, engine, cfg):
-        if cfg.hapo.stats is None and cfg.hapo.rolling is None and NAME not in engine.shared:
-            raise LedError(f"method {NAME} needs entropy statistics, which only an engine "
-                           f"started with method {NAME} and hapo_stats holds (this one: "
-                           f"{engine.cfg.method})")
-
     def start(self, engine, seq, cfg, seed):
         super().start(engine, seq, cfg, seed)
         seq.trace = HAPOTrace(engine.shared.get(NAME, cfg.hapo.stats), [], [])

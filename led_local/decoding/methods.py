@@ -9,6 +9,7 @@ never depend on what shares its batch.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,7 +90,9 @@ def build_config(method: str, given: dict[str, Any], *,
         elif v is None:
             v = unit.default(o)
         values[o.name] = o.check(v)
-    fields = {o.name: getattr(base, o.name) for o in SHARED} if base is not None else {}
+    # a request keeps every setting of the server's that it does not change
+    fields = ({f.name: getattr(base, f.name) for f in dataclasses.fields(base)
+               if f.name != "method"} if base is not None else {})
     fields.update({o.name: values[o.name] for o in unit.shared})
     fields.update(unit.configure(values, base))
     return DecodeConfig(method=unit.name, **fields)

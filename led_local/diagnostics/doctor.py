@@ -72,7 +72,9 @@ def depths_check(info) -> Check:
     try:
         info.check_led(d)
     except LedError as e:
-        return Check("led-depths", False, f"the default --led-depths {d} does not fit: {e}")
+        # doctor reports to the command line: options as their flags
+        flags = e.render(lambda name: "--" + name.replace("_", "-"))
+        return Check("led-depths", False, f"the default --led-depths {d} does not fit: {flags}")
     hs = info.led_hidden_indices(d)
     return Check("led-depths", True, f"d={d}: the final layer plus hidden states {hs[0]}..{hs[-1]}"
                  f" (l_out-{hs[0] - 1}..l_out-{hs[-1] - 1})", hs)
