@@ -117,6 +117,8 @@ def inspect(ctx: click.Context, model: str, max_tokens: int, seed: int | None,
 
     kw.update(max_tokens=max_tokens, seed=seed)
     mode = _check_mode(ctx, kw)
+    if plot:
+        _check_plot(plot, model, kw)
     if all_layers and kw["capture"] == "layer-inp":
         raise UserError("--all-layers needs --capture callback or auto: the layer-input "
                         "export has no output of the last block")
@@ -142,6 +144,30 @@ def inspect(ctx: click.Context, model: str, max_tokens: int, seed: int | None,
         click.echo(json.dumps(rounded(record), ensure_ascii=False))
     else:
         click.echo(format_summary(summary, model=info.path.name, depths=cfg.led.depths))
+
+
+def _check_plot(plot: str, model: str, kw: dict) -> None:
+    """Refuse a --plot path that names an input or cannot be a file, before any analysis."""
+    import os
+    from pathlib import Path
+
+    from led_local.eval.problems import resolve_problems
+    from led_local.eval.runfile import check_not_input
+
+    problems = kw["problems"]
+    check_not_input(plot, {"the model": model, "the run file": kw["run"],
+                           "the problem file": resolve_problems(problems) if problems else None,
+                           "the prompt template": kw["prompt_template"],
+                           "the chat template": kw["chat_template"],
+                           "the HAPO statistics": kw["hapo_stats"]}, option="--plot")
+    path = Path(plot)
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise UserError(f"--plot {plot} is a directory; give a file name (FILE.png)")
+    if not parent.is_dir():
+        raise UserError(f"--plot: the directory {parent} does not exist")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise UserError(f"--plot {plot} is not writable")
 
 
 def _bar(total: int, unit: str):
