@@ -110,6 +110,7 @@ class Scheduler:
         self.queue: deque[Work] = deque()
         self.running: dict[int, Choice] = {}
         self.free = set(range(parallel))
+        self._claimed = 0  # slots of requests taken from the queue, not yet in ``free``'s count
         self._cv = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="led-decode", daemon=True)
@@ -122,8 +123,10 @@ class Scheduler:
         with self._cv:
             if self._stopping:
                 raise QueueFull("the server is shutting down")
-            if len(self.queue) >= self.max_queue:
-                raise QueueFull(f"{len(self.queue)} requests are waiting (--max-queue)")
+            waiting = self._waiting([*self.queue, work])
+            if waiting > self.max_queue:
+                raise QueueFull(f"no free slot and {waiting - 1} requests waiting for one "
+                                f"(--max-queue {self.max_queue})")
             self.queue.append(work)
             self.metrics.queue.set(len(self.queue))
             self._cv.notify()
@@ -143,6 +146,17 @@ class Scheduler:
 
     def busy(self) -> int:
         return self.parallel - len(self.free)
+
+    def _waiting(self, works: list[Work]) -> int:
+        """How many of ``works`` (in queue order) would still wait once the free slots are
+        filled: the queue's length as ``--max-queue`` means it (called under the lock)."""
+        room = len(self.free) - self._claimed
+        live = [w for w in works if not w.cancelled]
+        for i, work in enumerate(live):
+            if work.n > room:
+                return len(live) - i
+            room -= work.n
+        return 0
 
     # -- the decode thread ----------------------------------------------------------------
     def _run(self) -> None:
@@ -178,6 +192,7 @@ class Scheduler:
             if work.n > room:
                 break
             room -= work.n
+            self._claimed += work.n
             out.append(self.queue.popleft())
         self.metrics.queue.set(len(self.queue))
         return out
@@ -194,12 +209,16 @@ class Scheduler:
             eng.load_prefix(first, work.tokens[:-1])
         except LedError as e:
             eng.free(first)
+            with self._cv:
+                self._claimed -= work.n
             work.emit({"error": str(e)})
             return
         slots = [first] + sorted(self.free - {first})[:work.n - 1]
+        with self._cv:
+            self.free.difference_update(slots)
+            self._claimed -= work.n
         now = time.perf_counter()
         for i, slot in enumerate(slots):
-            self.free.discard(slot)
             if slot != first:
                 eng.fork(first, slot)
             seq = eng.new_sequence(slot, seed=(work.seed,) if i == 0 else (work.seed, i),

@@ -1,4 +1,7 @@
-"""Start and stop the server: load the engine, start the decode thread, run uvicorn.
+"""Start and stop the server: bind, load the engine, start the decode thread, run uvicorn.
+
+The socket is bound before the model loads, so that a port in use or an unknown host is one
+line at once, and the port announced is the real one (``--port 0``).
 
 uvicorn handles Ctrl-C and SIGTERM: it stops accepting connections, gives in-flight requests
 ``GRACE_S`` seconds to finish and then cancels them (which frees their slots); the decode
@@ -8,12 +11,14 @@ thread is stopped and the model freed after that.
 from __future__ import annotations
 
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
 
 from led_local.decoding.methods import DecodeConfig
 from led_local.errors import LedError
+from led_local.serve.access import Access, check_api_key
 from led_local.serve.app import MAX_BODY, Guard, ServerState, build_app
 from led_local.serve.metrics import Metrics
 from led_local.serve.scheduler import Scheduler, ServeEngine
@@ -25,20 +30,67 @@ def _ignore(*_args: object) -> None:
     """A signal uvicorn has already acted on."""
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host``:``port`` (0: a free port), bound before the model loads
+    so that a port in use or an unknown host is one line at once; LedError otherwise."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as e:
+        raise LedError(f"cannot listen on {host}:{port}: unknown host ({e})") from None
+    family, kind, proto, _, addr = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+        sock.listen(2048)
+    except OSError as e:
+        sock.close()
+        raise LedError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}/v1" if ":" in host else f"http://{host}:{port}/v1"
+
+
 def serve(model: str, cfg: DecodeConfig, *, host: str = "127.0.0.1", port: int = 8080,
           parallel: int = 4, ctx: int = 4096, max_queue: int = 64, api_key: str | None = None,
           reasoning_format: str | None = None, alias: str | None = None,
-          threads: int | None = None, capture: str = "auto", verbose: bool = False) -> None:
+          threads: int | None = None, capture: str = "auto", verbose: bool = False,
+          allowed_hosts: tuple[str, ...] = (), cors_origins: tuple[str, ...] = ()) -> None:
     """Serve ``model`` until interrupted; ``ctx`` is each slot's context (tokens),
-    ``reasoning_format`` deepseek, none or None (deepseek when the chat template thinks)."""
-    import uvicorn
-
+    ``reasoning_format`` deepseek, none or None (deepseek when the chat template thinks);
+    ``allowed_hosts`` and ``cors_origins``: see ``access.Access``."""
     if not 1 <= parallel <= 256:
         raise LedError(f"--parallel must be between 1 and 256, got {parallel}")
     if max_queue < 0:
         raise LedError(f"--max-queue must be >= 0, got {max_queue}")
     if not 0 <= port <= 65535:
         raise LedError(f"--port must be between 0 and 65535, got {port}")
+    if ctx < 16:
+        raise LedError(f"--ctx must be >= 16, got {ctx}")
+    if api_key is not None and (problem := check_api_key(api_key)):
+        raise LedError(problem)
+    for origin in cors_origins:
+        if origin != "*" and not origin.startswith(("http://", "https://")):
+            raise LedError(f"--cors-origin must be '*' or http(s)://HOST[:PORT], got {origin!r}")
+    sock = listen(host, port)
+    try:
+        _serve(sock, model, cfg, host=host, parallel=parallel, ctx=ctx, max_queue=max_queue,
+               api_key=api_key, reasoning_format=reasoning_format, alias=alias, threads=threads,
+               capture=capture, verbose=verbose,
+               access=Access(host, tuple(allowed_hosts), tuple(cors_origins)))
+    finally:
+        sock.close()
+
+
+def _serve(sock: socket.socket, model: str, cfg: DecodeConfig, *, host: str, parallel: int,
+           ctx: int, max_queue: int, api_key: str | None, reasoning_format: str | None,
+           alias: str | None, threads: int | None, capture: str, verbose: bool,
+           access: Access) -> None:
+    import uvicorn
+
     engine = ServeEngine(model, cfg, n_ctx=ctx * parallel, n_seq=parallel, threads=threads,
                          capture=capture, verbose=verbose)
     try:
@@ -52,17 +104,19 @@ def serve(model: str, cfg: DecodeConfig, *, host: str = "127.0.0.1", port: int =
             model_name=alias or Path(engine.info.path).name.removesuffix(".gguf"),
             base=cfg, api_key=api_key, reasoning=reasoning_format == "deepseek",
             created=int(time.time()))
-        app = Guard(build_app(state), state, max_body=MAX_BODY)
+        app = Guard(build_app(state), state, max_body=MAX_BODY, access=access,
+                    max_active=parallel + max_queue)
+        port = sock.getsockname()[1]
         config = uvicorn.Config(app, host=host, port=port, log_level="warning",
                                 timeout_graceful_shutdown=GRACE_S, lifespan="off")
         scheduler.start()
-        print(f"led-local serve: {state.model_name} ({cfg.method}) on http://{host}:{port}/v1, "
+        print(f"led-local serve: {state.model_name} ({cfg.method}) on {_url(host, port)}, "
               f"{parallel} slots of {engine.rt.n_ctx_seq} tokens", file=sys.stderr, flush=True)
         # uvicorn handles the signals while it runs and raises them again once it has shut
         # down; these handlers receive them then, so that the model is freed and exit is 0
         previous = {sig: signal.signal(sig, _ignore) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
-            uvicorn.Server(config).run()
+            uvicorn.Server(config).run(sockets=[sock])
         finally:
             scheduler.stop()
             for sig, handler in previous.items():
