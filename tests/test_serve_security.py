@@ -114,6 +114,21 @@ def test_case5_cross_origin_requests_need_cors_origin(guarded):
                 BODY)[0] == 200
 
 
+# -- case 11: a temperature whose 1/T overflows is refused, never NaN -----------------------------
+def test_case11_a_tiny_temperature_is_a_400_not_nan(guarded, tmp_path):
+    for t in (1e-39, 1e-30, 5e-7):
+        body = json.dumps({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4,
+                           "temperature": t, "logprobs": True, "stream": True}).encode()
+        status, _, text = post(guarded.port, body, Authorization=f"Bearer {KEY}")
+        assert status == 400 and json.loads(text)["error"]["param"] == "temperature", text
+    body = json.dumps({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4,
+                       "temperature": 0, "logprobs": True}).encode()
+    status, _, text = post(guarded.port, body, Authorization=f"Bearer {KEY}")
+    assert status == 200 and "NaN" not in text.decode()
+    r = run("serve", tmp_path / "absent.gguf", "-t", "1e-39")
+    assert r.exit_code == 2 and "--temperature must be 0 (greedy) or >=" in r.stderr
+
+
 # -- case 6: the key from a file or the environment; a flag is warned about ----------------------
 def test_case6_api_key_file_works_and_a_key_flag_is_warned(guarded, tmp_path):
     assert post(guarded.port, Authorization=f"Bearer {KEY}")[0] == 200

@@ -16,6 +16,7 @@ from led_local.cli.common import (
     model_argument,
     user_errors,
 )
+from led_local.cli.text import utf8
 
 # inspect analyses with the LED options (and captures states) whatever --method generates
 _ANALYSIS_OPTIONS = frozenset({"led_depths", "led_candidates", "led_norm", "no_exploit",
@@ -78,13 +79,13 @@ def _check_mode(ctx: click.Context, kw: dict) -> str:
 
 @main.command()
 @model_argument
-@click.option("-p", "--prompt", default=None,
+@click.option("-p", "--prompt", default=None, callback=utf8,
               help="Generate a response to this prompt (a user message unless --raw), or "
               "analyse --response after it.")
-@click.option("--response", default=None,
+@click.option("--response", default=None, callback=utf8,
               help="With --prompt: analyse this response, teacher-forced (nothing sampled).")
 @click.option("--raw", is_flag=True, help="Use the prompt verbatim, without the chat template.")
-@click.option("--system", default=None, help="System message (chat template only).")
+@click.option("--system", default=None, callback=utf8, help="System message (chat template only).")
 @click.option("--run", type=click.Path(path_type=str), default=None,
               help="Analyse the responses of a solve run file (JSONL).")
 @click.option("--problem", default=None, help="--run: only this problem id.")

@@ -21,6 +21,7 @@ from led_local.decoding.samplers import LEDConfig
 from led_local.errors import LedError
 
 MAX_STOP = 16
+MIN_TEMPERATURE = 1e-6  # below it 1/T overflows float32 logits: NaN probabilities
 
 
 class APIError(Exception):
@@ -138,6 +139,9 @@ class CommonRequest(_Strict):
             raise APIError(400, f"top_p applies to method {'/'.join(filt)}, not {method} (send 1 "
                            "or leave it out)", param="top_p")
         temperature = base.temperature if self.temperature is None else self.temperature
+        if 0 < temperature < MIN_TEMPERATURE:
+            raise APIError(400, f"temperature must be 0 (greedy) or >= {MIN_TEMPERATURE}, got "
+                           f"{temperature}", param="temperature")
         led = base.led
         try:
             led = LEDConfig(

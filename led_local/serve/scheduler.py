@@ -15,6 +15,7 @@ front-end's next turn evaluates only the new tokens.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import deque
@@ -29,6 +30,11 @@ from led_local.decoding.samplers import log_probs_at, top_candidates
 from led_local.errors import LedError
 from led_local.serve.metrics import Metrics
 from led_local.serve.text import NoSplit, ReasoningSplit, TextStream
+
+
+def _finite(logprob: float) -> float:
+    """A log-probability as JSON can carry it: -9999.0 (OpenAI's floor) for -inf or NaN."""
+    return logprob if math.isfinite(logprob) else -9999.0
 
 
 class QueueFull(Exception):
@@ -282,9 +288,10 @@ class Scheduler:
     def _entry(self, tok: int, data: bytes, logprob: float,
                top: list[tuple[int, float]]) -> dict:
         rt = self.engine.rt
-        return {"token": data.decode("utf-8", "replace"), "logprob": logprob,
+        return {"token": data.decode("utf-8", "replace"), "logprob": _finite(logprob),
                 "bytes": list(data),
-                "top": [(rt.token_text(t), lp, list(rt.token_bytes(t))) for t, lp in top]}
+                "top": [(rt.token_text(t), _finite(lp), list(rt.token_bytes(t)))
+                        for t, lp in top]}
 
     def _send(self, c: Choice, text: str, *, final: bool) -> None:
         part = c.split.feed(text)

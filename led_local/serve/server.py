@@ -21,6 +21,7 @@ from led_local.errors import LedError
 from led_local.serve.access import Access, check_api_key
 from led_local.serve.app import MAX_BODY, Guard, ServerState, build_app
 from led_local.serve.metrics import Metrics
+from led_local.serve.protocol import MIN_TEMPERATURE
 from led_local.serve.scheduler import Scheduler, ServeEngine
 
 GRACE_S = 3
@@ -70,6 +71,9 @@ def serve(model: str, cfg: DecodeConfig, *, host: str = "127.0.0.1", port: int =
         raise LedError(f"--port must be between 0 and 65535, got {port}")
     if ctx < 16:
         raise LedError(f"--ctx must be >= 16, got {ctx}")
+    if 0 < cfg.temperature < MIN_TEMPERATURE:
+        raise LedError(f"--temperature must be 0 (greedy) or >= {MIN_TEMPERATURE}, got "
+                       f"{cfg.temperature}")
     if api_key is not None and (problem := check_api_key(api_key)):
         raise LedError(problem)
     for origin in cors_origins:
