@@ -7,6 +7,7 @@ import http.client
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -241,3 +242,47 @@ def test_case27_a_burst_fills_the_slots_and_the_queue(smollm2):
         assert codes.count(200) >= 12 and set(codes) <= {200, 503}, codes
     finally:
         assert s.stop() == 0
+
+
+# -- cases 18 and 25: SIGTERM with requests in flight; a client leaving mid-upload -------------
+def test_case18_and_25_sigterm_answers_in_flight_requests_with_503(smollm2):
+    s = Server(smollm2, "--parallel", "1", "--max-queue", "2", "--ctx", "512", "--threads",
+               "1")
+    try:
+        # case 25: a client that leaves during its upload is one line in the log
+        conn = socket.create_connection(("127.0.0.1", s.port))
+        conn.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{")
+        time.sleep(0.5)
+        conn.close()
+        time.sleep(0.5)
+        long = json.dumps({"prompt": "1, 2, 3, 4, 5, 6,", "max_tokens": 2000,
+                           "method": "greedy", "stream": True}).encode()
+        stream = http.client.HTTPConnection("127.0.0.1", s.port, timeout=120)
+        stream.request("POST", "/v1/completions", long,
+                       {"Content-Type": "application/json"})
+        resp = stream.getresponse()
+        assert resp.status == 200
+        resp.readline()  # the stream has begun
+        queued: list[tuple[int, bytes]] = []
+        waiter = threading.Thread(target=lambda: queued.append(post(s.port)[::2]))
+        waiter.start()
+        deadline = time.monotonic() + 30
+        while s.health()["queue"] < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        s.proc.send_signal(signal.SIGTERM)
+        rest = resp.read().decode()
+        waiter.join(60)
+        assert s.proc.wait(timeout=30) == 0
+        events = [line[6:] for line in rest.splitlines() if line.startswith("data: ")]
+        assert events[-1] == "[DONE]"
+        assert "shutting down" in json.loads(events[-2])["error"]["message"]
+        (status, body), = queued
+        assert status == 503 and "shutting down" in json.loads(body)["error"]["message"]
+        err = s.proc.stderr.read()
+        assert "Traceback" not in err and "CancelledError" not in err, err
+        assert err.count("left during its upload") == 1
+    finally:
+        if s.proc.poll() is None:
+            s.proc.kill()

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import sys
 from dataclasses import dataclass
 
 from sse_starlette import EventSourceResponse
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -30,6 +31,9 @@ from led_local.serve.responses import Collector, stream_chunks
 from led_local.serve.scheduler import QueueFull, Scheduler, ServeEngine, Work
 
 MAX_BODY = 8 * 1024 * 1024
+# how long a stream outlives the start of a shutdown: longer than the grace the scheduler
+# gives running requests (server.GRACE_S), so that they end with their error event and [DONE]
+STREAM_GRACE_S = 5
 
 
 @dataclass
@@ -191,7 +195,12 @@ def build_app(state: ServerState) -> Starlette:
         return await _complete(request, chat=False)
 
     async def _complete(request: Request, *, chat: bool) -> Response:
-        body = await request.body()
+        try:
+            body = await request.body()
+        except ClientDisconnect:  # the client left during its upload: one line, no traceback
+            print(f"led-local serve: a client left during its upload to {request.url.path}",
+                  file=sys.stderr, flush=True)
+            return Response(status_code=499)
         req = P.parse(P.ChatRequest if chat else P.CompletionRequest, body)
         work = await run_in_threadpool(_work, state, req, chat)
         queue: asyncio.Queue = asyncio.Queue()
@@ -216,7 +225,7 @@ def build_app(state: ServerState) -> Starlette:
             return EventSourceResponse(
                 stream_chunks(queue, work, state.scheduler, meta, chat=chat,
                               include_usage=req.include_usage()),
-                ping=15, sep="\n")
+                ping=15, sep="\n", shutdown_grace_period=STREAM_GRACE_S)
         return await _answer(request, queue, work, meta, chat=chat)
 
     async def _answer(request: Request, queue: asyncio.Queue, work: Work, meta: dict, *,
@@ -235,7 +244,8 @@ def build_app(state: ServerState) -> Starlette:
         finally:
             left.cancel()
         if collector.error:
-            raise P.APIError(500, collector.error, type="server_error")
+            raise P.APIError(collector.status, collector.error, type="server_error",
+                             headers={"Retry-After": "1"} if collector.status == 503 else None)
         return JSONResponse(collector.response(meta))
 
     async def api_error(request: Request, exc: Exception) -> Response:

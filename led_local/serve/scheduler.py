@@ -119,6 +119,8 @@ class Scheduler:
         self._claimed = 0  # slots of requests taken from the queue, not yet in ``free``'s count
         self._cv = threading.Condition()
         self._stopping = False
+        self._draining = False  # shutting down: no new work; what runs has until the deadline
+        self._deadline: threading.Timer | None = None
         self._thread = threading.Thread(target=self._run, name="led-decode", daemon=True)
 
     # -- the request side (event loop thread) ---------------------------------------------
@@ -127,7 +129,7 @@ class Scheduler:
 
     def submit(self, work: Work) -> None:
         with self._cv:
-            if self._stopping:
+            if self._stopping or self._draining:
                 raise QueueFull("the server is shutting down")
             waiting = self._waiting([*self.queue, work])
             if waiting > self.max_queue:
@@ -143,8 +145,27 @@ class Scheduler:
             work.cancelled = True
             self._cv.notify()
 
+    def drain(self, grace: float) -> None:
+        """Shutdown has begun: refuse new work, let what runs finish for ``grace`` seconds,
+        then end everything left with a "shutting down" error (503), while the handlers can
+        still answer it."""
+        with self._cv:
+            if self._draining:
+                return
+            self._draining = True
+        self._deadline = threading.Timer(grace, self._expire)
+        self._deadline.daemon = True
+        self._deadline.start()
+
+    def _expire(self) -> None:
+        with self._cv:
+            self._stopping = True
+            self._cv.notify()
+
     def stop(self, timeout: float = 10.0) -> None:
         """Cancel everything queued or running and join the decode thread."""
+        if self._deadline is not None:
+            self._deadline.cancel()
         with self._cv:
             self._stopping = True
             self._cv.notify()
@@ -184,7 +205,7 @@ class Scheduler:
             self._end(c, "cancelled")
         self.queue.clear()
         for work in works.values():
-            work.emit({"error": "the server is shutting down"})
+            work.emit({"error": "the server is shutting down", "status": 503})
 
     def _take(self) -> list[Work]:
         """Queued requests that fit the free slots, in order (cancelled ones dropped)."""

@@ -3,9 +3,10 @@
 The socket is bound before the model loads, so that a port in use or an unknown host is one
 line at once, and the port announced is the real one (``--port 0``).
 
-uvicorn handles Ctrl-C and SIGTERM: it stops accepting connections, gives in-flight requests
-``GRACE_S`` seconds to finish and then cancels them (which frees their slots); the decode
-thread is stopped and the model freed after that.
+uvicorn handles Ctrl-C and SIGTERM: it stops accepting connections and gives in-flight
+requests ``GRACE_S`` seconds to finish; the scheduler then ends what is left with an
+OpenAI-shaped 503 (streams: a final error event and ``[DONE]``), and the decode thread is
+stopped and the model freed after that.
 """
 
 from __future__ import annotations
@@ -29,6 +30,20 @@ GRACE_S = 3
 
 def _ignore(*_args: object) -> None:
     """A signal uvicorn has already acted on."""
+
+
+def _uvicorn_server(config, scheduler: Scheduler):
+    """uvicorn's server, which also starts the scheduler's drain on Ctrl-C or SIGTERM: what
+    still runs after ``GRACE_S`` ends with a 503 (a final SSE error event and ``[DONE]`` for a
+    stream) before uvicorn would cancel it."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame) -> None:
+            scheduler.drain(GRACE_S)
+            super().handle_exit(sig, frame)
+
+    return Server(config)
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -112,7 +127,7 @@ def _serve(sock: socket.socket, model: str, cfg: DecodeConfig, *, host: str, par
                     max_active=parallel + max_queue)
         port = sock.getsockname()[1]
         config = uvicorn.Config(app, host=host, port=port, log_level="warning",
-                                timeout_graceful_shutdown=GRACE_S, lifespan="off")
+                                timeout_graceful_shutdown=GRACE_S + 5, lifespan="off")
         scheduler.start()
         print(f"led-local serve: {state.model_name} ({cfg.method}) on {_url(host, port)}, "
               f"{parallel} slots of {engine.rt.n_ctx_seq} tokens", file=sys.stderr, flush=True)
@@ -120,7 +135,7 @@ def _serve(sock: socket.socket, model: str, cfg: DecodeConfig, *, host: str, par
         # down; these handlers receive them then, so that the model is freed and exit is 0
         previous = {sig: signal.signal(sig, _ignore) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
-            uvicorn.Server(config).run(sockets=[sock])
+            _uvicorn_server(config, scheduler).run(sockets=[sock])
         finally:
             scheduler.stop()
             for sig, handler in previous.items():
