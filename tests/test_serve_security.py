@@ -286,3 +286,41 @@ def test_case18_and_25_sigterm_answers_in_flight_requests_with_503(smollm2):
     finally:
         if s.proc.poll() is None:
             s.proc.kill()
+
+
+# -- case 12: idle and partial connections are bounded and timed out ---------------------------
+def test_case12_idle_connections_never_starve_the_server(smollm2):
+    import resource
+
+    limit = 200  # file descriptors: the server may hold fewer connections than sockets open
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+    port = Server.__init__.__globals__["_free_port"]()
+    proc = subprocess.Popen([sys.executable, "-c", "from led_local.cli import main; main()",
+                             "serve", str(smollm2), "--port", str(port), "--threads", "1",
+                             "--ctx", "256", "--request-timeout", "2"], stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            preexec_fn=cap)
+    idle: list[socket.socket] = []
+    try:
+        assert "led-local serve:" in proc.stderr.readline()
+        for _ in range(400):
+            idle.append(socket.create_connection(("127.0.0.1", port)))
+        partial = socket.create_connection(("127.0.0.1", port))
+        partial.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        t0 = time.monotonic()
+        assert call(port, "GET", "/health", {}, None)[0] == 200
+        assert post(port)[0] == 200
+        assert time.monotonic() - t0 < 30
+        partial.settimeout(10)
+        assert partial.recv(100) == b""  # the unfinished request was closed by the timeout
+        assert time.monotonic() - t0 < 12
+    finally:
+        for s in idle:
+            s.close()
+        proc.terminate()
+        err = proc.stderr.read()
+        proc.wait(timeout=30)
+    assert err.count("Traceback") == 0 and len(err.splitlines()) < 10, err[-3000:]

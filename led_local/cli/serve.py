@@ -26,6 +26,8 @@ from led_local.cli.common import decode_config, decoding_options, main, model_ar
 @click.option("--cors-origin", "cors_origins", multiple=True,
               help="Let web pages of ORIGIN (http://host:port, or '*') call the API "
               "(repeatable); other cross-origin requests are refused.")
+@click.option("--request-timeout", type=float, default=30.0, show_default=True,
+              help="Seconds a connection has to send a whole request (headers and body).")
 @click.option("--reasoning-format", type=click.Choice(["deepseek", "none"]), default=None,
               help="deepseek: <think> text goes to reasoning_content [default: deepseek when "
               "the chat template thinks, else none].")
@@ -35,8 +37,8 @@ from led_local.cli.common import decode_config, decoding_options, main, model_ar
 @user_errors
 def serve(ctx: click.Context, model: str, host: str, port: int, parallel: int, max_queue: int,
           api_key_file: str | None, api_key: str | None, allowed_hosts: tuple[str, ...],
-          cors_origins: tuple[str, ...], reasoning_format: str | None, alias: str | None,
-          **kw) -> None:
+          cors_origins: tuple[str, ...], request_timeout: float, reasoning_format: str | None,
+          alias: str | None, **kw) -> None:
     """Serve MODEL over the OpenAI HTTP API (chat/completions, completions, models).
 
     The decoding options are the defaults of requests that do not set their own; --ctx is
@@ -57,7 +59,8 @@ def serve(ctx: click.Context, model: str, host: str, port: int, parallel: int, m
     run(model, cfg, host=host, port=port, parallel=parallel, ctx=kw["n_ctx"],
         max_queue=max_queue, api_key=api_key, reasoning_format=reasoning_format, alias=alias,
         threads=kw["threads"], capture=kw["capture"], verbose=kw["verbose"],
-        allowed_hosts=allowed_hosts, cors_origins=cors_origins)
+        allowed_hosts=allowed_hosts, cors_origins=cors_origins,
+        request_timeout=request_timeout)
 
 
 def _read_key(path: str) -> str:

@@ -11,6 +11,7 @@ stopped and the model freed after that.
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import socket
 import sys
@@ -21,6 +22,12 @@ from led_local.decoding.methods import DecodeConfig
 from led_local.errors import LedError
 from led_local.serve.access import Access, check_api_key
 from led_local.serve.app import MAX_BODY, Guard, ServerState, build_app
+from led_local.serve.connections import (
+    REQUEST_TIMEOUT_S,
+    AcceptErrors,
+    default_max_connections,
+    protocol,
+)
 from led_local.serve.metrics import Metrics
 from led_local.serve.protocol import MIN_TEMPERATURE
 from led_local.serve.scheduler import Scheduler, ServeEngine
@@ -42,6 +49,10 @@ def _uvicorn_server(config, scheduler: Scheduler):
         def handle_exit(self, sig: int, frame) -> None:
             scheduler.drain(GRACE_S)
             super().handle_exit(sig, frame)
+
+        async def serve(self, sockets=None) -> None:
+            asyncio.get_running_loop().set_exception_handler(AcceptErrors())
+            await super().serve(sockets)
 
     return Server(config)
 
@@ -74,16 +85,20 @@ def serve(model: str, cfg: DecodeConfig, *, host: str = "127.0.0.1", port: int =
           parallel: int = 4, ctx: int = 4096, max_queue: int = 64, api_key: str | None = None,
           reasoning_format: str | None = None, alias: str | None = None,
           threads: int | None = None, capture: str = "auto", verbose: bool = False,
-          allowed_hosts: tuple[str, ...] = (), cors_origins: tuple[str, ...] = ()) -> None:
+          allowed_hosts: tuple[str, ...] = (), cors_origins: tuple[str, ...] = (),
+          request_timeout: float = REQUEST_TIMEOUT_S) -> None:
     """Serve ``model`` until interrupted; ``ctx`` is each slot's context (tokens),
     ``reasoning_format`` deepseek, none or None (deepseek when the chat template thinks);
-    ``allowed_hosts`` and ``cors_origins``: see ``access.Access``."""
+    ``allowed_hosts`` and ``cors_origins``: see ``access.Access``; ``request_timeout``: see
+    ``connections``."""
     if not 1 <= parallel <= 256:
         raise LedError(f"--parallel must be between 1 and 256, got {parallel}")
     if max_queue < 0:
         raise LedError(f"--max-queue must be >= 0, got {max_queue}")
     if not 0 <= port <= 65535:
         raise LedError(f"--port must be between 0 and 65535, got {port}")
+    if not 0 < request_timeout <= 3600:
+        raise LedError(f"--request-timeout must be in (0, 3600] seconds, got {request_timeout}")
     if ctx < 16:
         raise LedError(f"--ctx must be >= 16, got {ctx}")
     if 0 < cfg.temperature < MIN_TEMPERATURE:
@@ -99,7 +114,8 @@ def serve(model: str, cfg: DecodeConfig, *, host: str = "127.0.0.1", port: int =
         _serve(sock, model, cfg, host=host, parallel=parallel, ctx=ctx, max_queue=max_queue,
                api_key=api_key, reasoning_format=reasoning_format, alias=alias, threads=threads,
                capture=capture, verbose=verbose,
-               access=Access(host, tuple(allowed_hosts), tuple(cors_origins)))
+               access=Access(host, tuple(allowed_hosts), tuple(cors_origins)),
+               request_timeout=request_timeout)
     finally:
         sock.close()
 
@@ -107,7 +123,7 @@ def serve(model: str, cfg: DecodeConfig, *, host: str = "127.0.0.1", port: int =
 def _serve(sock: socket.socket, model: str, cfg: DecodeConfig, *, host: str, parallel: int,
            ctx: int, max_queue: int, api_key: str | None, reasoning_format: str | None,
            alias: str | None, threads: int | None, capture: str, verbose: bool,
-           access: Access) -> None:
+           access: Access, request_timeout: float) -> None:
     import uvicorn
 
     engine = ServeEngine(model, cfg, n_ctx=ctx * parallel, n_seq=parallel, threads=threads,
@@ -126,7 +142,9 @@ def _serve(sock: socket.socket, model: str, cfg: DecodeConfig, *, host: str, par
         app = Guard(build_app(state), state, max_body=MAX_BODY, access=access,
                     max_active=parallel + max_queue)
         port = sock.getsockname()[1]
-        config = uvicorn.Config(app, host=host, port=port, log_level="warning",
+        http = protocol(max_connections=default_max_connections(),
+                        request_timeout=request_timeout)
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning", http=http,
                                 timeout_graceful_shutdown=GRACE_S + 5, lifespan="off")
         scheduler.start()
         print(f"led-local serve: {state.model_name} ({cfg.method}) on {_url(host, port)}, "
