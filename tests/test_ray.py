@@ -205,3 +205,30 @@ def test_skipped_records_and_problem_hashes_match_a_plain_solve(ray_address, tmp
     assert [r["finish_reason"] for r in by_ray if r["problem_id"] == "big"] == ["skipped"] * 2
     assert all(r["problem_hash"] for r in by_ray)
     assert any("problem 'big' skipped" in m for m in notices)
+
+
+def _cli(*args: str, timeout: float) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *sys.path])}
+    return subprocess.run([sys.executable, "-c", "from led_local.cli import main; main()",
+                           *args], capture_output=True, text=True, env=env, timeout=timeout)
+
+
+# issue 21, case 15: an address where nothing listens is one line within seconds
+def test_case15_an_unreachable_ray_address_is_one_line_at_once(smollm2, split_problems,
+                                                               tmp_path):
+    t0 = time.monotonic()
+    p = _cli("solve", str(smollm2), str(split_problems), "-o", str(tmp_path / "x.jsonl"),
+             "--ray", "127.0.0.1:1", timeout=120)
+    assert p.returncode == 2 and "cannot start or reach Ray at 127.0.0.1:1" in p.stderr
+    assert "Traceback" not in p.stderr and "WARNING" not in p.stderr
+    assert time.monotonic() - t0 < 60
+
+
+# issue 21, case 14: a worker that no node can hold is refused instead of waiting forever
+def test_case14_a_worker_larger_than_any_node_is_refused(smollm2, split_problems, ray_address,
+                                                         tmp_path):
+    p = _cli("solve", str(smollm2), str(split_problems), "-o", str(tmp_path / "x.jsonl"),
+             "--ray", ray_address, "--ray-workers", "1", "--ray-cpus-per-worker", "64",
+             timeout=180)
+    assert p.returncode == 2 and "no node of the Ray cluster holds a worker of 64.0 CPUs" \
+        in p.stderr, p.stderr[-2000:]

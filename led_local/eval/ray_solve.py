@@ -18,6 +18,7 @@ could not be finished is reported (``ShardsFailed``) after everything else is wr
 from __future__ import annotations
 
 import os
+import socket
 import time
 from collections import deque
 from collections.abc import Callable
@@ -33,6 +34,8 @@ from led_local.eval.problems import Problem
 from led_local.eval.ray_worker import SolveWorker
 from led_local.eval.solve import Progress, SolveOptions, grade, plan, start_writing, touch
 from led_local.llama.gguf_info import ModelInfo, model_info
+
+REACH_TIMEOUT_S = 5.0  # for a Ray address to accept a connection
 
 
 class ShardsFailed(LedError):
@@ -99,6 +102,8 @@ def connect(ray_opts: RayOptions, *, verbose: bool = False) -> bool:
     ray = _import_ray()
     if ray.is_initialized():
         return False
+    if ray_opts.address:
+        _check_reachable(ray_opts.address)
     try:
         ray.init(address=ray_opts.address, include_dashboard=False, logging_level="ERROR",
                  log_to_driver=verbose)
@@ -106,6 +111,32 @@ def connect(ray_opts: RayOptions, *, verbose: bool = False) -> bool:
         where = ray_opts.address or "a local instance"
         raise LedError(f"cannot start or reach Ray at {where}: {e}") from None
     return True
+
+
+def _check_reachable(address: str, timeout: float = REACH_TIMEOUT_S) -> None:
+    """Refuse a HOST:PORT where nothing listens within ``timeout`` seconds (``ray.init``
+    would retry for minutes); "auto" and ``ray://`` addresses are left to Ray."""
+    host, sep, port = address.rpartition(":")
+    if address == "auto" or "://" in address or not sep or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as e:
+        why = e.strerror or type(e).__name__
+        raise LedError(f"cannot start or reach Ray at {address}: {why} (is `ray start "
+                       "--head` running there?)") from None
+
+
+def check_fits(ray_opts: RayOptions) -> None:
+    """Refuse a worker that no live node of the cluster can hold (Ray would wait forever)."""
+    ray = _import_ray()
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    cpus = max((n.get("CPU", 0) for n in nodes), default=0)
+    gpus = max((n.get("GPU", 0) for n in nodes), default=0)
+    if ray_opts.cpus_per_worker > cpus or ray_opts.gpus_per_worker > gpus:
+        raise LedError(f"no node of the Ray cluster holds a worker of "
+                       f"{ray_opts.cpus_per_worker} CPUs and {ray_opts.gpus_per_worker} GPUs "
+                       f"(the largest has {cpus} CPUs and {gpus} GPUs)")
 
 
 def default_workers(ray_opts: RayOptions) -> int:
@@ -153,6 +184,7 @@ def solve_ray(
     try:
         started = connect(ray_opts, verbose=verbose)
         n_problems = len({j.key for j in todo.jobs})
+        check_fits(ray_opts)
         workers = min(ray_opts.workers or default_workers(ray_opts), n_problems)
         n_shards = min(n_problems, workers * ray_opts.shards_per_worker)
         queue = deque(_Shard(i, jobs) for i, jobs in
