@@ -85,3 +85,42 @@ def test_case13_ctrl_c_while_the_model_loads_exits_130(gemma3):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+# -- case 24: a long pasted line arrives whole in chat (readline, not the tty's 4,095 bytes) -----
+def test_case24_a_long_pasted_line_arrives_whole(smollm2):
+    import pty
+    import select
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([*CLI, "chat", str(smollm2), "-n", "2", "-m", "greedy"],
+                            stdin=slave, stdout=slave, stderr=slave, env=ENV,
+                            start_new_session=True)
+    os.close(slave)
+    seen = b""
+
+    def read_until(marker: bytes, timeout: float) -> bool:
+        nonlocal seen
+        deadline = time.monotonic() + timeout
+        while marker not in seen and time.monotonic() < deadline:
+            if select.select([master], [], [], 0.2)[0]:
+                try:
+                    seen += os.read(master, 65536)
+                except OSError:
+                    break
+        return marker in seen
+
+    try:
+        assert read_until(b"> ", 120), seen
+        time.sleep(0.5)  # the prompt is printed just before the line is read
+        line = b" " * 5000 + b"/reset\r"  # only a whole line ends in /reset
+        for i in range(0, len(line), 512):
+            os.write(master, line[i:i + 512])
+            read_until(b"\x00", 0.05)  # keep draining the echo
+        assert read_until(b"(conversation reset)", 20), seen[-500:]
+        os.write(master, b"/exit\r")
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
