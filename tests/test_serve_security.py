@@ -324,3 +324,30 @@ def test_case12_idle_connections_never_starve_the_server(smollm2):
         err = proc.stderr.read()
         proc.wait(timeout=30)
     assert err.count("Traceback") == 0 and len(err.splitlines()) < 10, err[-3000:]
+
+
+# -- case 7: SIGTERM during a long prompt evaluation never frees the model under it -------------
+def test_case7_sigterm_during_a_long_prefill_exits_0(smollm2):
+    s = Server(smollm2, "--parallel", "1", "--ctx", "4096", "--threads", "1")
+    try:
+        body = json.dumps({"prompt": "apple banana cherry " * 900, "max_tokens": 4,
+                           "method": "greedy"}).encode()
+        answer: list[tuple[int, float]] = []
+
+        def one() -> None:
+            status = call(s.port, "POST", "/v1/completions",
+                          {"Content-Type": "application/json"}, body)[0]
+            answer.append((status, time.monotonic()))
+
+        client = threading.Thread(target=one)
+        client.start()
+        time.sleep(2)  # tokenized and taken: its prompt is being evaluated
+        assert s.health()["queue"] == 0 and not answer
+        t0 = time.monotonic()
+        s.proc.send_signal(signal.SIGTERM)
+        client.join(60)
+        assert answer and answer[0][0] == 503 and answer[0][1] - t0 < 15
+        assert s.proc.wait(timeout=600) == 0
+    finally:
+        if s.proc.poll() is None:
+            s.proc.kill()

@@ -16,6 +16,7 @@ front-end's next turn evaluates only the new tokens.
 from __future__ import annotations
 
 import math
+import sys
 import threading
 import time
 from collections import deque
@@ -121,6 +122,7 @@ class Scheduler:
         self._stopping = False
         self._draining = False  # shutting down: no new work; what runs has until the deadline
         self._deadline: threading.Timer | None = None
+        self._admitting: Work | None = None  # its prompt is being evaluated
         self._thread = threading.Thread(target=self._run, name="led-decode", daemon=True)
 
     # -- the request side (event loop thread) ---------------------------------------------
@@ -158,18 +160,31 @@ class Scheduler:
         self._deadline.start()
 
     def _expire(self) -> None:
+        """The grace is over: answer every request now (503), even one whose prompt is still
+        being evaluated (the decode thread only sees the flag after that step)."""
         with self._cv:
             self._stopping = True
+            works = {id(c.work): c.work for c in list(self.running.values())}
+            works.update((id(w), w) for w in self.queue)
+            if self._admitting is not None:
+                works[id(self._admitting)] = self._admitting
             self._cv.notify()
+        for work in works.values():
+            work.emit({"error": "the server is shutting down", "status": 503})
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Cancel everything queued or running and join the decode thread."""
+    def stop(self) -> None:
+        """Cancel everything queued or running and join the decode thread: it may be inside a
+        long prompt evaluation, and the engine must not be freed under it."""
         if self._deadline is not None:
             self._deadline.cancel()
         with self._cv:
             self._stopping = True
             self._cv.notify()
-        self._thread.join(timeout)
+        self._thread.join(10)
+        if self._thread.is_alive():
+            print("led-local serve: waiting for the prompt evaluation in progress to end",
+                  file=sys.stderr, flush=True)
+            self._thread.join()
 
     def busy(self) -> int:
         return self.parallel - len(self.free)
@@ -195,7 +210,9 @@ class Scheduler:
                     break
                 admit = self._take()
             for work in admit:
+                self._admitting = work
                 self._admit(work)
+                self._admitting = None
             self._reap()
             if self.running:
                 self._step()
