@@ -232,3 +232,46 @@ def test_case14_a_worker_larger_than_any_node_is_refused(smollm2, split_problems
              timeout=180)
     assert p.returncode == 2 and "no node of the Ray cluster holds a worker of 64.0 CPUs" \
         in p.stderr, p.stderr[-2000:]
+
+
+def _naming(text: str) -> list[int]:
+    """Live processes whose command line contains ``text``."""
+    found = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if text.encode() in (d / "cmdline").read_bytes():
+                    found.append(int(d.name))
+            except OSError:
+                pass
+    return found
+
+
+# issue 21, case 23: a local instance dies with its driver, kill -9 included, and leaves no
+# session directory
+def test_case23_the_local_instance_dies_with_a_killed_driver(smollm2, split_problems,
+                                                             tmp_path):
+    sessions = Path("/tmp/ray")
+    before = set(sessions.glob("session_2*"))
+    out = tmp_path / "local.jsonl"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *sys.path])}
+    with (tmp_path / "driver.log").open("wb") as log:
+        driver = subprocess.Popen(
+            [sys.executable, "-c", "from led_local.cli import main; main()", "solve",
+             str(smollm2), str(split_problems), "-o", str(out), *evalruns.SOLVE_ARGS,
+             "--parallel", "1", "--ray", "--ray-workers", "1"],
+            stdout=log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and driver.poll() is None:
+            if out.exists() and out.read_bytes().count(b"\n") >= 1:
+                break
+            time.sleep(0.1)
+        assert driver.poll() is None, (tmp_path / "driver.log").read_text()
+        (session,) = set(sessions.glob("session_2*")) - before
+        assert _naming(str(session))
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (_naming(str(session)) or session.exists()):
+        time.sleep(0.2)
+    assert _naming(str(session)) == [] and not session.exists()

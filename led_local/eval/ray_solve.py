@@ -31,11 +31,13 @@ from led_local.eval import shards as sharding
 from led_local.eval.grading import Grader
 from led_local.eval.identity import build_id, model_sha256
 from led_local.eval.problems import Problem
+from led_local.eval.ray_watchdog import Watchdog
 from led_local.eval.ray_worker import SolveWorker
 from led_local.eval.solve import Progress, SolveOptions, grade, plan, start_writing, touch
 from led_local.llama.gguf_info import ModelInfo, model_info
 
 REACH_TIMEOUT_S = 5.0  # for a Ray address to accept a connection
+_watchdogs: list[Watchdog] = []  # of the local instance this process started
 
 
 class ShardsFailed(LedError):
@@ -110,7 +112,18 @@ def connect(ray_opts: RayOptions, *, verbose: bool = False) -> bool:
     except (ConnectionError, ValueError, RuntimeError) as e:
         where = ray_opts.address or "a local instance"
         raise LedError(f"cannot start or reach Ray at {where}: {e}") from None
+    if ray_opts.address is None:  # our own instance: it must die with this process
+        _watchdogs.append(Watchdog(ray))
     return True
+
+
+def disconnect() -> None:
+    """Undo a ``connect`` that returned True: shut Ray down and let the watchdog of a local
+    instance remove what is left of it."""
+    ray = _import_ray()
+    ray.shutdown()
+    while _watchdogs:
+        _watchdogs.pop().close()
 
 
 def _check_reachable(address: str, timeout: float = REACH_TIMEOUT_S) -> None:
@@ -204,7 +217,7 @@ def solve_ray(
             pool.close()
         run.close()
         if started:
-            ray.shutdown()
+            disconnect()
     if failed:
         n = sum(len(s.left) for s in failed)
         why = ("no worker was left" if not workers_left else
