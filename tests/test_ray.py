@@ -275,3 +275,29 @@ def test_case23_the_local_instance_dies_with_a_killed_driver(smollm2, split_prob
     while time.monotonic() < deadline and (_naming(str(session)) or session.exists()):
         time.sleep(0.2)
     assert _naming(str(session)) == [] and not session.exists()
+
+
+# issue 21, case 4: nobody who reaches the local instance's ports can join it without its token
+_INTRUDER = """
+import os, subprocess, sys
+from led_local.eval.ray_solve import RayOptions, connect, disconnect
+import ray
+assert connect(RayOptions())
+address = ray.get_runtime_context().gcs_address
+env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+join = "import ray; ray.init(address=%r, logging_level='ERROR'); print('JOINED')" % address
+p = subprocess.run([sys.executable, "-c", join], env=env, capture_output=True, text=True,
+                   timeout=120)
+print("JOINED" if "JOINED" in p.stdout else "REFUSED")
+disconnect()
+print("TOKEN LEFT" if "RAY_AUTH_TOKEN" in os.environ else "CLEAN")
+"""
+
+
+def test_case4_the_local_instance_refuses_clients_without_its_token():
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "RAY_ADDRESS"))}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *sys.path])
+    p = subprocess.run([sys.executable, "-c", _INTRUDER], capture_output=True, text=True,
+                       env=env, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.split() == ["REFUSED", "CLEAN"], p.stdout

@@ -18,6 +18,7 @@ could not be finished is reported (``ShardsFailed``) after everything else is wr
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import time
 from collections import deque
@@ -38,6 +39,7 @@ from led_local.llama.gguf_info import ModelInfo, model_info
 
 REACH_TIMEOUT_S = 5.0  # for a Ray address to accept a connection
 _watchdogs: list[Watchdog] = []  # of the local instance this process started
+_token_env: dict[str, str] = {}  # the authentication token of that instance
 
 
 class ShardsFailed(LedError):
@@ -106,10 +108,15 @@ def connect(ray_opts: RayOptions, *, verbose: bool = False) -> bool:
         return False
     if ray_opts.address:
         _check_reachable(ray_opts.address)
+    elif "RAY_AUTH_MODE" not in os.environ and "RAY_ADDRESS" not in os.environ:
+        # Ray trusts whoever reaches its ports, and a local instance listens on every
+        # interface: require a token that only this process and its children know
+        _token_auth({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)})
     try:
         ray.init(address=ray_opts.address, include_dashboard=False, logging_level="ERROR",
                  log_to_driver=verbose)
     except (ConnectionError, ValueError, RuntimeError) as e:
+        _token_auth({})
         where = ray_opts.address or "a local instance"
         raise LedError(f"cannot start or reach Ray at {where}: {e}") from None
     if ray_opts.address is None:  # our own instance: it must die with this process
@@ -124,6 +131,26 @@ def disconnect() -> None:
     ray.shutdown()
     while _watchdogs:
         _watchdogs.pop().close()
+    _token_auth({})
+
+
+def _token_auth(env: dict[str, str]) -> None:
+    """Turn Ray's token authentication on for the instance about to start (``env``: its
+    variables, which its processes inherit) or back off ({}); Ray caches the mode when it
+    loads, so its configuration is reloaded (a Ray without token support: nothing done)."""
+    try:
+        from ray._raylet import AuthenticationTokenLoader, Config
+    except ImportError:
+        return
+    if not env and not _token_env:
+        return
+    for name in _token_env:
+        os.environ.pop(name, None)
+    _token_env.clear()
+    _token_env.update(env)
+    os.environ.update(env)
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
 
 
 def _check_reachable(address: str, timeout: float = REACH_TIMEOUT_S) -> None:
