@@ -205,3 +205,99 @@ def test_skipped_records_and_problem_hashes_match_a_plain_solve(ray_address, tmp
     assert [r["finish_reason"] for r in by_ray if r["problem_id"] == "big"] == ["skipped"] * 2
     assert all(r["problem_hash"] for r in by_ray)
     assert any("problem 'big' skipped" in m for m in notices)
+
+
+def _cli(*args: str, timeout: float) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *sys.path])}
+    return subprocess.run([sys.executable, "-c", "from led_local.cli import main; main()",
+                           *args], capture_output=True, text=True, env=env, timeout=timeout)
+
+
+# issue 21, case 15: an address where nothing listens is one line within seconds
+def test_case15_an_unreachable_ray_address_is_one_line_at_once(smollm2, split_problems,
+                                                               tmp_path):
+    t0 = time.monotonic()
+    p = _cli("solve", str(smollm2), str(split_problems), "-o", str(tmp_path / "x.jsonl"),
+             "--ray", "127.0.0.1:1", timeout=120)
+    assert p.returncode == 2 and "cannot start or reach Ray at 127.0.0.1:1" in p.stderr
+    assert "Traceback" not in p.stderr and "WARNING" not in p.stderr
+    assert time.monotonic() - t0 < 60
+
+
+# issue 21, case 14: a worker that no node can hold is refused instead of waiting forever
+def test_case14_a_worker_larger_than_any_node_is_refused(smollm2, split_problems, ray_address,
+                                                         tmp_path):
+    p = _cli("solve", str(smollm2), str(split_problems), "-o", str(tmp_path / "x.jsonl"),
+             "--ray", ray_address, "--ray-workers", "1", "--ray-cpus-per-worker", "64",
+             timeout=180)
+    assert p.returncode == 2 and "no node of the Ray cluster holds a worker of 64.0 CPUs" \
+        in p.stderr, p.stderr[-2000:]
+
+
+def _naming(text: str) -> list[int]:
+    """Live processes whose command line contains ``text``."""
+    found = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if text.encode() in (d / "cmdline").read_bytes():
+                    found.append(int(d.name))
+            except OSError:
+                pass
+    return found
+
+
+# issue 21, case 23: a local instance dies with its driver, kill -9 included, and leaves no
+# session directory
+def test_case23_the_local_instance_dies_with_a_killed_driver(smollm2, split_problems,
+                                                             tmp_path):
+    sessions = Path("/tmp/ray")
+    before = set(sessions.glob("session_2*"))
+    out = tmp_path / "local.jsonl"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *sys.path])}
+    with (tmp_path / "driver.log").open("wb") as log:
+        driver = subprocess.Popen(
+            [sys.executable, "-c", "from led_local.cli import main; main()", "solve",
+             str(smollm2), str(split_problems), "-o", str(out), *evalruns.SOLVE_ARGS,
+             "--parallel", "1", "--ray", "--ray-workers", "1"],
+            stdout=log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and driver.poll() is None:
+            if out.exists() and out.read_bytes().count(b"\n") >= 1:
+                break
+            time.sleep(0.1)
+        assert driver.poll() is None, (tmp_path / "driver.log").read_text()
+        (session,) = set(sessions.glob("session_2*")) - before
+        assert _naming(str(session))
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (_naming(str(session)) or session.exists()):
+        time.sleep(0.2)
+    assert _naming(str(session)) == [] and not session.exists()
+
+
+# issue 21, case 4: nobody who reaches the local instance's ports can join it without its token
+_INTRUDER = """
+import os, subprocess, sys
+from led_local.eval.ray_solve import RayOptions, connect, disconnect
+import ray
+assert connect(RayOptions())
+address = ray.get_runtime_context().gcs_address
+env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+join = "import ray; ray.init(address=%r, logging_level='ERROR'); print('JOINED')" % address
+p = subprocess.run([sys.executable, "-c", join], env=env, capture_output=True, text=True,
+                   timeout=120)
+print("JOINED" if "JOINED" in p.stdout else "REFUSED")
+disconnect()
+print("TOKEN LEFT" if "RAY_AUTH_TOKEN" in os.environ else "CLEAN")
+"""
+
+
+def test_case4_the_local_instance_refuses_clients_without_its_token():
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "RAY_ADDRESS"))}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *sys.path])
+    p = subprocess.run([sys.executable, "-c", _INTRUDER], capture_output=True, text=True,
+                       env=env, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.split() == ["REFUSED", "CLEAN"], p.stdout

@@ -17,13 +17,15 @@ from led_local.cli.common import (
     reasoning_format_option,
     user_errors,
 )
+from led_local.cli.text import bad_utf8, utf8
 
 
 @main.command()
 @model_argument
-@click.option("-p", "--prompt", required=True, help="The prompt (a user message unless --raw).")
+@click.option("-p", "--prompt", required=True, callback=utf8,
+              help="The prompt (a user message unless --raw).")
 @click.option("--raw", is_flag=True, help="Use the prompt verbatim, without the chat template.")
-@click.option("--system", default=None, help="System message (chat template only).")
+@click.option("--system", default=None, callback=utf8, help="System message (chat template only).")
 @click.option("-n", "--max-tokens", type=int, default=512, show_default=True)
 @click.option("-s", "--seed", type=int, default=None, help="Random seed [default: random].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
@@ -56,7 +58,7 @@ def generate(ctx: click.Context, model: str, prompt: str, raw: bool, system: str
 
 @main.command()
 @model_argument
-@click.option("--system", default=None, help="System message.")
+@click.option("--system", default=None, callback=utf8, help="System message.")
 @click.option("-n", "--max-tokens", type=int, default=1024, show_default=True,
               help="Most tokens per reply.")
 @click.option("-s", "--seed", type=int, default=None, help="Random seed [default: random].")
@@ -85,13 +87,15 @@ def chat(ctx: click.Context, model: str, system: str | None, max_tokens: int,
         session = ChatSession(engine, system=system, max_tokens=max_tokens,
                               seed=new_seed() if seed is None else seed, format=fmt)
         click.echo(f"Chatting with {engine.info.name} ({cfg.method}). /reset, /exit.", err=True)
+        _lenient_stdin()
         while True:
-            try:
-                line = click.prompt(">", prompt_suffix=" ", default="", show_default=False,
-                                    err=True)
-            except (EOFError, click.Abort):
+            line = _read_line()
+            if line is None:
                 click.echo("", err=True)
                 return
+            if where := bad_utf8(line):
+                click.echo(f"(not sent: the line is not valid UTF-8 text, {where})", err=True)
+                continue
             text = line.strip()
             if text in ("/exit", "/quit"):
                 return
@@ -105,6 +109,34 @@ def chat(ctx: click.Context, model: str, system: str | None, max_tokens: int,
                 _print_reply(session, text)
             except ContextFullError as e:
                 click.echo(f"\n{e}", err=True)
+
+
+def _lenient_stdin() -> None:
+    """Read stdin with surrogate escapes, so that a pasted line that is not UTF-8 is refused
+    (``bad_utf8``) instead of ending the session; with a terminal, through readline, which
+    takes a long paste whole (the terminal's line editor stops at 4,095 bytes)."""
+    import sys
+
+    if hasattr(sys.stdin, "reconfigure"):
+        sys.stdin.reconfigure(errors="surrogateescape")
+    if sys.stdin.isatty():
+        try:
+            import readline  # noqa: F401  (input() then edits lines through it)
+        except ImportError:
+            pass
+
+
+def _read_line() -> str | None:
+    """One line typed at the prompt; None on Ctrl-D. Ctrl-C clears the line and asks again,
+    so that only Ctrl-D or /exit leaves (a reply's Ctrl-C must not end the session)."""
+    while True:
+        click.echo("> ", nl=False, err=True)
+        try:
+            return input()
+        except EOFError:
+            return None
+        except KeyboardInterrupt:
+            click.echo("", err=True)
 
 
 def _print_reply(session, text: str) -> None:

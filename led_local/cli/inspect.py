@@ -18,6 +18,7 @@ from led_local.cli.common import (
     model_argument,
     user_errors,
 )
+from led_local.cli.text import utf8
 from led_local.decoding import led, registry
 from led_local.decoding.methods import build_config
 from led_local.decoding.options import TEMPERATURE, THINK_END
@@ -74,13 +75,13 @@ def _check_mode(ctx: click.Context, kw: dict) -> str:
 
 @main.command()
 @model_argument
-@click.option("-p", "--prompt", default=None,
+@click.option("-p", "--prompt", default=None, callback=utf8,
               help="Generate a response to this prompt (a user message unless --raw), or "
               "analyse --response after it.")
-@click.option("--response", default=None,
+@click.option("--response", default=None, callback=utf8,
               help="With --prompt: analyse this response, teacher-forced (nothing sampled).")
 @click.option("--raw", is_flag=True, help="Use the prompt verbatim, without the chat template.")
-@click.option("--system", default=None, help="System message (chat template only).")
+@click.option("--system", default=None, callback=utf8, help="System message (chat template only).")
 @click.option("--run", type=click.Path(path_type=str), default=None,
               help="Analyse the responses of a solve run file (JSONL).")
 @click.option("--problem", default=None, help="--run: only this problem id.")
@@ -113,6 +114,8 @@ def inspect(ctx: click.Context, model: str, max_tokens: int, seed: int | None,
 
     kw.update(max_tokens=max_tokens, seed=seed)
     mode = _check_mode(ctx, kw)
+    if plot:
+        _check_plot(plot, model, kw)
     if all_layers and kw["capture"] == "layer-inp":
         raise UserError("--all-layers needs --capture callback or auto: the layer-input "
                         "export has no output of the last block")
@@ -141,6 +144,30 @@ def inspect(ctx: click.Context, model: str, max_tokens: int, seed: int | None,
         click.echo(json.dumps(rounded(record), ensure_ascii=False))
     else:
         click.echo(format_summary(summary, model=info.path.name, depths=cfg.led.depths))
+
+
+def _check_plot(plot: str, model: str, kw: dict) -> None:
+    """Refuse a --plot path that names an input or cannot be a file, before any analysis."""
+    import os
+    from pathlib import Path
+
+    from led_local.eval.problems import resolve_problems
+    from led_local.eval.runfile import check_not_input
+
+    problems = kw["problems"]
+    check_not_input(plot, {"the model": model, "the run file": kw["run"],
+                           "the problem file": resolve_problems(problems) if problems else None,
+                           "the prompt template": kw["prompt_template"],
+                           "the chat template": kw["chat_template"],
+                           "the HAPO statistics": kw["hapo_stats"]}, option="--plot")
+    path = Path(plot)
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise UserError(f"--plot {plot} is a directory; give a file name (FILE.png)")
+    if not parent.is_dir():
+        raise UserError(f"--plot: the directory {parent} does not exist")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise UserError(f"--plot {plot} is not writable")
 
 
 def _bar(total: int, unit: str):

@@ -43,6 +43,9 @@ def merge(ctx: click.Context, out: str, shards: tuple[str, ...], expect: str | N
     for pid, missing in by_problem.items():
         click.echo(f"missing: problem {pid!r} sample{'s' * (len(missing) > 1)} "
                    f"{','.join(map(str, missing))}", err=True)
+    if result.n_missing > len(result.missing):
+        click.echo(f"missing: {result.n_missing - len(result.missing)} more samples not listed",
+                   err=True)
     click.echo(result.summary(), err=True)
-    if result.missing:
+    if result.n_missing:
         ctx.exit(1)

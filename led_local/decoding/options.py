@@ -48,6 +48,7 @@ class Option:
     commands: frozenset[str] | None = None
     note: str = ""
     default_help: str | None = None
+    tiny: float | None = None  # values in (0, tiny) are refused (0 itself means off/greedy)
 
     @property
     def cli_flag(self) -> str | None:
@@ -83,6 +84,8 @@ class Option:
         if self.kind in (int, float) and not _in_range(self, value):
             note = f" {self.note}" if self.note else ""
             raise ConfigError(self.name, f"must be {self.range_text()}{note}, got {value}")
+        if self.tiny is not None and 0 < value < self.tiny:
+            raise ConfigError(self.name, f"must be 0 (greedy) or >= {self.tiny}, got {value}")
         return value
 
 
@@ -100,9 +103,9 @@ def _in_range(opt: Option, value: float) -> bool:
 
 
 # The options several methods share. A method's defaults may differ (hapo: T0 = 1, no filters).
+# below 1e-6, 1/T overflows float32 logits: NaN probabilities
 TEMPERATURE = Option("temperature", float, 0.6, "Sampling temperature (0 = greedy selection; "
-                     "T0 for hapo).",
-                     low=0, short="-t", openai=True)
+                     "T0 for hapo).", low=0, short="-t", openai=True, tiny=1e-6)
 TOP_K = Option("top_k", int, 20, "top-k", low=0, note="(0 = off)")
 TOP_P = Option("top_p", float, 0.95, "top-p", low=0, high=1, low_open=True, openai=True,
                neutral=1.0)

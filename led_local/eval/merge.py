@@ -3,10 +3,12 @@
 Every record of every input must carry the same fingerprint (model file and its SHA-256,
 method, parameters, run seed, prompt template, max tokens, build). A (problem, sample) found
 twice is dropped if both records agree apart from timing, and refused if they differ. With the
-expected problems, every missing (problem, sample) is listed. The output is written to a
-temporary file, fsynced and renamed over ``out``, so a reader never sees half a merge. The
-merge holds the run-file lock (``RunLock``) of ``out`` and of every input throughout, so it
-never reads a shard that a ``solve`` is still writing, nor races another writer of ``out``.
+expected problems, every missing (problem, sample) is counted and the first 1,000 listed. The
+output is written to a fresh temporary file, fsynced and renamed over ``out``, so a reader
+never sees half a merge. The merge holds the run-file lock (``RunLock``) of ``out`` and of
+every input throughout, so it never reads a shard that a ``solve`` is still writing, nor races
+another writer of ``out``; an input in a read-only directory is read without creating its lock
+(no writer can hold one there).
 """
 
 from __future__ import annotations
@@ -14,14 +16,17 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from led_local.errors import LedError
+from led_local.errors import LedError, OutputError
 from led_local.eval.problems import Problem
 from led_local.eval.runfile import FINGERPRINT_KEYS, RunLock, read_records
 
 TIMING_KEYS = frozenset({"time_s"})
+MAX_LISTED = 1000  # missing (problem, sample) pairs listed; the rest are counted
 
 
 @dataclass
@@ -35,8 +40,10 @@ class MergeResult:
     records: int
     problems: int
     duplicates: int = 0
-    missing: list[tuple[str, int]] = field(default_factory=list)
+    missing: list[tuple[str, int]] = field(default_factory=list)  # the first MAX_LISTED
     unexpected: int = 0
+    n_missing: int = 0  # all missing samples (a sample index may be huge: never all listed)
+    n_missing_problems: int = 0
 
     def summary(self) -> str:
         """One line for stderr."""
@@ -45,9 +52,8 @@ class MergeResult:
                 f"{self.duplicates} agreeing duplicates dropped")
         if self.unexpected:
             line += f", {self.unexpected} records of problems not in --expect"
-        if self.missing:
-            n_problems = len({pid for pid, _ in self.missing})
-            line += f"; {len(self.missing)} samples of {n_problems} problems missing"
+        if self.n_missing:
+            line += f"; {self.n_missing} samples of {self.n_missing_problems} problems missing"
         return line
 
 
@@ -72,8 +78,11 @@ def merge(out: str | os.PathLike, inputs: list[str | os.PathLike], *,
     out = Path(out)
     _check_output(out, [Path(p) for p in inputs])
     with contextlib.ExitStack() as locks:
-        for path in dict.fromkeys(Path(p).resolve() for p in [out, *inputs]):
-            locks.enter_context(RunLock(path))
+        target = out.resolve()
+        locks.enter_context(RunLock(target))
+        for path in dict.fromkeys(Path(p).resolve() for p in inputs):
+            if path != target:  # an input only read: its directory may be read-only
+                locks.enter_context(RunLock(path, reader=True))
         return _merge(out, inputs, expect=expect, samples=samples)
 
 
@@ -106,10 +115,33 @@ def _merge(out: Path, inputs: list[str | os.PathLike], *, expect: list[Problem] 
     if expect is not None:
         n = samples or (1 + max((s for _, s in merged), default=0))
         ids = {p.id for p in expect}
-        result.missing = [(p.id, i) for p in expect for i in range(n) if (p.id, i) not in merged]
+        _count_missing(result, merged, list(dict.fromkeys(p.id for p in expect)), n)
         result.unexpected = sum(pid not in ids for pid, _ in merged)
     write_atomically(out, records)
     return result
+
+
+def _count_missing(result: MergeResult, merged: dict, ids: list[str], n: int) -> None:
+    """Count the (problem, sample < n) pairs absent from ``merged`` and list the first
+    MAX_LISTED, in time linear in the records (``n`` may be 10**12)."""
+    present: dict[str, list[int]] = {pid: [] for pid in ids}
+    for pid, sample in merged:
+        if pid in present and sample < n:
+            present[pid].append(sample)
+    for pid in ids:
+        have = sorted(present[pid])
+        if len(have) == n:
+            continue
+        result.n_missing += n - len(have)
+        result.n_missing_problems += 1
+        nxt = 0
+        for sample in [*have, n]:
+            while nxt < sample and len(result.missing) < MAX_LISTED:
+                result.missing.append((pid, nxt))
+                nxt += 1
+            if len(result.missing) >= MAX_LISTED:
+                break
+            nxt = sample + 1
 
 
 def _check_output(out: Path, inputs: list[Path]) -> None:
@@ -142,20 +174,47 @@ def _order(merged: dict, expect: list[Problem] | None) -> list[tuple[str, int]]:
 
 
 def write_atomically(path: Path, records: list[dict]) -> None:
-    """Write ``records`` as a run file at ``path``: temporary file, fsync, rename, fsync dir."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """Write ``records`` as a run file at ``path``: a fresh temporary file beside it
+    (``mkstemp``: an unpredictable name, created exclusively, never through a link), fsync,
+    rename, fsync the directory. A failed write removes the temporary file and raises
+    OutputError (``path`` is untouched)."""
+    parent = path.parent if str(path.parent) else Path(".")
     try:
-        with tmp.open("w", encoding="utf-8") as f:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+    except OSError as e:
+        raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
+    tmp = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), mode)
             for rec in records:
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                f.write(_line(rec))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
-        raise LedError(f"cannot write {path}: {e.strerror or e}") from None
-    dir_fd = os.open(path.parent if str(path.parent) else ".", os.O_RDONLY)
+        raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _line(rec: dict) -> bytes:
+    """One record as a JSON line; text that is not valid Unicode (a lone surrogate read from
+    a ``\\ud800`` escape) keeps its escape, so that the record reads back unchanged."""
+    try:
+        return (json.dumps(rec, ensure_ascii=False) + "\n").encode("utf-8")
+    except UnicodeEncodeError:
+        return (json.dumps(rec) + "\n").encode("ascii")

@@ -18,6 +18,8 @@ could not be finished is reported (``ShardsFailed``) after everything else is wr
 from __future__ import annotations
 
 import os
+import secrets
+import socket
 import time
 from collections import deque
 from collections.abc import Callable
@@ -30,9 +32,14 @@ from led_local.eval import shards as sharding
 from led_local.eval.grading import Grader
 from led_local.eval.identity import build_id, model_sha256
 from led_local.eval.problems import Problem
+from led_local.eval.ray_watchdog import Watchdog
 from led_local.eval.ray_worker import SolveWorker
 from led_local.eval.solve import Progress, SolveOptions, grade, plan, start_writing, touch
 from led_local.llama.gguf_info import ModelInfo, model_info
+
+REACH_TIMEOUT_S = 5.0  # for a Ray address to accept a connection
+_watchdogs: list[Watchdog] = []  # of the local instance this process started
+_token_env: dict[str, str] = {}  # the authentication token of that instance
 
 
 class ShardsFailed(LedError):
@@ -99,13 +106,77 @@ def connect(ray_opts: RayOptions, *, verbose: bool = False) -> bool:
     ray = _import_ray()
     if ray.is_initialized():
         return False
+    if ray_opts.address:
+        _check_reachable(ray_opts.address)
+    elif "RAY_AUTH_MODE" not in os.environ and "RAY_ADDRESS" not in os.environ:
+        # Ray trusts whoever reaches its ports, and a local instance listens on every
+        # interface: require a token that only this process and its children know
+        _token_auth({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)})
     try:
         ray.init(address=ray_opts.address, include_dashboard=False, logging_level="ERROR",
                  log_to_driver=verbose)
     except (ConnectionError, ValueError, RuntimeError) as e:
+        _token_auth({})
         where = ray_opts.address or "a local instance"
         raise LedError(f"cannot start or reach Ray at {where}: {e}") from None
+    if ray_opts.address is None:  # our own instance: it must die with this process
+        _watchdogs.append(Watchdog(ray))
     return True
+
+
+def disconnect() -> None:
+    """Undo a ``connect`` that returned True: shut Ray down and let the watchdog of a local
+    instance remove what is left of it."""
+    ray = _import_ray()
+    ray.shutdown()
+    while _watchdogs:
+        _watchdogs.pop().close()
+    _token_auth({})
+
+
+def _token_auth(env: dict[str, str]) -> None:
+    """Turn Ray's token authentication on for the instance about to start (``env``: its
+    variables, which its processes inherit) or back off ({}); Ray caches the mode when it
+    loads, so its configuration is reloaded (a Ray without token support: nothing done)."""
+    try:
+        from ray._raylet import AuthenticationTokenLoader, Config
+    except ImportError:
+        return
+    if not env and not _token_env:
+        return
+    for name in _token_env:
+        os.environ.pop(name, None)
+    _token_env.clear()
+    _token_env.update(env)
+    os.environ.update(env)
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
+def _check_reachable(address: str, timeout: float = REACH_TIMEOUT_S) -> None:
+    """Refuse a HOST:PORT where nothing listens within ``timeout`` seconds (``ray.init``
+    would retry for minutes); "auto" and ``ray://`` addresses are left to Ray."""
+    host, sep, port = address.rpartition(":")
+    if address == "auto" or "://" in address or not sep or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as e:
+        why = e.strerror or type(e).__name__
+        raise LedError(f"cannot start or reach Ray at {address}: {why} (is a Ray head node "
+                       "running there?)") from None
+
+
+def check_fits(ray_opts: RayOptions) -> None:
+    """Refuse a worker that no live node of the cluster can hold (Ray would wait forever)."""
+    ray = _import_ray()
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    cpus = max((n.get("CPU", 0) for n in nodes), default=0)
+    gpus = max((n.get("GPU", 0) for n in nodes), default=0)
+    if ray_opts.cpus_per_worker > cpus or ray_opts.gpus_per_worker > gpus:
+        raise LedError(f"no node of the Ray cluster holds a worker of "
+                       f"{ray_opts.cpus_per_worker} CPUs and {ray_opts.gpus_per_worker} GPUs "
+                       f"(the largest has {cpus} CPUs and {gpus} GPUs)")
 
 
 def default_workers(ray_opts: RayOptions) -> int:
@@ -153,6 +224,7 @@ def solve_ray(
     try:
         started = connect(ray_opts, verbose=verbose)
         n_problems = len({j.key for j in todo.jobs})
+        check_fits(ray_opts)
         workers = min(ray_opts.workers or default_workers(ray_opts), n_problems)
         n_shards = min(n_problems, workers * ray_opts.shards_per_worker)
         queue = deque(_Shard(i, jobs) for i, jobs in
@@ -172,7 +244,7 @@ def solve_ray(
             pool.close()
         run.close()
         if started:
-            ray.shutdown()
+            disconnect()
     if failed:
         n = sum(len(s.left) for s in failed)
         why = ("no worker was left" if not workers_left else

@@ -77,8 +77,10 @@ def read_records(path: str | os.PathLike, *, tolerate_torn_tail: bool = True) ->
     is read when it is a complete record; a torn one (a write cut short) is ignored unless
     ``tolerate_torn_tail`` is off."""
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise LedError(f"run file not found: {p}")
+    if not p.is_file():
+        raise LedError(f"not a regular file, so not a run file: {p}")
     try:
         data = p.read_bytes()
     except OSError as e:

@@ -28,6 +28,7 @@ import errno
 import fcntl
 import json
 import os
+import stat
 import time
 from pathlib import Path
 
@@ -58,21 +59,58 @@ class RunLock:
     """Exclusive ownership of the run file ``path``: ``flock`` on ``<path>.lock``, which holds
     the owner's pid. ``acquire`` fails at once (RunLockedError naming the holder's pid) when
     another process holds it; the lock dies with the process that holds it (kill -9
-    included). ``release`` removes the lock file. Use as a context manager."""
+    included). ``release`` removes the lock file. Use as a context manager.
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    The lock file is never followed through a symbolic link and must be a regular file with
+    one name (a planted link or hard link would make the pid land in another file).
+    ``reader`` (a merge's inputs): where the lock file cannot be created (a read-only
+    directory) an existing one is locked as it is, and a missing one means that no writer
+    can hold it (a writer must create it first); a reader never writes nor removes it."""
+
+    def __init__(self, path: str | os.PathLike, *, reader: bool = False) -> None:
         self.run_path = Path(path)
         self.path = self.run_path.with_name(self.run_path.name + ".lock")
+        self.reader = reader
         self._fd: int | None = None
+        self._owned = False  # we created or rewrote the lock file: remove it on release
+
+    def _open(self) -> int | None:
+        """The lock file's descriptor (None: a reader's lock that cannot exist)."""
+        nofollow = os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+        try:
+            return os.open(self.path, os.O_RDWR | os.O_CREAT | nofollow, 0o644)
+        except OSError as e:
+            err = e
+        if err.errno == errno.ELOOP:
+            raise LedError(f"the lock file {self.path} is a symbolic link: led-local never "
+                           "follows one; remove it") from None
+        if self.reader and err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            try:
+                return os.open(self.path, os.O_RDONLY | nofollow)
+            except FileNotFoundError:
+                return None
+            except OSError as e:
+                err = e
+        raise LedError(f"cannot create the lock file {self.path}: {err.strerror}") from None
+
+    def _check_regular(self, fd: int) -> None:
+        st = os.fstat(fd)
+        problem = ("is not a regular file" if not stat.S_ISREG(st.st_mode) else
+                   "has other hard links" if st.st_nlink > 1 else None)
+        if problem:
+            os.close(fd)
+            raise LedError(f"the lock file {self.path} {problem}: led-local writes its pid "
+                           "there; remove it")
 
     def acquire(self) -> None:
         if self._fd is not None:
             return
         while True:
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            except OSError as e:
-                raise LedError(f"cannot create the lock file {self.path}: {e.strerror}") from None
+            fd = self._open()
+            if fd is None:
+                self._fd = -1
+                return
+            self._check_regular(fd)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -82,15 +120,21 @@ class RunLock:
                     f"{self._holder()}); wait for it to finish or stop it") from None
             # a releasing owner unlinks the file before unlocking: lock the file at the path
             try:
-                st = os.stat(self.path)
+                st = os.stat(self.path, follow_symlinks=False)
             except FileNotFoundError:
                 st = None
             own = os.fstat(fd)
             if st is not None and (st.st_ino, st.st_dev) == (own.st_ino, own.st_dev):
                 break
             os.close(fd)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            self._owned = True
+        except OSError:
+            if not self.reader:
+                os.close(fd)
+                raise LedError(f"cannot write the lock file {self.path}") from None
         self._fd = fd
 
     def _holder(self) -> str:
@@ -105,10 +149,13 @@ class RunLock:
     def release(self) -> None:
         if self._fd is None:
             return
-        with contextlib.suppress(OSError):
-            os.unlink(self.path)
-        os.close(self._fd)  # closing drops the lock
+        if self._fd >= 0:
+            if self._owned:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.path)
+            os.close(self._fd)  # closing drops the lock
         self._fd = None
+        self._owned = False
 
     def __enter__(self) -> RunLock:
         self.acquire()

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import ctypes
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -51,6 +53,38 @@ def context_limit(info: ModelInfo) -> int:
     (``<arch>.context_length``), or 1 Mi tokens when the file does not say."""
     n = info.gguf.fields.get(f"{info.architecture}.context_length")
     return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1 << 20
+
+
+def _load_interruptibly(path: os.PathLike, mparams: Any) -> Any:
+    """``llama_model_load_from_file``, stopped by Ctrl-C: a SIGINT handler sets a flag that
+    the load's progress callback reads, which aborts the load (a KeyboardInterrupt raised in a
+    ctypes callback would be swallowed). An interrupted load prints one line and exits 130."""
+    stop = [False]
+
+    def progress(_progress: float, _user: Any) -> bool:
+        return not stop[0]
+
+    def interrupt(*_args: object) -> None:
+        stop[0] = True
+
+    callback = llama_cpp.llama_progress_callback(progress)  # referenced until the load ends
+    mparams.progress_callback = callback
+    mparams.progress_callback_user_data = None
+    previous = None
+    if threading.current_thread() is threading.main_thread() and \
+            signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        previous = signal.signal(signal.SIGINT, interrupt)
+    try:
+        model = llama_cpp.llama_model_load_from_file(str(path).encode(), mparams)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    if stop[0]:
+        if model:
+            llama_cpp.llama_model_free(model)
+        print("led-local: interrupted while loading the model", file=sys.stderr, flush=True)
+        raise SystemExit(130)
+    return model
 
 
 class Runtime:
@@ -96,7 +130,7 @@ class Runtime:
         mparams = llama_cpp.llama_model_default_params()
         mparams.n_gpu_layers = n_gpu_layers
         mparams.vocab_only = vocab_only
-        model = llama_cpp.llama_model_load_from_file(str(self.info.path).encode(), mparams)
+        model = _load_interruptibly(self.info.path, mparams)
         if not model:
             raise LedError(
                 f"llama.cpp could not load {self.info.path} (architecture "

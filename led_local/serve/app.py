@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import sys
 from dataclasses import dataclass
 
 from sse_starlette import EventSourceResponse
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -25,11 +26,15 @@ from led_local.decoding.generate import new_seed
 from led_local.decoding.methods import DecodeConfig
 from led_local.errors import ConfigError, LedError
 from led_local.serve import protocol as P
+from led_local.serve.access import Access, is_json
 from led_local.serve.metrics import Metrics
 from led_local.serve.responses import Collector, stream_chunks
 from led_local.serve.scheduler import QueueFull, Scheduler, ServeEngine, Work
 
 MAX_BODY = 8 * 1024 * 1024
+# how long a stream outlives the start of a shutdown: longer than the grace the scheduler
+# gives running requests (server.GRACE_S), so that they end with their error event and [DONE]
+STREAM_GRACE_S = 5
 
 
 @dataclass
@@ -51,44 +56,92 @@ def _error(e: P.APIError) -> JSONResponse:
 
 
 class Guard:
-    """ASGI middleware: the API key, the body cap and the status count, before any route."""
+    """ASGI middleware before any route: the Host, Origin and Content-Type checks of
+    ``access`` (CORS headers and preflights for ``--cors-origin``), the body cap, the API key,
+    the bound on requests in progress (``max_active``: counted from arrival, before their
+    bodies are read) and the status count."""
 
-    def __init__(self, app, state: ServerState, *, max_body: int = MAX_BODY) -> None:
+    def __init__(self, app, state: ServerState, *, max_body: int = MAX_BODY,
+                 access: Access | None = None, max_active: int | None = None) -> None:
         self.app = app
         self.state = state
         self.max_body = max_body
+        self.access = access or Access()
+        self.max_active = max_active
+        self.active = 0
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         status: list[int] = []
+        headers = dict(scope["headers"])
+        origin = _text(headers.get(b"origin"))
+        cors = self.access.cors_headers(origin)
 
         async def counted_send(message) -> None:
             if message["type"] == "http.response.start":
                 status.append(message["status"])
+                if cors:
+                    message = {**message, "headers": [*message.get("headers", []), *cors]}
             await send(message)
 
+        counted = False
         try:
-            error = self._check(scope)
+            error = self._check(scope, headers)
+            if error is None and scope["method"] == "OPTIONS" and origin is not None:
+                await Response(status_code=204, headers=_preflight(headers))(
+                    scope, receive, counted_send)
+                return
+            if error is None:
+                error = self._authorize(scope, headers)
+            if error is None and scope["method"] == "POST" and self.max_active is not None:
+                if self.active >= self.max_active:
+                    error = P.APIError(
+                        503, f"the server is busy: {self.active} requests in progress "
+                        "(--parallel plus --max-queue); retry later", type="server_error",
+                        code="queue_full", headers={"Retry-After": "1"})
+                else:
+                    self.active += 1
+                    counted = True
             if error is not None:
                 await _error(error)(scope, receive, counted_send)
                 return
             await self.app(scope, self._capped(receive), counted_send)
         finally:
+            if counted:
+                self.active -= 1
             self.state.metrics.requests.labels(status=str(status[0] if status else 499)).inc()
 
-    def _check(self, scope) -> P.APIError | None:
-        headers = dict(scope["headers"])
+    def _check(self, scope, headers: dict) -> P.APIError | None:
+        """Host and Origin: who the request is for and which page sent it."""
+        host = _text(headers.get(b"host"))
+        if not self.access.host_ok(host):
+            return P.APIError(403, f"Host {host!r} is not this server's address (start it with "
+                              "--allowed-host NAME to accept that name)",
+                              type="permission_error", code="host_not_allowed")
+        origin = _text(headers.get(b"origin"))
+        if not self.access.origin_ok(origin, host):
+            return P.APIError(403, f"cross-origin requests from {origin!r} are refused (start "
+                              "the server with --cors-origin ORIGIN to allow that page)",
+                              type="permission_error", code="origin_not_allowed")
+        return None
+
+    def _authorize(self, scope, headers: dict) -> P.APIError | None:
+        """The body cap, the API key and the body's media type."""
         length = headers.get(b"content-length", b"0")
         if length.isdigit() and int(length) > self.max_body:
             return P.APIError(413, f"the body exceeds {self.max_body} bytes")
         key = self.state.api_key
         if key and scope["path"] != "/health":
-            auth = headers.get(b"authorization", b"").decode("latin-1")
-            given = auth[7:] if auth.lower().startswith("bearer ") else ""
-            if not hmac.compare_digest(given.encode(), key.encode()):
+            auth = headers.get(b"authorization", b"")
+            given = auth[7:].strip() if auth[:7].lower() == b"bearer " else b""
+            if not hmac.compare_digest(given, key.encode("utf-8")):
                 return P.APIError(401, "invalid or missing API key (Authorization: Bearer KEY)",
                                   type="authentication_error", code="invalid_api_key")
+        if scope["method"] == "POST" and not is_json(_text(headers.get(b"content-type"))):
+            given = _text(headers.get(b"content-type"))
+            return P.APIError(415, "POST bodies must be sent as Content-Type: application/json"
+                              f", got {given!r}", code="unsupported_media_type")
         return None
 
     def _capped(self, receive):
@@ -104,6 +157,18 @@ class Guard:
             return message
 
         return capped
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("latin-1")
+
+
+def _preflight(headers: dict) -> dict[str, str]:
+    """The answer to an allowed origin's CORS preflight (OPTIONS)."""
+    asked = _text(headers.get(b"access-control-request-headers"))
+    return {"Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+            "Access-Control-Allow-Headers": asked or "Authorization, Content-Type",
+            "Access-Control-Max-Age": "600"}
 
 
 def build_app(state: ServerState) -> Starlette:
@@ -131,7 +196,12 @@ def build_app(state: ServerState) -> Starlette:
         return await _complete(request, chat=False)
 
     async def _complete(request: Request, *, chat: bool) -> Response:
-        body = await request.body()
+        try:
+            body = await request.body()
+        except ClientDisconnect:  # the client left during its upload: one line, no traceback
+            print(f"led-local serve: a client left during its upload to {request.url.path}",
+                  file=sys.stderr, flush=True)
+            return Response(status_code=499)
         req = P.parse(P.ChatRequest if chat else P.CompletionRequest, body)
         work = await run_in_threadpool(_work, state, req, chat)
         queue: asyncio.Queue = asyncio.Queue()
@@ -156,7 +226,7 @@ def build_app(state: ServerState) -> Starlette:
             return EventSourceResponse(
                 stream_chunks(queue, work, state.scheduler, meta, chat=chat,
                               include_usage=req.include_usage()),
-                ping=15, sep="\n")
+                ping=15, sep="\n", shutdown_grace_period=STREAM_GRACE_S)
         return await _answer(request, queue, work, meta, chat=chat)
 
     async def _answer(request: Request, queue: asyncio.Queue, work: Work, meta: dict, *,
@@ -175,7 +245,8 @@ def build_app(state: ServerState) -> Starlette:
         finally:
             left.cancel()
         if collector.error:
-            raise P.APIError(500, collector.error, type="server_error")
+            raise P.APIError(collector.status, collector.error, type="server_error",
+                             headers={"Retry-After": "1"} if collector.status == 503 else None)
         return JSONResponse(collector.response(meta))
 
     async def api_error(request: Request, exc: Exception) -> Response:

@@ -17,10 +17,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from led_local.decoding import registry
 from led_local.decoding.methods import DecodeConfig, build_config
-from led_local.decoding.options import Option
+from led_local.decoding.options import TEMPERATURE, Option
 from led_local.errors import ConfigError, LedError
 
 MAX_STOP = 16
+MIN_TEMPERATURE = TEMPERATURE.tiny  # below it 1/T overflows float32 logits: NaN
 
 
 class APIError(Exception):

@@ -25,6 +25,7 @@ class Collector:
         self.logprobs: list[list[dict]] = [[] for _ in range(work.n)]
         self.ends: dict[int, dict] = {}
         self.error: str | None = None
+        self.status = 500  # of the error
 
     @property
     def done(self) -> bool:
@@ -33,6 +34,7 @@ class Collector:
     def add(self, event: dict) -> None:
         if "error" in event:
             self.error = event["error"]
+            self.status = event.get("status", 500)
         elif "finish_reason" in event:
             self.ends[event["index"]] = event
         else:
@@ -90,9 +92,10 @@ async def stream_chunks(queue: asyncio.Queue, work: Work, scheduler: Scheduler, 
                              "logprobs": None, "finish_reason": None})
         while finished < work.n:
             event = await queue.get()
-            if "error" in event:
-                yield _dumps({"error": P.APIError(500, event["error"], type="server_error")
-                              .body()["error"]})
+            if "error" in event:  # a final error event, then the end of the stream
+                yield _dumps({"error": P.APIError(event.get("status", 500), event["error"],
+                                                  type="server_error").body()["error"]})
+                yield "[DONE]"
                 break
             i = event["index"]
             if "finish_reason" in event:

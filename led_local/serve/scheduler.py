@@ -15,6 +15,8 @@ front-end's next turn evaluates only the new tokens.
 
 from __future__ import annotations
 
+import math
+import sys
 import threading
 import time
 from collections import deque
@@ -30,6 +32,11 @@ from led_local.decoding.samplers import log_probs_at, top_candidates
 from led_local.errors import LedError
 from led_local.serve.metrics import Metrics
 from led_local.serve.text import TextStream
+
+
+def _finite(logprob: float) -> float:
+    """A log-probability as JSON can carry it: -9999.0 (OpenAI's floor) for -inf or NaN."""
+    return logprob if math.isfinite(logprob) else -9999.0
 
 
 class QueueFull(Exception):
@@ -111,8 +118,12 @@ class Scheduler:
         self.queue: deque[Work] = deque()
         self.running: dict[int, Choice] = {}
         self.free = set(range(parallel))
+        self._claimed = 0  # slots of requests taken from the queue, not yet in ``free``'s count
         self._cv = threading.Condition()
         self._stopping = False
+        self._draining = False  # shutting down: no new work; what runs has until the deadline
+        self._deadline: threading.Timer | None = None
+        self._admitting: Work | None = None  # its prompt is being evaluated
         self._thread = threading.Thread(target=self._run, name="led-decode", daemon=True)
 
     # -- the request side (event loop thread) ---------------------------------------------
@@ -121,10 +132,12 @@ class Scheduler:
 
     def submit(self, work: Work) -> None:
         with self._cv:
-            if self._stopping:
+            if self._stopping or self._draining:
                 raise QueueFull("the server is shutting down")
-            if len(self.queue) >= self.max_queue:
-                raise QueueFull(f"{len(self.queue)} requests are waiting (the server's max_queue)")
+            waiting = self._waiting([*self.queue, work])
+            if waiting > self.max_queue:
+                raise QueueFull(f"no free slot and {waiting - 1} requests waiting for one "
+                                f"(the server's max_queue {self.max_queue})")
             self.queue.append(work)
             self.metrics.queue.set(len(self.queue))
             self._cv.notify()
@@ -135,15 +148,58 @@ class Scheduler:
             work.cancelled = True
             self._cv.notify()
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Cancel everything queued or running and join the decode thread."""
+    def drain(self, grace: float) -> None:
+        """Shutdown has begun: refuse new work, let what runs finish for ``grace`` seconds,
+        then end everything left with a "shutting down" error (503), while the handlers can
+        still answer it."""
+        with self._cv:
+            if self._draining:
+                return
+            self._draining = True
+        self._deadline = threading.Timer(grace, self._expire)
+        self._deadline.daemon = True
+        self._deadline.start()
+
+    def _expire(self) -> None:
+        """The grace is over: answer every request now (503), even one whose prompt is still
+        being evaluated (the decode thread only sees the flag after that step)."""
+        with self._cv:
+            self._stopping = True
+            works = {id(c.work): c.work for c in list(self.running.values())}
+            works.update((id(w), w) for w in self.queue)
+            if self._admitting is not None:
+                works[id(self._admitting)] = self._admitting
+            self._cv.notify()
+        for work in works.values():
+            work.emit({"error": "the server is shutting down", "status": 503})
+
+    def stop(self) -> None:
+        """Cancel everything queued or running and join the decode thread: it may be inside a
+        long prompt evaluation, and the engine must not be freed under it."""
+        if self._deadline is not None:
+            self._deadline.cancel()
         with self._cv:
             self._stopping = True
             self._cv.notify()
-        self._thread.join(timeout)
+        self._thread.join(10)
+        if self._thread.is_alive():
+            print("led-local serve: waiting for the prompt evaluation in progress to end",
+                  file=sys.stderr, flush=True)
+            self._thread.join()
 
     def busy(self) -> int:
         return self.parallel - len(self.free)
+
+    def _waiting(self, works: list[Work]) -> int:
+        """How many of ``works`` (in queue order) would still wait once the free slots are
+        filled: the queue's length as ``--max-queue`` means it (called under the lock)."""
+        room = len(self.free) - self._claimed
+        live = [w for w in works if not w.cancelled]
+        for i, work in enumerate(live):
+            if work.n > room:
+                return len(live) - i
+            room -= work.n
+        return 0
 
     # -- the decode thread ----------------------------------------------------------------
     def _run(self) -> None:
@@ -155,7 +211,9 @@ class Scheduler:
                     break
                 admit = self._take()
             for work in admit:
+                self._admitting = work
                 self._admit(work)
+                self._admitting = None
             self._reap()
             if self.running:
                 self._step()
@@ -165,7 +223,7 @@ class Scheduler:
             self._end(c, "cancelled")
         self.queue.clear()
         for work in works.values():
-            work.emit({"error": "the server is shutting down"})
+            work.emit({"error": "the server is shutting down", "status": 503})
 
     def _take(self) -> list[Work]:
         """Queued requests that fit the free slots, in order (cancelled ones dropped)."""
@@ -179,6 +237,7 @@ class Scheduler:
             if work.n > room:
                 break
             room -= work.n
+            self._claimed += work.n
             out.append(self.queue.popleft())
         self.metrics.queue.set(len(self.queue))
         return out
@@ -195,12 +254,16 @@ class Scheduler:
             eng.load_prefix(first, work.tokens[:-1])
         except LedError as e:
             eng.free(first)
+            with self._cv:
+                self._claimed -= work.n
             work.emit({"error": str(e)})
             return
         slots = [first] + sorted(self.free - {first})[:work.n - 1]
+        with self._cv:
+            self.free.difference_update(slots)
+            self._claimed -= work.n
         now = time.perf_counter()
         for i, slot in enumerate(slots):
-            self.free.discard(slot)
             if slot != first:
                 eng.fork(first, slot)
             seq = eng.new_sequence(slot, seed=(work.seed,) if i == 0 else (work.seed, i),
@@ -264,9 +327,10 @@ class Scheduler:
     def _entry(self, tok: int, data: bytes, logprob: float,
                top: list[tuple[int, float]]) -> dict:
         rt = self.engine.rt
-        return {"token": data.decode("utf-8", "replace"), "logprob": logprob,
+        return {"token": data.decode("utf-8", "replace"), "logprob": _finite(logprob),
                 "bytes": list(data),
-                "top": [(rt.token_text(t), lp, list(rt.token_bytes(t))) for t, lp in top]}
+                "top": [(rt.token_text(t), _finite(lp), list(rt.token_bytes(t)))
+                        for t, lp in top]}
 
     def _send(self, c: Choice, text: str, *, final: bool) -> None:
         part = c.split.feed(text)
