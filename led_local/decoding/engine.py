@@ -50,7 +50,6 @@ class Sequence:
     embed_sum: np.ndarray | None = None
     embed_count: int = 0
     cfg: DecodeConfig | None = None  # this sequence's method (None: the engine's)
-    engine_cfg: DecodeConfig | None = None
     trace: object | None = None  # the method's own per-sequence record (HAPO, SwiReasoning)
     _text_tail: str = ""
 
@@ -70,13 +69,6 @@ class Sequence:
             return None
         return (self.embed_sum / self.embed_count).astype(np.float32)
 
-    def diagnostics(self, *, full: bool = False) -> dict:
-        """The method's own per-sequence report, keyed by its record field ({} for methods
-        without one); ``full`` adds per-token lists where the method keeps them."""
-        if self.trace is None:
-            return {}
-        cfg = self.cfg or self.engine_cfg
-        return cfg.unit.record(self, cfg, full=full)
 
 
 class Engine:
@@ -163,7 +155,7 @@ class Engine:
                      cfg: DecodeConfig | None = None) -> Sequence:
         """A sequence in ``slot`` whose randomness derives from ``seed`` alone; ``cfg`` gives
         it its own method (default: the engine's), which ``check_config`` must accept."""
-        seq = Sequence(slot=slot, max_tokens=max_tokens, cfg=cfg, engine_cfg=self.cfg)
+        seq = Sequence(slot=slot, max_tokens=max_tokens, cfg=cfg)
         cfg = self._cfg(seq)
         cfg.unit.start(self, seq, cfg, seed_sequence(*seed))
         return seq

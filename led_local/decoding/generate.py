@@ -138,5 +138,6 @@ def generate(engine: Engine, tokens: list[int], *, max_tokens: int, seed: int) -
         text=text, tokens=list(seq.tokens), finish_reason=seq.finish_reason,
         method=engine.cfg.method, params=engine.cfg.params(), seed=seed,
         depths=list(seq.depths), n_prompt=len(tokens), prompt_s=timing["prompt_s"],
-        decode_s=decode_s, logprobs=list(seq.logprobs), diagnostics=seq.diagnostics(),
+        decode_s=decode_s, logprobs=list(seq.logprobs),
+        diagnostics=engine.cfg.unit.record(seq, engine.cfg),
     )
