@@ -204,3 +204,21 @@ def test_a_served_request_keeps_the_servers_hapo_and_swir_settings():
     cfg = CompletionRequest(prompt="hi", top_k=5, top_p=0.9).decode_config(base)
     assert (cfg.method, cfg.hapo, cfg.swir, cfg.top_k, cfg.top_p) == \
         ("hapo", base.hapo, base.swir, 5, 0.9)
+
+
+def test_batched_entropies_are_the_single_row_ones_to_rounding():
+    from led_local.decoding.filters import entropy, softmax64, softmax_rows
+    from led_local.decoding.hapo import token_entropies
+
+    rng = np.random.default_rng(5)
+    # rows of different shapes: peaked, flat, one -inf logit (p = 0 adds nothing)
+    z = rng.standard_normal((4, 3000)).astype(np.float32) * np.array([[8], [0.1], [2], [3]],
+                                                                      np.float32)
+    z[3, 7] = -np.inf
+    h = token_entropies(z)
+    for r in range(4):
+        assert h[r] == pytest.approx(entropy(softmax64(z[r])), rel=1e-12, abs=1e-15)
+        assert token_entropies(z[r]) == h[r]  # a row alone: the same bits as in the batch
+        # p itself is softmax64's, bit for bit (the sampled token depends on it)
+        assert np.array_equal(softmax_rows(z[r])[0], softmax64(z[r]))
+    assert np.isfinite(h).all()

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from led_local.decoding.chatformat import ScopeEnd
 from led_local.decoding.samplers import LEDConfig
 from led_local.diagnostics.inspect import analyse_position, entropy, scope_flags
 from led_local.diagnostics.report import format_summary, summarise
@@ -89,8 +90,15 @@ def test_temperature_divides_the_logits_and_layers_are_entropies():
 
 
 def test_scope_ends_after_the_token_that_completes_the_marker():
-    assert scope_flags(["a", "</th", "ink>", "b", "c"], "</think>") == [True] * 3 + [False] * 2
-    assert scope_flags(["a", "</think>", "b"], "") == [True] * 3
+    pieces = ["a", "</th", "ink>", "b", "c"]
+    text_level = ScopeEnd("</think>")
+    assert scope_flags(list(range(5)), pieces, text_level) == [True] * 3 + [False] * 2
+    assert scope_flags([0, 1, 2], ["a", "</think>", "b"], None) == [True] * 3
+    # a one-token marker: that token ends the scope, its text spelled out does not
+    token_level = ScopeEnd("</think>", token=7)
+    flags = scope_flags([5, 7, 6, 6], ["a", "</think>", "b", "c"], token_level)
+    assert flags == [True] * 2 + [False] * 2
+    assert scope_flags([5, 8, 6], ["a", "</think>", "b"], token_level) == [True] * 3
 
 
 def test_summary_means_in_scope_positions_and_says_it_plainly():

@@ -141,6 +141,29 @@ def test_soft_vectors_do_not_depend_on_the_batch():
     assert np.allclose(alone, p @ emb, atol=1e-6)
 
 
+def test_one_blas_thread_gives_the_products_of_all_threads():
+    from led_local.decoding.swir import one_blas_thread
+
+    rng = np.random.default_rng(1)
+    emb = rng.standard_normal((20000, 96)).astype(np.float32)
+    p = rng.dirichlet(np.ones(20000)).astype(np.float32)
+    everywhere = p @ emb
+    with one_blas_thread():
+        alone = p @ emb
+    assert np.array_equal(alone, everywhere)
+
+
+def test_the_batched_entropy_is_swir_entropy_to_rounding():
+    from led_local.decoding.filters import softmax_rows
+    from led_local.decoding.swir import swir_entropy
+
+    rng = np.random.default_rng(2)
+    z = rng.standard_normal((3, 4000)) * np.array([[40.0], [1.0], [5.0]])  # p < 1e-12 too
+    p, logp = softmax_rows(z)
+    for r in range(3):
+        assert swir_entropy(p[r], logp[r]) == pytest.approx(swir_entropy(p[r]), rel=1e-12)
+
+
 # -- on the real models ------------------------------------------------------------------------
 
 def run(*args, **kw):

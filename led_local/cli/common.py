@@ -113,6 +113,7 @@ def decoding_options(command: str | None = None) -> Callable:
                      "patched build)."),
         click.option("--chat-template", "chat_template", type=click.Path(path_type=str),
                      default=None, help="Jinja chat template file to use instead of the model's."),
+        reasoning_format_option(),
         click.option("--projection", type=click.Choice(["auto", "host", "graph"]),
                      default="auto", show_default=True,
                      help=f"{states}: where depth logits are computed: host (CPU) or graph "
@@ -146,13 +147,21 @@ def decode_config(ctx: click.Context, kw: dict, *, free: frozenset[str] = frozen
     return build_config(unit.name, given)
 
 
-def reasoning_format_option(what: str) -> Callable:
+def reasoning_format_option() -> Callable:
     """``--reasoning-format NAME``: the chat format instead of the one the template shows."""
     from led_local.decoding.chatformat import formats
 
     return click.option("--reasoning-format", type=click.Choice(list(formats())), default=None,
-                        help=f"How the model marks thinking ({what}) [default: detected from "
-                        "the chat template].")
+                        help="How the model marks thinking: where LED's scope ends and solve "
+                        "reads the answer, what chat shows dim and serve returns as "
+                        "reasoning_content [default: detected from the chat template].")
+
+
+def model_format(info, kw: dict):
+    """The chat format of ``info`` (a ModelInfo), or the one ``--reasoning-format`` names."""
+    from led_local.decoding.chatformat import for_model
+
+    return for_model(info, kw.get("reasoning_format"))
 
 
 def model_with_template(model, path: str | None):
@@ -173,7 +182,7 @@ def open_engine(model: str, cfg, kw: dict, **extra):
 
     return Engine(model_with_template(model, kw.get("chat_template")), cfg, n_ctx=kw["n_ctx"],
                   threads=kw["threads"], capture=kw["capture"], projection=kw["projection"],
-                  verbose=kw["verbose"], **extra)
+                  verbose=kw["verbose"], reasoning_format=kw.get("reasoning_format"), **extra)
 
 
 @click.group()

@@ -14,7 +14,6 @@ from led_local.cli.common import (
     main,
     model_argument,
     open_engine,
-    reasoning_format_option,
     user_errors,
 )
 from led_local.cli.text import bad_utf8, utf8
@@ -62,17 +61,15 @@ def generate(ctx: click.Context, model: str, prompt: str, raw: bool, system: str
 @click.option("-n", "--max-tokens", type=int, default=1024, show_default=True,
               help="Most tokens per reply.")
 @click.option("-s", "--seed", type=int, default=None, help="Random seed [default: random].")
-@reasoning_format_option("thinking is shown dim")
 @decoding_options()
 @click.pass_context
 @user_errors
 def chat(ctx: click.Context, model: str, system: str | None, max_tokens: int,
-         seed: int | None, reasoning_format: str | None, **kw) -> None:
+         seed: int | None, **kw) -> None:
     """Chat with MODEL; /reset forgets the conversation, /exit (or Ctrl-D) leaves.
 
     Replies stream as they are generated, thinking (and SwiReasoning's latent steps) shown
     dim; Ctrl-C stops a reply and keeps the session."""
-    from led_local.decoding import chatformat
     from led_local.decoding.chat import ChatSession
     from led_local.decoding.generate import new_seed
     from led_local.errors import ContextFullError
@@ -82,10 +79,8 @@ def chat(ctx: click.Context, model: str, system: str | None, max_tokens: int,
         raise UserError(f"--max-tokens must be >= 1, got {max_tokens}")
     with open_engine(model, cfg, kw) as engine:
         engine.rt.apply_chat_template([{"role": "user", "content": "hi"}])  # fail early
-        fmt = (chatformat.detect(engine.info.chat_template) if reasoning_format is None
-               else chatformat.get(reasoning_format))
         session = ChatSession(engine, system=system, max_tokens=max_tokens,
-                              seed=new_seed() if seed is None else seed, format=fmt)
+                              seed=new_seed() if seed is None else seed, format=engine.format)
         click.echo(f"Chatting with {engine.info.name} ({cfg.method}). /reset, /exit.", err=True)
         _lenient_stdin()
         while True:

@@ -15,6 +15,7 @@ from led_local.cli.common import (
     decoding_options,
     main,
     model_argument,
+    model_format,
     model_with_template,
     user_errors,
 )
@@ -89,6 +90,7 @@ def solve(ctx: click.Context, model: str, problems: str, output: str, samples: i
                              "the chat template": kw["chat_template"],
                              "the HAPO statistics": kw["hapo_stats"]}, option="-o")
     info = model_with_template(inspect_model(model), kw["chat_template"])  # read once
+    cfg = cfg.with_format(model_format(info, kw))  # the run file records the marker used
     items = load_problems(problems)
     template = load_template(prompt_template)
     chosen = items[:limit] if limit else items

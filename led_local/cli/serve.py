@@ -10,7 +10,6 @@ from led_local.cli.common import (
     main,
     model_argument,
     model_with_template,
-    reasoning_format_option,
     user_errors,
 )
 
@@ -36,14 +35,13 @@ from led_local.cli.common import (
               "(repeatable); other cross-origin requests are refused.")
 @click.option("--request-timeout", type=float, default=30.0, show_default=True,
               help="Seconds a connection has to send a whole request (headers and body).")
-@reasoning_format_option("the reasoning goes to reasoning_content")
 @click.option("--alias", default=None, help="Model name in the API [default: the file's name].")
 @decoding_options()
 @click.pass_context
 @user_errors
 def serve(ctx: click.Context, model: str, host: str, port: int, parallel: int, max_queue: int,
           api_key_file: str | None, api_key: str | None, allowed_hosts: tuple[str, ...],
-          cors_origins: tuple[str, ...], request_timeout: float, reasoning_format: str | None,
+          cors_origins: tuple[str, ...], request_timeout: float,
           alias: str | None, **kw) -> None:
     """Serve MODEL over the OpenAI HTTP API (chat/completions, completions, models).
 
@@ -64,7 +62,8 @@ def serve(ctx: click.Context, model: str, host: str, port: int, parallel: int, m
     cfg = decode_config(ctx, kw)
     run(model_with_template(model, kw["chat_template"]), cfg, host=host, port=port,
         parallel=parallel, ctx=kw["n_ctx"],
-        max_queue=max_queue, api_key=api_key, reasoning_format=reasoning_format, alias=alias,
+        max_queue=max_queue, api_key=api_key, reasoning_format=kw["reasoning_format"],
+        alias=alias,
         threads=kw["threads"], capture=kw["capture"], projection=kw["projection"],
         verbose=kw["verbose"],
         allowed_hosts=allowed_hosts, cors_origins=cors_origins,

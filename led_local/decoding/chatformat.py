@@ -84,6 +84,34 @@ class ChatFormat:
 PLAIN = ChatFormat()
 
 
+class ScopeEnd:
+    """Where LED's exploration scope ends in a response: right after the token that completes
+    ``marker``. When the marker is one added token of the vocabulary (``token``: Qwen3's
+    ``</think>``, which the tokenizer never builds out of other text), that token alone ends
+    it (token level); otherwise the first token after which the response's text holds the
+    marker does (text level, ``tail`` carrying the text seen so far)."""
+
+    def __init__(self, marker: str, token: int | None = None) -> None:
+        self.marker = marker
+        self.token = token
+
+    @classmethod
+    def of(cls, rt, marker: str) -> ScopeEnd | None:
+        """The scope end of ``marker`` in the vocabulary of Runtime ``rt`` (None: ``''``, the
+        scope is the whole response)."""
+        if not marker:
+            return None
+        ids = rt.tokenize(marker, special=True, bos=False)
+        return cls(marker, ids[0] if len(ids) == 1 and rt.is_added(ids[0]) else None)
+
+    def advance(self, tail: str, token: int, piece: str) -> tuple[str, bool]:
+        """(the new tail, whether ``token``, whose text is ``piece``, ends the scope)."""
+        if self.token is not None:
+            return tail, token == self.token
+        tail = (tail + piece)[-(len(self.marker) + 64):]
+        return tail, self.marker in tail
+
+
 def formats() -> dict[str, ChatFormat]:
     from led_local.decoding import think_tags
 
@@ -95,6 +123,11 @@ def get(name: str) -> ChatFormat:
     if name not in known:
         raise ConfigError("reasoning_format", f"must be one of {', '.join(known)}, got {name!r}")
     return known[name]
+
+
+def for_model(info, name: str | None = None) -> ChatFormat:
+    """The chat format of a model (a ModelInfo: its chat template), or the one ``name`` names."""
+    return get(name) if name is not None else detect(info.chat_template)
 
 
 def detect(template: str | None) -> ChatFormat:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from led_local.decoding import chatformat
 from led_local.decoding.methods import DecodeConfig, LlamaSampler, seed_sequence
 from led_local.decoding.samplers import token_logprob
 from led_local.decoding.unit import Batch
@@ -101,10 +102,12 @@ class Engine:
         verbose: bool = False,
         batch_invariant: bool = False,
         embed: bool = False,
+        reasoning_format: str | None = None,
     ) -> None:
         self.info = model_info(model)
+        self.format = chatformat.for_model(self.info, reasoning_format)
         self.embed = embed
-        self.cfg = cfg
+        self.cfg = cfg = cfg.with_format(self.format)
         self.logprobs = logprobs
         self.head: LMHead | None = None
         self.capture = None
@@ -130,6 +133,7 @@ class Engine:
             self.graph.attach(self.rt)
         self.n_seq = n_seq
         self._cached: dict[int, list[int]] = {}
+        self._scope_ends: dict[str, chatformat.ScopeEnd | None] = {}
         # the input embedding rows, for methods that feed vectors instead of tokens
         self.embeddings: np.ndarray | LazyInputRows | None = None
         self.shared: dict[str, object] = {}  # what the engine's own method set up, by name
@@ -155,13 +159,21 @@ class Engine:
                      cfg: DecodeConfig | None = None) -> Sequence:
         """A sequence in ``slot`` whose randomness derives from ``seed`` alone; ``cfg`` gives
         it its own method (default: the engine's), which ``check_config`` must accept."""
-        seq = Sequence(slot=slot, max_tokens=max_tokens, cfg=cfg)
+        seq = Sequence(slot=slot, max_tokens=max_tokens,
+                       cfg=cfg.with_format(self.format) if cfg is not None else None)
         cfg = self._cfg(seq)
         cfg.unit.start(self, seq, cfg, seed_sequence(*seed))
         return seq
 
     def _cfg(self, seq: Sequence) -> DecodeConfig:
         return seq.cfg or self.cfg
+
+    def scope_end(self, cfg: DecodeConfig) -> chatformat.ScopeEnd | None:
+        """Where ``cfg``'s thinking scope ends (None: it never does)."""
+        marker = cfg.with_format(self.format).think_end
+        if marker not in self._scope_ends:
+            self._scope_ends[marker] = chatformat.ScopeEnd.of(self.rt, marker)
+        return self._scope_ends[marker]
 
     def columns(self, hidden: list[int]) -> list[int]:
         """Which captured states (columns of ``capture.collect()``) hold hidden ``hidden``."""
@@ -362,10 +374,10 @@ class Engine:
         if final is not None:
             s.logprobs.append(token_logprob(final, tok, temperature=temperature))
         s.pending = tok
-        think_end = self._cfg(s).think_end
-        if s.in_scope and think_end:
-            s._text_tail = (s._text_tail + self.rt.token_text(tok))[-(len(think_end) + 64):]
-            if think_end in s._text_tail:
+        end = self.scope_end(self._cfg(s)) if s.in_scope else None
+        if end is not None:
+            s._text_tail, ended = end.advance(s._text_tail, tok, self.rt.token_text(tok))
+            if ended:
                 s.in_scope = False
                 s.scope_end = len(s.tokens) - 1
         if len(s.tokens) >= s.max_tokens or s.n_past + 1 >= self.rt.n_ctx_seq:

@@ -25,6 +25,25 @@ def softmax64(logits: np.ndarray) -> np.ndarray:
     return e / e.sum()
 
 
+def softmax_rows(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(p, log p) of softmax over the last axis of logits (..., V), float64, with one exp and
+    no log over the vocabulary: log p = (z - max z) - log(sum exp(z - max z)). Elementwise
+    and row by row, so a row's values never depend on the other rows."""
+    x = np.asarray(logits, dtype=np.float64)
+    x = x - x.max(axis=-1, keepdims=True)
+    e = np.exp(x)
+    s = e.sum(axis=-1, keepdims=True)
+    return e / s, x - np.log(s)
+
+
+def entropy_rows(p: np.ndarray, logp: np.ndarray, *, floor: float = 0.0) -> np.ndarray:
+    """-sum p ln p per row from ``softmax_rows``'s (p, log p) (..., V) -> (...,), in nats;
+    ``floor`` clips p inside the log as ``entropy`` does (0: zero entries add nothing)."""
+    # (a -inf logit has p = 0 and adds nothing, as in ``entropy``, not 0 * -inf)
+    logp = np.maximum(logp, np.log(floor) if floor > 0 else np.finfo(np.float64).min)
+    return -(p * logp).sum(axis=-1)
+
+
 def entropy(p: np.ndarray, *, floor: float = 0.0) -> float:
     """-sum p ln p of a probability row, in nats; ``floor`` clips p inside the log
     (SwiReasoning uses 1e-12; 0 drops zero entries, the limit p ln p -> 0)."""
@@ -60,8 +79,9 @@ def filtered_probs(
         p = softmax64(z)
         keep = p >= min_p * p.max()
         z, idx = z[keep], idx[keep]
-    keep = _top_k_mask(z, top_k)
-    z, idx = z[keep], idx[keep]
+    if 0 < top_k < z.shape[-1]:  # (a filter that is off copies nothing)
+        keep = _top_k_mask(z, top_k)
+        z, idx = z[keep], idx[keep]
     if top_p < 1:
         order = np.argsort(-z, kind="stable")
         p = softmax64(z[order])

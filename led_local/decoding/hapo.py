@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from led_local.decoding.filters import entropy, sample_token, softmax64
+from led_local.decoding.filters import entropy_rows, sample_token, softmax_rows
 from led_local.decoding.options import MIN_P, TEMPERATURE, THINK_END, TOP_K, TOP_P, Option
 from led_local.decoding.unit import DecodingMethod
 from led_local.errors import ConfigError, LedError, OutputError
@@ -135,12 +135,20 @@ class HAPOTrace:
         return out
 
 
+def token_entropies(logits: np.ndarray) -> np.ndarray:
+    """H of the untempered, unfiltered distribution of each row of logits (..., V), in nats
+    (float64): one exp over the rows, no log over the vocabulary."""
+    return entropy_rows(*softmax_rows(logits))
+
+
 def hapo_pick(logits: np.ndarray, *, t0: float, cfg: HAPOConfig, trace: HAPOTrace,
               rng: np.random.Generator, top_k: int = 0, top_p: float = 1.0,
-              min_p: float = 0.0) -> int:
+              min_p: float = 0.0, h_t: float | None = None) -> int:
     """One HAPO step on a row of logits (V,): entropy, temperature, vLLM-order sample.
-    Appends the entropy and temperature to ``trace``; T0 = 0 is greedy."""
-    h_t = entropy(softmax64(logits))
+    Appends the entropy and temperature to ``trace``; T0 = 0 is greedy. ``h_t``: the row's
+    entropy when computed for a whole batch (``token_entropies``)."""
+    if h_t is None:
+        h_t = float(token_entropies(logits))
     t = adaptive_temperature(h_t, trace.stats, t0=t0, tau=cfg.tau, variant=cfg.variant)
     trace.entropies.append(h_t)
     trace.temperatures.append(t)
@@ -239,11 +247,12 @@ class HAPO(DecodingMethod):
         seq.trace = HAPOTrace(engine.shared.get(NAME, cfg.hapo.stats), [], [])
 
     def pick(self, engine, batch, idx):
-        for i in idx:
+        h = token_entropies(batch.final[idx])  # every row's full-vocabulary pass at once
+        for i, h_t in zip(idx, h):
             cfg, s = batch.cfgs[i], batch.seqs[i]
             batch.tokens[i] = hapo_pick(batch.final[i], t0=cfg.temperature, cfg=cfg.hapo,
                                         trace=s.trace, rng=s.rng, top_k=cfg.top_k,
-                                        top_p=cfg.top_p, min_p=cfg.min_p)
+                                        top_p=cfg.top_p, min_p=cfg.min_p, h_t=float(h_t))
 
     def record(self, seq, cfg, *, full=False):
         return {NAME: seq.trace.summary(with_entropies=full)}

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from led_local.decoding.filters import softmax_rows
 from led_local.decoding.swir import SwirState, SwirVocab, feed_vector, soft_vectors, swir_pick
 
 MATH_SYMBOLS = (
@@ -91,6 +92,7 @@ def pick_batch(engine, vocab: SwirVocab, seqs: list, final: np.ndarray) -> list[
     ``pending_vec`` is set to its fed vector (None when it feeds a plain token). Each
     sequence uses its own configuration (``s.cfg``, else the engine's)."""
     steps, probs = [], []
+    rows = softmax_rows(final)  # the full-vocabulary work of every row in one pass
     for i, s in enumerate(seqs):
         tr: SwirTrace = s.trace
         cfg = s.cfg or engine.cfg
@@ -98,13 +100,13 @@ def pick_batch(engine, vocab: SwirVocab, seqs: list, final: np.ndarray) -> list[
         def closes(x: int, s=s, cfg=cfg) -> bool:
             if vocab.think_close is not None:
                 return x == vocab.think_close
-            end = cfg.think_end
-            return bool(end) and end in (s._text_tail + engine.rt.token_text(x))
+            end = engine.scope_end(cfg)
+            return end is not None and end.advance(s._text_tail, x, engine.rt.token_text(x))[1]
 
         step, p = swir_pick(final[i], tr.state, closes=closes, cfg=cfg.swir,
                             vocab=vocab, max_new=s.max_tokens,
                             temperature=cfg.temperature, rng=s.rng, top_k=cfg.top_k,
-                            top_p=cfg.top_p, min_p=cfg.min_p)
+                            top_p=cfg.top_p, min_p=cfg.min_p, probs=(rows[0][i], rows[1][i]))
         tr.latent.append(step.feed.token is None)
         tr.to_explicit += step.to_explicit
         tr.to_latent += step.to_latent

@@ -42,7 +42,7 @@ class DecodeConfig:
     min_p: float = 0.0
     led: LEDConfig = field(default_factory=LEDConfig)
     dola_layers: str = "high"
-    think_end: str = "</think>"  # LED's scope ends here; solve reads the answer after it
+    think_end: str | None = None  # LED's scope ends here (None: the chat format's marker)
     hapo: HAPOConfig = field(default_factory=HAPOConfig)
     swir: SwirConfig = field(default_factory=SwirConfig)
     extra: tuple[tuple[str, Any], ...] = ()
@@ -62,6 +62,13 @@ class DecodeConfig:
     def option(self, name: str, default: Any = None) -> Any:
         """The value of option ``name`` kept in ``extra`` (``default`` when absent)."""
         return dict(self.extra).get(name, default)
+
+    def with_format(self, fmt) -> DecodeConfig:
+        """This configuration with the thinking-end marker of chat format ``fmt`` where none
+        was given (``think_end`` None)."""
+        if self.think_end is not None:
+            return self
+        return dataclasses.replace(self, think_end=fmt.think_end)
 
     def params(self) -> dict:
         """The parameters that shape this method's output, for JSON records."""

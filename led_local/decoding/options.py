@@ -110,9 +110,9 @@ TOP_K = Option("top_k", int, 20, "top-k", low=0, note="(0 = off)")
 TOP_P = Option("top_p", float, 0.95, "top-p", low=0, high=1, low_open=True, openai=True,
                neutral=1.0)
 MIN_P = Option("min_p", float, 0.0, "min-p", low=0, high=1)
-THINK_END = Option("think_end", str, "</think>",
+THINK_END = Option("think_end", str, None,
                    "Marker that ends the thinking scope ('' = whole response); solve reads "
-                   "the answer after it.")
+                   "the answer after it.", default_help="the chat format's")
 LED_NORM = Option("led_norm", bool, False,
                   "Apply the final norm before projecting shallower states (reference ln=1).",
                   default_help="off")

@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from led_local.decoding.filters import sample_token, softmax64
+from led_local.decoding.filters import entropy_rows, sample_token, softmax_rows
 from led_local.decoding.options import MIN_P, TEMPERATURE, THINK_END, TOP_K, TOP_P, Option
 from led_local.decoding.unit import DecodingMethod
 from led_local.errors import ConfigError, LedError
@@ -131,19 +131,24 @@ class SwirStep(NamedTuple):
     stop: bool
 
 
-def swir_entropy(p: np.ndarray) -> float:
-    """H = -sum p ln max(p, 1e-12) of the untempered distribution p (V,), float64."""
+def swir_entropy(p: np.ndarray, logp: np.ndarray | None = None) -> float:
+    """H = -sum p ln max(p, 1e-12) of the untempered distribution p (V,), float64; ``logp``:
+    ln p when known (``filters.softmax_rows``), which spares a log over the vocabulary."""
     p = np.asarray(p, dtype=np.float64)
+    if logp is not None:
+        return float(entropy_rows(p, logp, floor=P_FLOOR))
     return float(-(p * np.log(np.maximum(p, P_FLOOR))).sum())
 
 
 def swir_step(state: SwirState, p: np.ndarray, sampled: int, *, closes: bool,
-              cfg: SwirConfig, vocab: SwirVocab, max_new: int) -> SwirStep:
+              cfg: SwirConfig, vocab: SwirVocab, max_new: int,
+              entropy: float | None = None) -> SwirStep:
     """Advance ``state`` by one step (mutated in place).
 
     p: (V,) untempered, unfiltered next-token probabilities; sampled: the token drawn from
     the filtered, tempered distribution; closes: whether that sampled token ends the thinking
-    section (it locks explicit mode); max_new: the generation budget S_max (ramps the blends).
+    section (it locks explicit mode); max_new: the generation budget S_max (ramps the blends);
+    entropy: ``swir_entropy(p)`` when already computed.
     """
     s = state.step
     if closes:
@@ -153,7 +158,7 @@ def swir_step(state: SwirState, p: np.ndarray, sampled: int, *, closes: bool,
         x = state.queue.pop(0)
         if not state.queue:
             state.injecting = False
-    h = swir_entropy(p)
+    h = swir_entropy(p) if entropy is None else entropy
     to_e = to_l = False
     if s == 0:
         state.ref = h
@@ -199,16 +204,19 @@ def swir_step(state: SwirState, p: np.ndarray, sampled: int, *, closes: bool,
 def swir_pick(logits: np.ndarray, state: SwirState, *, closes: Callable[[int], bool],
               cfg: SwirConfig, vocab: SwirVocab, max_new: int, temperature: float,
               rng: np.random.Generator | None, top_k: int = 0, top_p: float = 1.0,
-              min_p: float = 0.0) -> tuple[SwirStep, np.ndarray]:
+              min_p: float = 0.0, probs: tuple[np.ndarray, np.ndarray] | None = None,
+              ) -> tuple[SwirStep, np.ndarray]:
     """One decoding step of a sequence from its logits (V,): p = softmax(z) untempered, the
     sampled token from the tempered, filtered distribution (the authors' filter order:
     top-k, top-p, absolute min-p; argmax at T = 0), then ``swir_step``. Returns the step
     and p (float64), which the soft vector needs. ``closes(token)`` tells whether a sampled
-    token ends the thinking section."""
-    p = softmax64(logits)
+    token ends the thinking section; ``probs``: (p, ln p) of the row when computed for a
+    whole batch at once (``filters.softmax_rows``)."""
+    p, logp = softmax_rows(logits) if probs is None else probs
     x = sample_token(logits, temperature=temperature, rng=rng, top_k=top_k, top_p=top_p,
                      min_p=min_p, convention="hf")
-    step = swir_step(state, p, x, closes=closes(x), cfg=cfg, vocab=vocab, max_new=max_new)
+    step = swir_step(state, p, x, closes=closes(x), cfg=cfg, vocab=vocab, max_new=max_new,
+                     entropy=swir_entropy(p, logp))
     return step, p
 
 
@@ -243,14 +251,34 @@ def soft_vectors(p: np.ndarray, embeddings, *, top_mass: float = 1.0) -> np.ndar
         raise ConfigError(TOP_MASS.name, "1 (the exact soft token) needs the whole "
                           "embedding matrix")
     out = np.empty((p.shape[0], embeddings.shape[1]), np.float32)
-    for i in range(p.shape[0]):
-        if top_mass >= 1:
-            out[i] = p[i] @ embeddings
-        else:
-            ids = top_set(p[i], top_mass)
-            w = p[i][ids]
-            out[i] = (w / w.sum()) @ embeddings[ids]
+    with one_blas_thread():
+        for i in range(p.shape[0]):
+            if top_mass >= 1:
+                out[i] = p[i] @ embeddings
+            else:
+                ids = top_set(p[i], top_mass)
+                w = p[i][ids]
+                out[i] = (w / w.sum()) @ embeddings[ids]
     return out
+
+
+_BLAS = None
+
+
+def one_blas_thread():
+    """A context in which numpy's BLAS runs on the calling thread alone.
+
+    After a multi-threaded product, OpenBLAS's worker threads spin for a while; on cores that
+    llama.cpp's threads need for the next decode this doubled that decode's time (SmolLM2:
+    a decode of fed vectors took 25 ms instead of 12 ms, bench/bench.py --what methods).
+    One thread gives the same result (each output is one dot product, summed in the same
+    order; tested)."""
+    global _BLAS
+    from threadpoolctl import ThreadpoolController
+
+    if _BLAS is None:
+        _BLAS = ThreadpoolController()
+    return _BLAS.limit(limits=1, user_api="blas")
 
 
 def top_set(p: np.ndarray, mass: float) -> np.ndarray:

@@ -124,16 +124,16 @@ def analyse_position(final: np.ndarray, shallow: Mapping[str, np.ndarray], *, to
     return step
 
 
-def scope_flags(pieces: list[str], think_end: str) -> list[bool]:
+def scope_flags(tokens: list[int], pieces: list[str], end) -> list[bool]:
     """Whether each response position is inside LED's thinking scope, as the engine decides
-    it: position i is in scope until the text of tokens 0..i-1 contains ``think_end`` (the
-    token that completes the marker is still in scope). '' keeps everything in scope."""
+    it: position i is in scope until token i-1 ended it (``end``: a chatformat.ScopeEnd; the
+    token that completes the marker is still in scope). None keeps everything in scope."""
     flags = []
-    text = ""
+    tail = ""
     inside = True
-    for piece in pieces:
+    for tok, piece in zip(tokens, pieces):
         flags.append(inside)
-        if inside and think_end:
-            text = (text + piece)[-(len(think_end) + 64):]
-            inside = think_end not in text
+        if inside and end is not None:
+            tail, ended = end.advance(tail, tok, piece)
+            inside = not ended
     return flags

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from led_local.decoding.chatformat import ScopeEnd
 from led_local.decoding.samplers import LEDConfig
 from led_local.diagnostics.inspect import NORMS, analyse_position, scope_flags
 from led_local.diagnostics.sources import Item
@@ -131,9 +132,11 @@ def analyse(probe: Probe, items: list[Item], *, led: LEDConfig, think_end: str,
     context before any is decoded. ``on_position`` is called after each position."""
     for item in items:
         probe.check_fits(len(item.prompt), len(item.response))
+    end = ScopeEnd.of(probe.rt, think_end)
     out = []
     for item in items:
-        flags = scope_flags([probe.rt.token_text(t) for t in item.response], think_end)
+        flags = scope_flags(item.response, [probe.rt.token_text(t) for t in item.response],
+                            end)
         steps = []
         for pos, flag in zip(probe.positions(item.prompt, item.response), flags):
             steps.append(analyse_position(pos.final, pos.shallow, token=pos.token, led=led,

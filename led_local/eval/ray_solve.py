@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from led_local.decoding.batch import Job
+from led_local.decoding.chatformat import for_model
 from led_local.decoding.methods import DecodeConfig
 from led_local.errors import LedError
 from led_local.eval import shards as sharding
@@ -216,6 +217,7 @@ def solve_ray(
     """
     ray = _import_ray()
     info = model_info(model)
+    cfg = cfg.with_format(for_model(info))  # the run records the marker the engine uses
     todo = plan(info, problems, out, cfg, opts, template=template, verbose=verbose)
     progress, run = todo.progress, todo.run
     if not todo.jobs:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from led_local.decoding.batch import Finished, Job, context_size, run_jobs
+from led_local.decoding.chatformat import for_model
 from led_local.decoding.engine import Engine
 from led_local.decoding.methods import DecodeConfig
 from led_local.eval.grading import Grader, extract_answer
@@ -69,6 +70,7 @@ def solve(
     messages: where a forced restart moved the old file, which problems were skipped.
     """
     info = model_info(model)
+    cfg = cfg.with_format(for_model(info))  # the run records the marker the engine uses
     todo = plan(info, problems, out, cfg, opts, template=template, verbose=verbose)
     progress, run = todo.progress, todo.run
     try:

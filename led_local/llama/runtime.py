@@ -242,6 +242,13 @@ class Runtime:
     def is_eog(self, token: int) -> bool:
         return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
 
+    def is_added(self, token: int) -> bool:
+        """Whether ``token`` is a control or user-defined (added) token: one the tokenizer
+        never builds out of other text, so its text inside another token is not it."""
+        attr = llama_cpp.llama_vocab_get_attr(self.vocab, token)
+        return bool(attr & (llama_cpp.LLAMA_TOKEN_ATTR_CONTROL
+                            | llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED))
+
     def apply_chat_template(self, messages: Sequence[dict[str, str]]) -> str:
         """Render messages with the model's chat template (GGUF metadata, or the one a
         ``--chat-template`` file put in ``info``), in a time- and size-limited worker."""

@@ -18,7 +18,6 @@ import sys
 import time
 from pathlib import Path
 
-from led_local.decoding import chatformat
 from led_local.decoding.methods import DecodeConfig
 from led_local.errors import LedError
 from led_local.serve.access import Access, check_api_key
@@ -125,16 +124,15 @@ def _serve(sock: socket.socket, model, cfg: DecodeConfig, *, host: str, parallel
     import uvicorn
 
     engine = ServeEngine(model, cfg, n_ctx=ctx * parallel, n_seq=parallel, threads=threads,
-                         capture=capture, projection=projection, verbose=verbose)
+                         capture=capture, projection=projection, verbose=verbose,
+                         reasoning_format=reasoning_format)
     try:
-        fmt = (chatformat.detect(engine.info.chat_template) if reasoning_format is None
-               else chatformat.get(reasoning_format))
         metrics = Metrics()
         scheduler = Scheduler(engine, parallel=parallel, max_queue=max_queue, metrics=metrics)
         state = ServerState(
             engine=engine, scheduler=scheduler, metrics=metrics,
             model_name=alias or Path(engine.info.path).name.removesuffix(".gguf"),
-            base=cfg, api_key=api_key, format=fmt,
+            base=engine.cfg, api_key=api_key, format=engine.format,
             created=int(time.time()))
         app = Guard(build_app(state), state, max_body=MAX_BODY, access=access,
                     max_active=parallel + max_queue)
