@@ -230,8 +230,18 @@ def test_stop_cancels_a_streaming_reply(browser, open_server):
     assert "stopped" in stats
     assert d.find_element(By.ID, "send").is_displayed() and not stop.is_displayed()
     assert open_server.wait_idle()["slots_busy"] == 0  # the server dropped the work
+    settings(d, max_tokens="8")
+    requests_sent(d)
     ask(d, "And one more color?")  # the conversation goes on after a stop
     assert len(finished(d, 2)) == 2
+    (body,) = posted(requests_sent(d))
+    assert [m["role"] for m in body["messages"]] == ["user", "assistant", "user"]
+    d.find_element(By.ID, "new").click()  # a new chat forgets it
+    assert d.find_elements(By.CSS_SELECTOR, "#log > *") == []
+    ask(d)
+    finished(d)
+    (body,) = posted(requests_sent(d))
+    assert body["messages"] == [{"role": "user", "content": QUESTION}]
 
 
 def test_key_is_asked_once_and_kept_for_the_session(browser, keyed_server):

@@ -4,7 +4,7 @@
 
 const $ = (id) => document.getElementById(id);
 const KEY = "led-local-key";
-const history = []; // the conversation as sent: {role, content}
+const conversation = []; // the conversation as sent: {role, content}
 let controller = null; // the reply in progress (its AbortController)
 
 // -- requests -------------------------------------------------------------------------------
@@ -206,8 +206,8 @@ async function send(e) {
   if (!text || controller) return;
   $("prompt").value = "";
   $("log").append(el("div", "user", text));
-  history.push({ role: "user", content: text });
-  const messages = history.slice();
+  conversation.push({ role: "user", content: text });
+  const messages = conversation.slice();
   const method = $("method").value;
   const compare = $("compare").checked && method !== "sample";
   const turn = el("div", "turn");
@@ -216,8 +216,8 @@ async function send(e) {
   controller = new AbortController();
   busy(true);
   const status = await run(request(method, messages), reply);
-  if (status === "error") history.pop();
-  else history.push({ role: "assistant", content: reply.text });
+  if (status === "error") conversation.pop();
+  else conversation.push({ role: "assistant", content: reply.text });
   if (status === "done" && compare) {
     // the same seed with plain sampling, beside it
     const side = new Reply(turn, "sample, same seed");
@@ -231,7 +231,7 @@ async function send(e) {
 
 function newChat() {
   if (controller) controller.abort();
-  history.length = 0;
+  conversation.length = 0;
   $("log").replaceChildren();
   $("prompt").focus();
 }
