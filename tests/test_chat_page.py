@@ -278,6 +278,26 @@ def test_phone_width(browser, open_server):
     assert_local(requests_sent(d), open_server)
 
 
+def test_thinking_shows_collapsed_and_dim(browser, open_server):
+    """reasoning_content deltas from a synthetic stream (the bundled model never thinks)."""
+    d = page(browser, open_server)
+    d.execute_script("""
+        const turn = document.createElement("div");
+        document.getElementById("log").append(turn);
+        const r = new Reply(turn, "");
+        r.chunk({choices: [{index: 0, delta: {reasoning_content: "Colours of the sky..."}}]});
+        r.chunk({choices: [{index: 0, delta: {content: "Blue."}}]});
+        r.finish();""")
+    thinking = d.find_element(By.CSS_SELECTOR, ".reply .thinking")
+    assert thinking.is_displayed() and thinking.get_attribute("open") is None
+    assert thinking.get_attribute("textContent") == "thinkingColours of the sky..."
+    assert "Colours" not in thinking.text  # collapsed: only its summary shows
+    assert thinking.value_of_css_property("color") == "rgba(136, 136, 136, 1)"
+    assert d.find_element(By.CSS_SELECTOR, ".reply .content").text == "Blue."
+    thinking.find_element(By.TAG_NAME, "summary").click()
+    assert "Colours of the sky..." in thinking.text
+
+
 def test_replay_with_sample_side_by_side(browser, open_server, tmp_path):
     d = page(browser, open_server)
     settings(d, method="led", max_tokens="24", seed="9", compare="on")
