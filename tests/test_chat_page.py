@@ -270,10 +270,12 @@ def test_phone_width(browser, open_server):
     assert d.execute_script("return document.documentElement.scrollWidth") <= width
     send = d.find_element(By.ID, "send")
     assert send.is_displayed() and send.rect["x"] + send.rect["width"] <= width
-    settings(d, max_tokens="6", seed="2")
+    settings(d, max_tokens="6", seed="2", exploit="off")
     ask(d)
     (reply,) = finished(d)
     assert reply.find_element(By.CLASS_NAME, "content").text
+    reply.find_element(By.CSS_SELECTOR, ".tok.x").click()  # no hover on a phone: a tap
+    assert "explored: depth" in reply.find_element(By.CLASS_NAME, "info").text
     assert d.execute_script("return document.documentElement.scrollWidth") <= width
     assert_local(requests_sent(d), open_server)
 

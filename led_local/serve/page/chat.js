@@ -100,8 +100,10 @@ function hover(t) {
   return `${where}\n${gate}, top-1 ${t.p_top1}\ntop: ${top}`;
 }
 
-function tokenSpan(t) {
+// a token of the reply; its facts show on hover, and below the reply on a tap (touch screens)
+function tokenSpan(t, info) {
   const s = el("span", t.depth === null ? "tok" : "tok x", t.token);
+  s.onclick = () => { info.textContent = `${JSON.stringify(t.token)}: ${hover(t)}`; };
   if (t.depth !== null) {
     s.dataset.depth = t.depth;
     s.style.setProperty("--hue", (t.depth * 47 + 200) % 360);
@@ -119,7 +121,8 @@ class Reply {
     this.thinking.hidden = true;
     this.content = el("div", "content");
     this.stats = el("div", "stats");
-    this.box.append(this.thinking, this.content, this.stats);
+    this.info = el("div", "info");
+    this.box.append(this.thinking, this.content, this.stats, this.info);
     turn.append(this.box);
     this.text = "";
     this.tokens = 0; // led_tokens entries seen
@@ -146,7 +149,7 @@ class Reply {
       this.text += d.content;
       // tokens as spans where they are exactly this text (else, e.g. thinking in between: text)
       if (toks.length && toks.map((t) => t.token).join("") === d.content) {
-        this.content.append(...toks.map(tokenSpan));
+        this.content.append(...toks.map((t) => tokenSpan(t, this.info)));
       } else {
         this.content.append(d.content);
       }
