@@ -314,6 +314,7 @@ def test_replay_with_sample_side_by_side(browser, open_server, tmp_path):
     assert [p["method"] for p in posts] == ["led", "sample"]
     assert posts[0]["messages"] == posts[1]["messages"] and posts[1]["seed"] == 9
     shot = tmp_path / "chat-page.png"
+    d.set_window_size(1000, 580)  # the README's picture: the turn, not the empty log below it
     assert d.save_screenshot(str(shot)) and shot.read_bytes()[:4] == b"\x89PNG"
     if os.environ.get("UPDATE_SCREENSHOT") == "1":
         shutil.copy(shot, ROOT / "docs" / "chat-page.png")
