@@ -161,6 +161,9 @@ def test_page_is_small_static_and_needs_no_key(keyed_server):
         total += len(body)
     assert total < 100_000
     assert keyed_server.get("/v1/models")[0] == 401  # the API itself still needs the key
+    # the Host and Origin checks hold for the page too (DNS rebinding, foreign pages)
+    assert keyed_server.get("/", Host="rebound.example")[0] == 403
+    assert keyed_server.get("/chat.js", Origin="http://evil.example")[0] == 403
     # only reading the page is public: any other method on its path needs the key
     assert keyed_server.request("POST", "/", b"{}", {"Content-Type": "application/json"})[0] \
         == 401
