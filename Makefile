@@ -1,6 +1,7 @@
 # led-local: setup, models, tests, demo and benchmarks.
 #   make demo       set everything up and run the main job on the default model
-#   make test       set everything up and run the whole test suite (as CI does)
+#   make test       set everything up and run the whole test suite (as CI does), Chromium
+#                   for the chat page's browser test included (Debian/Ubuntu, with apt-get)
 #   make test-fast  the tests that need no real model (run it before every commit)
 # BACKEND=cpu | cuda | metal picks the llama.cpp backend of the build (default: metal on Apple
 # silicon, cpu elsewhere).
@@ -59,7 +60,7 @@ SMOLLM2 := models/SmolLM2-135M-Instruct.Q4_1.gguf
 GEMMA3  := models/gemma-3-270m-q4_k_m.gguf
 MODEL   ?= $(SMOLLM2)
 
-.PHONY: install models demo test test-fast bench lint clean build-flags
+.PHONY: install models browser demo test test-fast bench lint clean build-flags
 
 install: $(VENV)/.led-local
 
@@ -124,8 +125,24 @@ demo: install models
 	$(VENV)/bin/led-local solve $(MODEL) $(DATASET) -o runs/demo-led.jsonl --method led $(DEMO_OPTS)
 	$(VENV)/bin/led-local compare runs/demo-sample.jsonl runs/demo-led.jsonl --plot runs/demo-passk.png
 
-test: install models
+test: install models browser
 	$(PY) -m pytest -q
+
+# The chat page's browser test (tests/test_chat_page.py) drives headless Chromium: on Debian
+# and Ubuntu its packages are installed when missing, if apt-get may run (root or passwordless
+# sudo); elsewhere a line says so and that test skips.
+BROWSER_PACKAGES := chromium chromium-driver
+browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then \
+	    exit 0; fi; \
+	if ! command -v apt-get >/dev/null 2>&1; then \
+	    echo "Chromium or chromedriver missing and no apt-get: the browser test skips"; exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; \
+	else echo "Chromium missing and apt-get needs root: the browser test skips" \
+	    "(sudo apt-get install $(BROWSER_PACKAGES))"; exit 0; fi; \
+	$$SUDO apt-get install -y -q $(BROWSER_PACKAGES) || \
+	    { $$SUDO apt-get update -q && $$SUDO apt-get install -y -q $(BROWSER_PACKAGES); } || \
+	    echo "could not install $(BROWSER_PACKAGES): the browser test skips"
 
 # Pure Python and tiny generated models only: no model download, a couple of minutes.
 test-fast: install

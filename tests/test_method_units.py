@@ -11,11 +11,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from led_local.cli import main
 from led_local.decoding import registry
+from led_local.decoding.engine import Sequence
 from led_local.decoding.methods import DecodeConfig, build_config
 from led_local.errors import ConfigError, LedError
 
@@ -260,3 +262,16 @@ def test_the_docs_options_table_is_the_registrys():
     start = text.index("-->\n", text.index("<!-- options table")) + 4
     end = text.index("<!-- end of the options table -->")
     assert text[start:end] == registry.options_table()
+
+
+def test_led_explore_chance_is_its_gate_and_only_led_has_one():
+    logits = np.log(np.array([0.7, 0.2, 0.1], np.float32))
+    seq = Sequence(slot=0, max_tokens=4)
+    led = build_config("led", {"temperature": 1.0})
+    assert led.unit.explore_chance(seq, led, logits) == pytest.approx(0.3, abs=1e-6)
+    off = build_config("led", {"exploit": False})
+    assert off.unit.explore_chance(seq, off, logits) == 1.0
+    seq.in_scope = False  # after the end-of-thinking marker LED never explores
+    assert led.unit.explore_chance(seq, led, logits) == 0.0
+    sample = build_config("sample", {})
+    assert sample.unit.explore_chance(seq, sample, logits) is None

@@ -57,3 +57,5 @@ def test_sdist_and_wheel_build_in_a_fresh_venv(tmp_path):
     wheel = subprocess.run([python, "-m", "zipfile", "-l", tmp_path / "dist" / built[0]],
                            capture_output=True, text=True, check=True).stdout
     assert f"led_local-{version}.dist-info/licenses/LICENSE" in wheel
+    for name in ("index.html", "chat.js", "chat.css"):  # the chat page of `serve`
+        assert f"led_local/serve/page/{name}" in wheel

@@ -18,6 +18,8 @@ from led_local.decoding.samplers import (
     led_explore,
     led_explore_logprobs,
     log_probs_at,
+    probs_at,
+    top_candidates,
 )
 from led_local.decoding.unit import Batch, DecodingMethod
 from led_local.errors import ConfigError
@@ -101,6 +103,15 @@ class LED(DecodingMethod):
             for zi, (i, cand) in zip(z, items):
                 step = led_explore(zi, cand, temperature=cfg.temperature, rng=batch.seqs[i].rng)
                 batch.tokens[i], batch.depths[i] = step.token, step.depth
+
+    def explore_chance(self, seq, cfg, final):
+        """The gate of LED.md step 8: 1 - the final layer's top-1 probability at T (T = 0:
+        at 1, as ``led_base`` draws it); 1 without exploitation; 0 outside the scope."""
+        if not seq.in_scope:
+            return 0.0
+        if not cfg.led.exploit:
+            return 1.0
+        return 1.0 - float(probs_at(final, top_candidates(final, 1), cfg.temperature)[0])
 
     def record(self, seq, cfg, *, full=False):
         return {NAME: {"explored": seq.explored, "depths": seq.depths}}

@@ -134,6 +134,12 @@ class DecodingMethod:
         """The temperature a token's recorded log-probability is computed at."""
         return cfg.temperature
 
+    def explore_chance(self, seq: Sequence, cfg: DecodeConfig, final: np.ndarray) -> float | None:
+        """The probability that this step of ``seq`` explores a shallower depth, from its
+        final logits (V,) before the token is accepted (None: the method never explores).
+        Reads no randomness, so asking for it changes no token."""
+        return None
+
     def after_accept(self, engine: Engine, seq: Sequence) -> None:
         """After a picked token was accepted (a method may end the sequence)."""
 

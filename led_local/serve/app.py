@@ -12,6 +12,7 @@ import asyncio
 import hmac
 import sys
 from dataclasses import dataclass
+from importlib import resources
 
 from sse_starlette import EventSourceResponse
 from starlette.applications import Starlette
@@ -32,6 +33,15 @@ from led_local.serve.responses import Collector, stream_chunks
 from led_local.serve.scheduler import QueueFull, Scheduler, ServeEngine, Work
 
 MAX_BODY = 8 * 1024 * 1024
+# the chat page (package data in serve/page/): URL path -> file, media type. It holds no
+# secret, so it is served without the API key; the API calls it makes need the key.
+PAGE = {"/": ("index.html", "text/html; charset=utf-8"),
+        "/chat.css": ("chat.css", "text/css; charset=utf-8"),
+        "/chat.js": ("chat.js", "text/javascript; charset=utf-8")}
+# the page may reach its own server only (no font, script or API elsewhere)
+PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
+                "frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+                "X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"}
 # how long a stream outlives the start of a shutdown: longer than the grace the scheduler
 # gives running requests (server.GRACE_S), so that they end with their error event and [DONE]
 STREAM_GRACE_S = 5
@@ -132,7 +142,9 @@ class Guard:
         if length.isdigit() and int(length) > self.max_body:
             return P.APIError(413, f"the body exceeds {self.max_body} bytes")
         key = self.state.api_key
-        if key and scope["path"] != "/health":
+        public = scope["path"] == "/health" or (
+            scope["path"] in PAGE and scope["method"] in ("GET", "HEAD"))
+        if key and not public:
             auth = headers.get(b"authorization", b"")
             given = auth[7:].strip() if auth[:7].lower() == b"bearer " else b""
             if not hmac.compare_digest(given, key.encode("utf-8")):
@@ -173,6 +185,13 @@ def _preflight(headers: dict) -> dict[str, str]:
 
 def build_app(state: ServerState) -> Starlette:
     """The Starlette application over a started scheduler."""
+
+    page = {path: (resources.files("led_local.serve").joinpath("page", name).read_bytes(), kind)
+            for path, (name, kind) in PAGE.items()}
+
+    async def chat_page(request: Request) -> Response:
+        body, kind = page[request.url.path]
+        return Response(body, media_type=kind, headers=PAGE_HEADERS)
 
     async def health(request: Request) -> Response:
         sched = state.scheduler
@@ -262,6 +281,7 @@ def build_app(state: ServerState) -> Starlette:
                                  type="server_error"))
 
     routes = [
+        *(Route(path, chat_page, methods=["GET"]) for path in PAGE),
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/v1/models", models, methods=["GET"]),
@@ -327,4 +347,4 @@ def _work(state: ServerState, req: P.CommonRequest, chat: bool) -> Work:
                 emit=lambda event: None, top_n=req.top_n(),
                 logprobs=req.logprobs is True if chat else req.logprobs is not None,
                 format=state.format if chat else PLAIN, thinking=thinking,
-                cache_prompt=req.cache_prompt)
+                cache_prompt=req.cache_prompt, led_tokens=req.led_tokens())

@@ -49,6 +49,7 @@ class _Strict(BaseModel):
 
 class StreamOptions(_Strict):
     include_usage: bool = False
+    led_tokens: bool = False  # led-local's extension: per-token exploration (docs/serving.md)
 
 
 class TextPart(_Strict):
@@ -126,6 +127,9 @@ class CommonRequest(_MethodFields):
 
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
+
+    def led_tokens(self) -> bool:
+        return bool(self.stream_options and self.stream_options.led_tokens)
 
     def check_unsupported(self) -> None:
         """Refuse OpenAI options that would change the output but that LED does not apply,

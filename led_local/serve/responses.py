@@ -1,7 +1,7 @@
 """The decode thread's events as OpenAI responses: one JSON object, or SSE chunks.
 
-Events (dicts, see ``scheduler``): text ``{index, reasoning, content, logprobs}``, the end of a
-choice ``{index, finish_reason, completion_tokens, explored}``, or ``{error}``.
+Events (dicts, see ``scheduler``): text ``{index, reasoning, content, logprobs, led_tokens}``,
+the end of a choice ``{index, finish_reason, completion_tokens, explored}``, or ``{error}``.
 """
 
 from __future__ import annotations
@@ -116,6 +116,8 @@ async def stream_chunks(queue: asyncio.Queue, work: Work, scheduler: Scheduler, 
                 body = {"index": i, "text": event["content"]}
             body["logprobs"] = _logprobs(work, event["logprobs"], chat=chat, offset=offsets[i])
             body["finish_reason"] = None
+            if work.led_tokens:
+                body["led_tokens"] = event["led_tokens"]
             offsets[i] += len(event["content"])
             yield chunk(body)
         else:

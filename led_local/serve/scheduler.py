@@ -28,7 +28,7 @@ import numpy as np
 from led_local.decoding.chatformat import PLAIN, ChatFormat
 from led_local.decoding.engine import Engine, Sequence
 from led_local.decoding.methods import DecodeConfig
-from led_local.decoding.samplers import log_probs_at, top_candidates
+from led_local.decoding.samplers import log_probs_at, probs_at, top_candidates
 from led_local.errors import LedError
 from led_local.serve.metrics import Metrics
 from led_local.serve.text import TextStream
@@ -37,6 +37,10 @@ from led_local.serve.text import TextStream
 def _finite(logprob: float) -> float:
     """A log-probability as JSON can carry it: -9999.0 (OpenAI's floor) for -inf or NaN."""
     return logprob if math.isfinite(logprob) else -9999.0
+
+
+# how many of the final layer's top candidates a ``led_tokens`` entry lists
+LED_TOP = 3
 
 
 class QueueFull(Exception):
@@ -59,6 +63,7 @@ class Work:
     format: ChatFormat = PLAIN  # how the text divides into reasoning and content
     thinking: bool = False  # the prompt already opened a thinking block
     cache_prompt: bool = True  # reuse the longest cached prefix (False: evaluate it all)
+    led_tokens: bool = False  # report each token's depth, gate and top-1 (stream_options)
     arrived: float = field(default_factory=time.perf_counter)
     cancelled: bool = False
     first_token: bool = False
@@ -76,25 +81,42 @@ class Choice:
     seen: int = 0
     t_last: float = 0.0
     logprobs: list[dict] = field(default_factory=list)
+    led_tokens: list[dict] = field(default_factory=list)
 
 
 class ServeEngine(Engine):
-    """The engine with the top log-probabilities a request asks for (``top_n[slot]``)."""
+    """The engine with the top log-probabilities a request asks for (``top_n[slot]``) and,
+    for the slots in ``explain``, each accepted token's exploration facts (``steps[slot]``:
+    the chance the step explored, the final layer's top candidates and their probabilities),
+    read from the final logits already at hand: no randomness is drawn, no token changes."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, logprobs=True, batch_invariant=True, **kwargs)
         self.top_n: dict[int, int] = {}
         self.top: dict[int, list[list[tuple[int, float]]]] = {}
+        self.explain: set[int] = set()
+        self.steps: dict[int, list[tuple[float | None, list[tuple[int, float]]]]] = {}
 
     def _accept(self, s: Sequence, tok: int, depth: int | None, final: np.ndarray | None,
                 temperature: float) -> None:
         before = len(s.tokens)
+        explain = final is not None and s.slot in self.explain
+        if explain:  # before the token updates the thinking scope the step was picked in
+            cfg = self._cfg(s)
+            chance = cfg.unit.explore_chance(s, cfg, final)
         super()._accept(s, tok, depth, final, temperature)
+        if final is None or len(s.tokens) == before:
+            return
         k = self.top_n.get(s.slot, 0)
-        if k and final is not None and len(s.tokens) > before:
+        if k:
             cand = top_candidates(final, k)
             lps = log_probs_at(final, cand, temperature)
             self.top.setdefault(s.slot, []).append(list(zip(cand.tolist(), lps.tolist())))
+        if explain:
+            cand = top_candidates(final, LED_TOP)
+            ps = probs_at(final, cand, temperature)
+            self.steps.setdefault(s.slot, []).append(
+                (chance, list(zip(cand.tolist(), ps.tolist()))))
 
     def common_prefix(self, slot: int, tokens: list[int]) -> int:
         """How many leading ``tokens`` the KV cache of ``slot`` already holds."""
@@ -271,6 +293,9 @@ class Scheduler:
             seq.pending, seq.n_past = work.tokens[-1], len(work.tokens) - 1
             eng.top_n[slot] = work.top_n
             eng.top[slot] = []
+            eng.steps[slot] = []
+            if work.led_tokens:
+                eng.explain.add(slot)
             split = work.format.splitter(thinking=work.thinking)
             self.running[slot] = Choice(work, i, seq, TextStream(work.stop), split, t_last=now)
         self.metrics.busy.set(self.busy())
@@ -298,6 +323,7 @@ class Scheduler:
         rt, seq = self.engine.rt, c.seq
         new = seq.tokens[c.seen:]
         tops = self.engine.top.get(seq.slot, [])
+        steps = self.engine.steps.get(seq.slot, [])
         text = ""
         for k, tok in enumerate(new, start=c.seen):
             data = rt.token_bytes(tok)
@@ -305,6 +331,8 @@ class Scheduler:
             if c.work.logprobs or c.work.top_n:
                 c.logprobs.append(self._entry(tok, data, seq.logprobs[k],
                                               tops[k] if k < len(tops) else []))
+            if c.work.led_tokens and k < len(steps):
+                c.led_tokens.append(self._led_entry(data, seq.depths[k], *steps[k]))
             if c.text.stopped:
                 seq.finish_reason = "stop"
                 break
@@ -332,6 +360,15 @@ class Scheduler:
                 "top": [(rt.token_text(t), _finite(lp), list(rt.token_bytes(t)))
                         for t, lp in top]}
 
+    def _led_entry(self, data: bytes, depth: int | None, chance: float | None,
+                   top: list[tuple[int, float]]) -> dict:
+        """One token of the ``led_tokens`` extension (docs/serving.md)."""
+        rt = self.engine.rt
+        return {"token": data.decode("utf-8", "replace"), "depth": depth,
+                "gate": None if chance is None else round(chance, 4),
+                "p_top1": round(top[0][1], 4),
+                "top": [[rt.token_text(t), round(p, 4)] for t, p in top]}
+
     def _send(self, c: Choice, text: str, *, final: bool) -> None:
         part = c.split.feed(text)
         if final:
@@ -339,10 +376,11 @@ class Scheduler:
             part.reasoning += tail.reasoning
             part.content += tail.content
         # log-probabilities travel with the text they produced (held-back text: later)
-        if part.reasoning or part.content or (c.logprobs and final):
+        if part.reasoning or part.content or ((c.logprobs or c.led_tokens) and final):
             c.work.emit({"index": c.index, "reasoning": part.reasoning, "content": part.content,
-                         "logprobs": c.logprobs})
+                         "logprobs": c.logprobs, "led_tokens": c.led_tokens})
             c.logprobs = []
+            c.led_tokens = []
 
     def _end(self, c: Choice, reason: str) -> None:
         """Free the choice's slot (its KV stays as a prompt cache) and report its end."""
@@ -351,6 +389,8 @@ class Scheduler:
         self.free.add(slot)
         self.engine.top_n.pop(slot, None)
         self.engine.top.pop(slot, None)
+        self.engine.steps.pop(slot, None)
+        self.engine.explain.discard(slot)
         self.metrics.busy.set(self.busy())
         if reason in ("stop", "length"):
             c.work.emit({"index": c.index, "finish_reason": reason,
