@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from led_local.decoding.think_tags import ThinkTagSplit as ReasoningSplit
+from led_local.decoding.chatformat import INSIDE
+from led_local.decoding.think_tags import DEEPSEEK
 from led_local.serve.text import TextStream
 
 
@@ -48,16 +49,16 @@ def test_the_earliest_of_several_stop_strings_wins():
 @pytest.mark.parametrize("chunks", [["<think>a plan</think>\n\nThe answer"],
                                     ["<th", "ink>a pl", "an</th", "ink>", "\n\nThe ", "answer"]])
 def test_reasoning_split_in_any_chunking(chunks):
-    r = ReasoningSplit()
+    r = DEEPSEEK.splitter()
     parts = [r.feed(c) for c in chunks] + [r.finish()]
     assert "".join(p.reasoning for p in parts) == "a plan"
     assert "".join(p.content for p in parts) == "The answer"
 
 
 def test_no_think_block_is_all_content_and_an_open_prompt_starts_in_reasoning():
-    r = ReasoningSplit()
+    r = DEEPSEEK.splitter()
     parts = [r.feed("<b>bold</b>"), r.finish()]
     assert "".join(p.content for p in parts) == "<b>bold</b>"
-    r = ReasoningSplit(thinking=True)
+    r = DEEPSEEK.splitter(scope=INSIDE)
     parts = [r.feed("hmm</think>ok"), r.finish()]
     assert [p.reasoning for p in parts][0] == "hmm" and parts[0].content == "ok"

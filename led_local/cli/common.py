@@ -114,6 +114,7 @@ def decoding_options(command: str | None = None) -> Callable:
         click.option("--chat-template", "chat_template", type=click.Path(path_type=str),
                      default=None, help="Jinja chat template file to use instead of the model's."),
         reasoning_format_option(),
+        *thinking_options(),
         click.option("--projection", type=click.Choice(["auto", "host", "graph"]),
                      default="auto", show_default=True,
                      help=f"{states}: where depth logits are computed: host (CPU) or graph "
@@ -157,6 +158,44 @@ def reasoning_format_option() -> Callable:
                         "reasoning_content [default: detected from the chat template].")
 
 
+def thinking_options() -> list[Callable]:
+    """``--thinking``, ``--reasoning-effort`` and ``--chat-template-kwargs``: the variables
+    the chat template is rendered with (``decoding.switches``)."""
+    from led_local.decoding.switches import EFFORTS
+
+    return [
+        click.option("--thinking", type=click.Choice(["on", "off"]), default=None,
+                     help="Turn the model's thinking on or off through its chat template's "
+                     "switch (enable_thinking, thinking or thinking_budget) [default: on where "
+                     "the template has a switch]."),
+        click.option("--reasoning-effort", type=click.Choice(list(EFFORTS)), default=None,
+                     help="How hard the model thinks, for templates that read "
+                     "reasoning_effort (gpt-oss) [default: the template's]."),
+        click.option("--chat-template-kwargs", "chat_template_kwargs", default=None,
+                     metavar="JSON", help="More chat template variables, a JSON object "
+                     "(they win over --thinking and --reasoning-effort)."),
+    ]
+
+
+def chat_model(model, kw: dict):
+    """``model`` (a path or ModelInfo) read, with the chat template of ``--chat-template`` in
+    place of its own and the template variables that ``--thinking``, ``--reasoning-effort``
+    and ``--chat-template-kwargs`` ask for (refused with one line where the template has no
+    such switch)."""
+    import dataclasses
+
+    from led_local.decoding.switches import chat_variables, parse_kwargs
+    from led_local.llama.gguf_info import model_info
+
+    info = model_info(model_with_template(model, kw.get("chat_template")))
+    thinking = kw.get("thinking")
+    variables = chat_variables(
+        info.chat_template, thinking=None if thinking is None else thinking == "on",
+        reasoning_effort=kw.get("reasoning_effort"),
+        kwargs=parse_kwargs(kw.get("chat_template_kwargs")))
+    return dataclasses.replace(info, chat_vars=variables) if variables else info
+
+
 def model_format(info, kw: dict):
     """The chat format of ``info`` (a ModelInfo), or the one ``--reasoning-format`` names."""
     from led_local.decoding.chatformat import for_model
@@ -180,7 +219,7 @@ def model_with_template(model, path: str | None):
 def open_engine(model: str, cfg, kw: dict, **extra):
     from led_local.decoding.engine import Engine
 
-    return Engine(model_with_template(model, kw.get("chat_template")), cfg, n_ctx=kw["n_ctx"],
+    return Engine(chat_model(model, kw), cfg, n_ctx=kw["n_ctx"],
                   threads=kw["threads"], capture=kw["capture"], projection=kw["projection"],
                   verbose=kw["verbose"], reasoning_format=kw.get("reasoning_format"), **extra)
 

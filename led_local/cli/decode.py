@@ -134,24 +134,29 @@ def _read_line() -> str | None:
             click.echo("", err=True)
 
 
+def _echo(part, *, latent: bool = False) -> None:
+    """A reply's text as it divides: the thinking dim (without its markers), the answer
+    plain (dim too for SwiReasoning's latent steps)."""
+    if part.reasoning:
+        click.echo(click.style(part.reasoning, dim=True), nl=False)
+    if part.content:
+        click.echo(click.style(part.content, dim=latent), nl=False)
+
+
 def _print_reply(session, text: str) -> None:
     """Stream one reply: thinking dim, answer plain; Ctrl-C stops the reply only."""
-    thinking = None
-    shown = ""
-    think_end = session.format.think_end
+    split = None
     with StopFlag() as stop:
         for piece in session.send(text):
-            if thinking is None:
-                thinking = session.opened_thinking
-            shown += piece.text
-            if not thinking and session.format.opens(shown):
-                thinking = True
-            click.echo(click.style(piece.text, dim=thinking or piece.latent), nl=False)
-            if thinking and think_end and think_end in shown:
-                thinking = False
+            if split is None:  # the chat format's own split, as the server's
+                split = session.format.splitter(scope=session.scope)
+            _echo(split.feed(piece.text), latent=piece.latent)
             if stop.set:
+                _echo(split.finish())
                 click.echo("\n(stopped)", err=True)
                 return
+    if split is not None:
+        _echo(split.finish())
     click.echo("")
     if session.context_full():
         click.echo("(context full: /reset to start over, or raise --ctx)", err=True)

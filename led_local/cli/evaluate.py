@@ -11,12 +11,12 @@ import click
 from led_local.cli.common import (
     StopFlag,
     UserError,
+    chat_model,
     decode_config,
     decoding_options,
     main,
     model_argument,
     model_format,
-    model_with_template,
     user_errors,
 )
 
@@ -89,7 +89,7 @@ def solve(ctx: click.Context, model: str, problems: str, output: str, samples: i
                              "the prompt template": prompt_template,
                              "the chat template": kw["chat_template"],
                              "the HAPO statistics": kw["hapo_stats"]}, option="-o")
-    info = model_with_template(inspect_model(model), kw["chat_template"])  # read once
+    info = chat_model(inspect_model(model), kw)  # read once
     cfg = cfg.with_format(model_format(info, kw))  # the run file records the marker used
     items = load_problems(problems)
     template = load_template(prompt_template)

@@ -12,12 +12,12 @@ import click
 from led_local.cli.common import (
     UserError,
     _flag,
+    chat_model,
     decode_config,
     decoding_options,
     main,
     model_argument,
     model_format,
-    model_with_template,
     user_errors,
 )
 from led_local.cli.text import utf8
@@ -125,7 +125,7 @@ def inspect(ctx: click.Context, model: str, max_tokens: int, seed: int | None,
     analysis = build_config(led.NAME, {o.name: kw[o.name] for o in led.METHOD.options}
                             | {"temperature": cfg.temperature}).led
     cfg = dataclasses.replace(cfg, led=analysis)
-    info = model_with_template(inspect_model(model), kw["chat_template"])  # read once
+    info = chat_model(inspect_model(model), kw)  # read once
     cfg = cfg.with_format(model_format(info, kw))
     params = {"temperature": cfg.temperature, "led_depths": cfg.led.depths,
               "led_candidates": cfg.led.candidates, "led_exploit": cfg.led.exploit,

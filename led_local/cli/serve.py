@@ -5,11 +5,11 @@ from __future__ import annotations
 import click
 
 from led_local.cli.common import (
+    chat_model,
     decode_config,
     decoding_options,
     main,
     model_argument,
-    model_with_template,
     user_errors,
 )
 
@@ -60,7 +60,7 @@ def serve(ctx: click.Context, model: str, host: str, port: int, parallel: int, m
                    "local user (ps, /proc); use --api-key-file FILE or LED_LOCAL_API_KEY",
                    err=True)
     cfg = decode_config(ctx, kw)
-    run(model_with_template(model, kw["chat_template"]), cfg, host=host, port=port,
+    run(chat_model(model, kw), cfg, host=host, port=port,
         parallel=parallel, ctx=kw["n_ctx"],
         max_queue=max_queue, api_key=api_key, reasoning_format=kw["reasoning_format"],
         alias=alias,

@@ -78,7 +78,7 @@ def run_jobs(
             free.remove(slot)
             engine.fork(prompt_slot, slot)
             seq = engine.new_sequence(slot, seed=(seed, job.key, job.sample),
-                                      max_tokens=max_tokens)
+                                      max_tokens=max_tokens, prompt=job.tokens)
             seq.pending, seq.n_past = job.tokens[-1], len(job.tokens) - 1
             running[slot] = (job, seq, time.perf_counter())
         if exhausted:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from led_local.decoding.chatformat import ChatFormat, detect
+from led_local.decoding.chatformat import MODEL, ChatFormat
 from led_local.decoding.engine import Engine
 from led_local.decoding.generate import Piece, stream_generate
 from led_local.errors import ContextFullError, LedError
@@ -27,9 +27,9 @@ class ChatSession:
         self.messages: list[dict[str, str]] = []
         self.turn = 0
         self.last_finish: str | None = None
-        self.opened_thinking = False  # the last prompt ended inside a thinking block
-        # how the model marks thinking (default: as its chat template shows)
-        self.format = format or detect(engine.info.chat_template)
+        self.scope = MODEL  # where the last prompt left the reply (chatformat.prompt_scope)
+        # how the model marks thinking (default: the engine's, as its chat template shows)
+        self.format = format or engine.format
 
     def reset(self) -> None:
         """Forget the conversation (the KV cache is reused or dropped on the next turn)."""
@@ -54,7 +54,7 @@ class ChatSession:
         except LedError:
             self.messages.pop()
             raise
-        self.opened_thinking = tokens is not None and self.format.starts_inside(prompt)
+        self.scope = self.format.prompt_scope(prompt)
         if tokens is None or len(tokens) >= self.engine.rt.n_ctx_seq:
             self.messages.pop()
             raise ContextFullError(
@@ -62,8 +62,8 @@ class ChatSession:
                 f"longer fits the context of {self.engine.rt.n_ctx_seq}; /reset to start over "
                 "or raise `ctx`"
             )
-        reply = {"role": "assistant", "content": ""}
-        self.messages.append(reply)
+        reply = {"role": "assistant", "content": ""}  # the text as generated
+        self.messages.append(dict(reply))
         turn = len(self.messages) - 1
         self.turn += 1
         self.last_finish = None
@@ -72,8 +72,7 @@ class ChatSession:
         for piece in stream_generate(self.engine, tokens, max_tokens=self.max_tokens, seed=seed,
                                      timing=info):
             reply["content"] += piece.text
-            self.messages[turn] = self.format.assistant_turn(reply["content"],
-                                                             thinking=self.opened_thinking)
+            self.messages[turn] = self.format.assistant_turn(reply["content"], scope=self.scope)
             yield piece
         self.last_finish = info.get("finish_reason")
 

@@ -44,41 +44,73 @@ class PlainSplit:
         return Split()
 
 
+# Where a rendered prompt leaves the response (``ChatFormat.prompt_scope``).
+INSIDE = "inside"  # the prompt opened thinking: the response starts inside it
+CLOSED = "closed"  # the prompt closed it (thinking switched off): nothing is thinking
+MODEL = "model"  # the model may open it with the format's start marker, first thing
+
+
 class ChatFormat:
     """A format without thinking markers: all text is content, LED's scope is the whole
-    response. ``name``: its name for ``reasoning_format``; ``think_end``: the marker that ends
-    thinking ('' : none)."""
+    response. ``name``: its name for ``reasoning_format``; ``think_start``/``think_end``: the
+    markers that open and end thinking ('': none); ``reasoning_field``: the message field
+    the family's templates read an earlier turn's reasoning from."""
 
     name = "none"
+    think_start = ""
     think_end = ""
+    reasoning_field = "reasoning_content"
+    families = "models without thinking markers"
 
     def matches(self, template: str) -> bool:
         """Whether a chat template's text writes this format."""
         return False
 
+    def prompt_scope(self, prompt: str) -> str:
+        """Where the rendered ``prompt`` leaves the response: INSIDE, CLOSED or MODEL."""
+        return INSIDE
+
     def starts_inside(self, prompt: str) -> bool:
         """Whether the response to the rendered ``prompt`` starts inside thinking."""
-        return False
+        return self.think_start != "" and self.prompt_scope(prompt) == INSIDE
+
+    def opening(self, shown: str) -> bool | None:
+        """Whether a response whose text so far is ``shown`` has opened thinking itself (the
+        start marker first, after whitespace): True, False, or None while it still may."""
+        if not self.think_start:
+            return False
+        text = shown.lstrip()
+        if text.startswith(self.think_start):
+            return True
+        return None if self.think_start.startswith(text) else False
 
     def opens(self, shown: str) -> bool:
-        """Whether a response shown so far has opened a thinking block itself."""
-        return False
+        """Whether a response shown so far opens a thinking block itself."""
+        return self.opening(shown) is True
 
-    def splitter(self, *, thinking: bool = False):
+    def splitter(self, *, scope: str = MODEL):
         """A fresh incremental splitter (``feed(text) -> Split``, ``finish() -> Split``) of one
-        response; ``thinking``: the prompt left the response inside thinking."""
+        response; ``scope``: where the prompt left it (``prompt_scope``)."""
         return PlainSplit()
 
-    def split(self, text: str, *, thinking: bool = False) -> Split:
+    def split(self, text: str, *, scope: str = MODEL) -> Split:
         """A whole response divided into reasoning and content."""
-        s = self.splitter(thinking=thinking)
+        s = self.splitter(scope=scope)
         a, b = s.feed(text), s.finish()
         return Split(a.reasoning + b.reasoning, a.content + b.content)
 
-    def assistant_turn(self, text: str, *, thinking: bool = False) -> dict[str, str]:
-        """The message that puts a reply back into the conversation for the next render
-        (the reply as generated: the families' templates drop earlier turns' reasoning)."""
-        return {"role": "assistant", "content": text}
+    def assistant_turn(self, text: str, *, scope: str = MODEL) -> dict[str, str]:
+        """The message that puts a reply (its text as generated) back into the conversation
+        for the next render: its content, and its reasoning in ``reasoning_field`` (the
+        families' templates drop or keep it as they do for their own turns)."""
+        return self.assistant_message(self.split(text, scope=scope))
+
+    def assistant_message(self, split: Split) -> dict[str, str]:
+        """The assistant message of a reply divided into reasoning and content."""
+        msg = {"role": "assistant", "content": split.content}
+        if split.reasoning:
+            msg[self.reasoning_field] = split.reasoning
+        return msg
 
 
 PLAIN = ChatFormat()
@@ -113,9 +145,10 @@ class ScopeEnd:
 
 
 def formats() -> dict[str, ChatFormat]:
-    from led_local.decoding import think_tags
+    """Every format by name, in the order ``detect`` tries them."""
+    from led_local.decoding import harmony, think_tags
 
-    return {f.name: f for f in (think_tags.FORMAT, PLAIN)}
+    return {f.name: f for f in (harmony.FORMAT, *think_tags.FORMATS, PLAIN)}
 
 
 def get(name: str) -> ChatFormat:

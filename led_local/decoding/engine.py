@@ -1,6 +1,6 @@
 """The decode engine: sequences in KV slots, one llama_decode per step for all of them.
 
-The engine knows nothing about prompts, chat or files: it takes token ids, decodes them, and
+The engine knows nothing about chat or files: it takes token ids, decodes them, and
 picks each sequence's next token with that sequence's own randomness (``methods``) from the
 final logits and, for LED and DoLa, the captured hidden states projected by the LM head.
 Projection is lazy for LED: only rows whose gate says "explore" are projected, which changes
@@ -26,6 +26,7 @@ from led_local.llama.head import LMHead
 from led_local.llama.projection import GraphProjection, resolve_projection
 from led_local.llama.runtime import Runtime, default_threads
 
+PROMPT_TAIL = 32  # the prompt's last tokens whose text says where the response starts
 
 @dataclass
 class Sequence:
@@ -43,6 +44,7 @@ class Sequence:
     logprobs: list[float] = field(default_factory=list)
     in_scope: bool = True
     scope_end: int | None = None  # index of the token that completed the end-of-thinking marker
+    scope_wait: bool = False  # out of scope until the response opens thinking itself
     finish_reason: str | None = None
     pending: int | None = None
     pending_vec: np.ndarray | None = None  # fed instead of ``pending`` when set (SwiReasoning)
@@ -156,14 +158,31 @@ class Engine:
 
     # -- sequences ------------------------------------------------------------------------
     def new_sequence(self, slot: int, *, seed: tuple, max_tokens: int,
-                     cfg: DecodeConfig | None = None) -> Sequence:
+                     cfg: DecodeConfig | None = None, prompt: list[int] | None = None
+                     ) -> Sequence:
         """A sequence in ``slot`` whose randomness derives from ``seed`` alone; ``cfg`` gives
-        it its own method (default: the engine's), which ``check_config`` must accept."""
+        it its own method (default: the engine's), which ``check_config`` must accept.
+        ``prompt`` (its token ids) decides where the response starts: inside thinking, out of
+        it for good (the prompt closed it), or out of it until the response opens it
+        (``scope``)."""
         seq = Sequence(slot=slot, max_tokens=max_tokens,
                        cfg=cfg.with_format(self.format) if cfg is not None else None)
         cfg = self._cfg(seq)
+        where = self.scope(cfg, prompt)
+        seq.in_scope, seq.scope_wait = where == chatformat.INSIDE, where == chatformat.MODEL
         cfg.unit.start(self, seq, cfg, seed_sequence(*seed))
         return seq
+
+    def scope(self, cfg: DecodeConfig, prompt: list[int] | None) -> str:
+        """Where a response to ``prompt`` starts (chatformat INSIDE, CLOSED or MODEL): as the
+        chat format reads the prompt's end when ``cfg`` ends the scope at the format's own
+        marker; inside for ``--think-end ''`` (the whole response), another marker, or no
+        prompt given."""
+        fmt = self.format
+        if not fmt.think_start or cfg.think_end != fmt.think_end or prompt is None:
+            return chatformat.INSIDE
+        tail = b"".join(self.rt.token_bytes(t) for t in prompt[-PROMPT_TAIL:])
+        return fmt.prompt_scope(tail.decode("utf-8", "replace"))
 
     def _cfg(self, seq: Sequence) -> DecodeConfig:
         return seq.cfg or self.cfg
@@ -374,11 +393,20 @@ class Engine:
         if final is not None:
             s.logprobs.append(token_logprob(final, tok, temperature=temperature))
         s.pending = tok
+        if s.scope_wait:  # thinking counts only when the response opens with its marker
+            s._text_tail += self.rt.token_text(tok)
+            opened = self.format.opening(s._text_tail)
+            if opened is not None:
+                s.scope_wait, s.in_scope, s._text_tail = False, opened, ""
+            return self._check_length(s)
         end = self.scope_end(self._cfg(s)) if s.in_scope else None
         if end is not None:
             s._text_tail, ended = end.advance(s._text_tail, tok, self.rt.token_text(tok))
             if ended:
                 s.in_scope = False
                 s.scope_end = len(s.tokens) - 1
+        self._check_length(s)
+
+    def _check_length(self, s: Sequence) -> None:
         if len(s.tokens) >= s.max_tokens or s.n_past + 1 >= self.rt.n_ctx_seq:
             s.finish_reason = "length"

@@ -89,7 +89,7 @@ def generate_step(engine: Engine, tokens: list[int], *, max_tokens: int, seed: i
     t0 = time.perf_counter()
     engine.prefill(0, tokens)
     t1 = time.perf_counter()
-    seq = engine.new_sequence(0, seed=(seed,), max_tokens=max_tokens)
+    seq = engine.new_sequence(0, seed=(seed,), max_tokens=max_tokens, prompt=tokens)
     engine.start(seq, len(tokens))
     if timing is not None:
         timing.update(prompt_s=t1 - t0, start=t1)

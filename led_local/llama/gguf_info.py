@@ -57,6 +57,8 @@ class ModelInfo:
     norm_is_layernorm: bool
     # the parsed file, kept so that nothing parses it again (its map holds the head's bytes)
     gguf: GGUFFile = field(repr=False, compare=False)
+    # template variables every render passes (the thinking switches: ``switches``)
+    chat_vars: dict = field(default_factory=dict, compare=False)
 
     @property
     def led_supported(self) -> bool:

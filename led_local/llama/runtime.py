@@ -249,9 +249,12 @@ class Runtime:
         return bool(attr & (llama_cpp.LLAMA_TOKEN_ATTR_CONTROL
                             | llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED))
 
-    def apply_chat_template(self, messages: Sequence[dict[str, str]]) -> str:
+    def apply_chat_template(self, messages: Sequence[dict[str, str]],
+                            variables: dict | None = None) -> str:
         """Render messages with the model's chat template (GGUF metadata, or the one a
-        ``--chat-template`` file put in ``info``), in a time- and size-limited worker."""
+        ``--chat-template`` file put in ``info``), in a time- and size-limited worker, with
+        the template variables of ``info.chat_vars`` (the thinking switches), updated by
+        ``variables``."""
         from led_local.llama.template import render_chat_template
 
         template = self.info.chat_template
@@ -261,7 +264,8 @@ class Runtime:
         return render_chat_template(
             template, list(messages),
             eos_token=self.token_text(llama_cpp.llama_vocab_eos(self.vocab)),
-            bos_token=self.token_text(llama_cpp.llama_vocab_bos(self.vocab)))
+            bos_token=self.token_text(llama_cpp.llama_vocab_bos(self.vocab)),
+            variables={**self.info.chat_vars, **(variables or {})})
 
     # -- decoding -------------------------------------------------------------------------
     def seq_rm(self, seq: int, p0: int = -1, p1: int = -1) -> None:

@@ -51,12 +51,15 @@ def load_chat_template(path: str | os.PathLike) -> str:
 
 
 def render_chat_template(template: str, messages: list[dict[str, str]], *, bos_token: str,
-                         eos_token: str, add_generation_prompt: bool = True) -> str:
+                         eos_token: str, add_generation_prompt: bool = True,
+                         variables: dict | None = None) -> str:
     """``template`` rendered for ``messages`` under the limits above (TemplateError when
-    exceeded or when the template raises)."""
+    exceeded or when the template raises); ``variables``: more template variables
+    (``enable_thinking``, ``reasoning_effort``, ...), which cannot replace the renderer's."""
     return _RENDERER.render({
         "template": template, "messages": messages, "bos_token": bos_token,
         "eos_token": eos_token, "add_generation_prompt": add_generation_prompt,
+        "variables": variables or {},
     })
 
 
@@ -225,11 +228,13 @@ def _render(env, compiled: dict, request: dict, limit: int) -> str:
         compiled[source] = env.from_string(source)
     parts: list[str] = []
     size = 0
-    for part in compiled[source].generate(
-            messages=request["messages"], bos_token=request["bos_token"],
-            eos_token=request["eos_token"], add_generation_prompt=request["add_generation_prompt"],
-            raise_exception=raise_exception, functions=None, function_call=None, tools=None,
-            tool_choice=None, strftime_now=lambda f: datetime.now().strftime(f)):
+    context = dict(request.get("variables", {}))  # the renderer's own names win
+    context.update(
+        messages=request["messages"], bos_token=request["bos_token"],
+        eos_token=request["eos_token"], add_generation_prompt=request["add_generation_prompt"],
+        raise_exception=raise_exception, functions=None, function_call=None, tools=None,
+        tool_choice=None, strftime_now=lambda f: datetime.now().strftime(f))
+    for part in compiled[source].generate(context):
         size += len(part)
         if size > limit:
             raise _TooLong

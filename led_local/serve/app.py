@@ -22,9 +22,10 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from led_local.decoding.chatformat import PLAIN, ChatFormat
+from led_local.decoding.chatformat import MODEL, PLAIN, ChatFormat
 from led_local.decoding.generate import new_seed
 from led_local.decoding.methods import DecodeConfig
+from led_local.decoding.switches import TemplateSwitches
 from led_local.errors import ConfigError, LedError
 from led_local.serve import protocol as P
 from led_local.serve.access import Access, is_json
@@ -59,6 +60,7 @@ class ServerState:
     api_key: str | None
     format: ChatFormat  # how replies divide into reasoning_content and content
     created: int
+    switches: TemplateSwitches = TemplateSwitches()  # what the chat template offers
 
 
 def _error(e: P.APIError) -> JSONResponse:
@@ -315,12 +317,15 @@ def _work(state: ServerState, req: P.CommonRequest, chat: bool) -> Work:
         raise P.APIError(400, f"n must be <= {state.scheduler.parallel} (the server's "
                          f"parallel setting), got {req.n}", param="n")
     rt = engine.rt
-    thinking = False
+    fmt, scope = PLAIN, MODEL
+    if chat:
+        fmt = req.chat_format(state.format)
+        variables = req.chat_variables(state)
     try:
         if chat:
-            messages = [{"role": m.role, "content": m.text()} for m in req.messages]
-            prompt = rt.apply_chat_template(messages)
-            thinking = state.format.starts_inside(prompt)
+            messages = [m.for_template(state.format) for m in req.messages]
+            prompt = rt.apply_chat_template(messages, variables=variables)
+            scope = fmt.prompt_scope(prompt)
             tokens = rt.tokenize(prompt)
         elif isinstance(req.prompt, list) and req.prompt and isinstance(req.prompt[0], int):
             tokens = list(req.prompt)
@@ -346,5 +351,5 @@ def _work(state: ServerState, req: P.CommonRequest, chat: bool) -> Work:
                 seed=new_seed() if req.seed is None else req.seed, stop=req.stops(),
                 emit=lambda event: None, top_n=req.top_n(),
                 logprobs=req.logprobs is True if chat else req.logprobs is not None,
-                format=state.format if chat else PLAIN, thinking=thinking,
+                format=fmt, scope=scope,
                 cache_prompt=req.cache_prompt, led_tokens=req.led_tokens())

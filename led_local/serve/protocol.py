@@ -15,7 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from led_local.decoding import registry
+from led_local.decoding import chatformat, registry
+from led_local.decoding.chatformat import Split
 from led_local.decoding.methods import DecodeConfig, build_config
 from led_local.decoding.options import TEMPERATURE, Option
 from led_local.errors import ConfigError, LedError
@@ -60,6 +61,18 @@ class TextPart(_Strict):
 class Message(_Strict):
     role: str
     content: str | list[TextPart] | None = None
+    # an earlier reply's thinking, as clients send it back (llama-server, vLLM, gpt-oss)
+    reasoning_content: str | None = None
+    reasoning: str | None = None
+    thinking: str | None = None
+
+    def for_template(self, fmt) -> dict:
+        """The message as the chat template reads it: an assistant turn's reasoning in the
+        field the model family's template takes (``fmt``: the chat format)."""
+        reasoning = self.reasoning_content or self.reasoning or self.thinking
+        if self.role != "assistant" or not reasoning:
+            return {"role": self.role, "content": self.text()}
+        return fmt.assistant_message(Split(reasoning=reasoning, content=self.text()))
 
     def text(self) -> str:
         if self.content is None:
@@ -169,6 +182,37 @@ class ChatRequest(CommonRequest):
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
+    # the chat template's variables and the reply's split, as llama-server and vLLM name them
+    chat_template_kwargs: dict[str, Any] | None = None
+    reasoning_effort: str | None = None
+    reasoning_format: str | None = None
+    thinking_budget: int | None = None
+
+    def chat_variables(self, state) -> dict:
+        """The template variables this request adds to the server's (``state``: ServerState;
+        its chat template's switches say whether ``reasoning_effort`` applies)."""
+        from led_local.decoding.switches import TemplateSwitches, chat_variables, check_kwargs
+
+        kwargs = {} if self.chat_template_kwargs is None else \
+            self._checked(lambda: check_kwargs(self.chat_template_kwargs))
+        if self.thinking_budget is not None:
+            kwargs = {"thinking_budget": self.thinking_budget, **kwargs}
+        return self._checked(lambda: chat_variables(
+            None, reasoning_effort=self.reasoning_effort, kwargs=kwargs,
+            switches=TemplateSwitches(effort=state.switches.effort)))
+
+    def chat_format(self, default):
+        """The format the reply divides by: ``reasoning_format`` given, else ``default``."""
+        if self.reasoning_format is None:
+            return default
+        return self._checked(lambda: chatformat.get(self.reasoning_format))
+
+    @staticmethod
+    def _checked(f):
+        try:
+            return f()
+        except ConfigError as e:
+            raise APIError(400, e.render(field_name), param=field_name(e.option)) from None
 
     def limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from led_local.decoding.chatformat import PLAIN, ChatFormat
+from led_local.decoding.chatformat import MODEL, PLAIN, ChatFormat
 from led_local.decoding.engine import Engine, Sequence
 from led_local.decoding.methods import DecodeConfig
 from led_local.decoding.samplers import log_probs_at, probs_at, top_candidates
@@ -61,7 +61,7 @@ class Work:
     logprobs: bool = False
     top_n: int = 0
     format: ChatFormat = PLAIN  # how the text divides into reasoning and content
-    thinking: bool = False  # the prompt already opened a thinking block
+    scope: str = MODEL  # where the prompt left the response (chatformat.prompt_scope)
     cache_prompt: bool = True  # reuse the longest cached prefix (False: evaluate it all)
     led_tokens: bool = False  # report each token's depth, gate and top-1 (stream_options)
     arrived: float = field(default_factory=time.perf_counter)
@@ -289,14 +289,14 @@ class Scheduler:
             if slot != first:
                 eng.fork(first, slot)
             seq = eng.new_sequence(slot, seed=(work.seed,) if i == 0 else (work.seed, i),
-                                   max_tokens=work.max_tokens, cfg=work.cfg)
+                                   max_tokens=work.max_tokens, cfg=work.cfg, prompt=work.tokens)
             seq.pending, seq.n_past = work.tokens[-1], len(work.tokens) - 1
             eng.top_n[slot] = work.top_n
             eng.top[slot] = []
             eng.steps[slot] = []
             if work.led_tokens:
                 eng.explain.add(slot)
-            split = work.format.splitter(thinking=work.thinking)
+            split = work.format.splitter(scope=work.scope)
             self.running[slot] = Choice(work, i, seq, TextStream(work.stop), split, t_last=now)
         self.metrics.busy.set(self.busy())
         self.metrics.tokens_in.inc(len(work.tokens))

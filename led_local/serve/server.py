@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from led_local.decoding.methods import DecodeConfig
+from led_local.decoding.switches import template_switches
 from led_local.errors import LedError
 from led_local.serve.access import Access, check_api_key
 from led_local.serve.app import MAX_BODY, Guard, ServerState, build_app
@@ -133,7 +134,7 @@ def _serve(sock: socket.socket, model, cfg: DecodeConfig, *, host: str, parallel
             engine=engine, scheduler=scheduler, metrics=metrics,
             model_name=alias or Path(engine.info.path).name.removesuffix(".gguf"),
             base=engine.cfg, api_key=api_key, format=engine.format,
-            created=int(time.time()))
+            created=int(time.time()), switches=template_switches(engine.info.chat_template))
         app = Guard(build_app(state), state, max_body=MAX_BODY, access=access,
                     max_active=parallel + max_queue)
         port = sock.getsockname()[1]
