@@ -19,6 +19,7 @@ tokenizer can cut the prompt and the script into tokens, then again with the wei
 from __future__ import annotations
 
 import functools
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,20 +155,6 @@ def _write(path: Path, vocab: dict, template: str, eog: list[int], weights: dict
     w.close()
 
 
-def _tokenize(path: Path, text: str) -> list[int]:
-    from led_local.llama.runtime import Runtime
-
-    with Runtime(path, vocab_only=True) as rt:
-        return rt.tokenize(text, special=True, bos=False)
-
-
-def _render(path: Path, messages: list[dict], variables: dict) -> str:
-    from led_local.llama.runtime import Runtime
-
-    with Runtime(path, vocab_only=True) as rt:
-        return rt.apply_chat_template(messages, variables)
-
-
 def write_scripted(path: str | Path, *, vocab: str, template: str, script: str,
                    end: str, specials: dict[str, int] | None = None,
                    messages: list[dict] | None = None, variables: dict | None = None,
@@ -187,13 +174,29 @@ def write_scripted(path: str | Path, *, vocab: str, template: str, script: str,
     eog_texts = [end] + ([eot] if eot else [])
     eog = [v["tokens"].index(t) for t in eog_texts]
     _write(path, v, text, eog, None)
-    msgs = messages or [{"role": "user", "content": "What is 2 + 2?"}]
-    prompt = _render(path, msgs, variables or {})
-    prompt_tokens = _tokenize(path, prompt)
+    from led_local.llama.runtime import Runtime
+
+    with Runtime(path, vocab_only=True) as rt:
+        return _weights(path, rt, v, text, eog, script,
+                        messages or [{"role": "user", "content": "What is 2 + 2?"}],
+                        variables or {}, also or {}, gates)
+
+
+def _weights(path, rt, v, text, eog, script, msgs, variables, also, gates) -> Scripted:
+    def _tokenize(_path, said: str) -> list[int]:
+        return rt.tokenize(said, special=True, bos=False)
+
+    def _single(_path, said: str) -> int:
+        ids = _tokenize(_path, said)
+        if len(ids) != 1:
+            raise ValueError(f"{said!r} is {len(ids)} tokens, a gate needs one")
+        return ids[0]
+
+    prompt_tokens = _tokenize(path, rt.apply_chat_template(msgs, variables))
     n_vocab = len(v["tokens"])
     succ: dict[int, int] = {}
     chains = [(prompt_tokens[-1:], script)] + [
-        (_tokenize(path, ending)[-1:], said) for ending, said in (also or {}).items()]
+        (_tokenize(path, ending)[-1:], said) for ending, said in also.items()]
     gate_ids = [tuple(_single(path, t) for t in g) for g in gates]
     overridden = {(q, s) for q, _, s in gate_ids}
     for _, k, _ in gate_ids:
@@ -241,12 +244,8 @@ def write_scripted(path: str | Path, *, vocab: str, template: str, script: str,
         weights.update({(0, "attn_q"): wq, (0, "attn_k"): wk, (0, "attn_v"): wv,
                         (0, "attn_output"): wo})
     weights["head"] = head
-    _write(path, v, text, eog, weights)
+    tmp = path.with_name(path.name + ".part")  # the vocabulary-only pass is still open
+    _write(tmp, v, text, eog, weights)
+    os.replace(tmp, path)
     return Scripted(path, prompt_tokens, script_tokens)
 
-
-def _single(path: Path, text: str) -> int:
-    ids = _tokenize(path, text)
-    if len(ids) != 1:
-        raise ValueError(f"{text!r} is {len(ids)} tokens, a gate needs one")
-    return ids[0]

@@ -39,6 +39,10 @@ def generate(ctx: click.Context, model: str, prompt: str, raw: bool, system: str
     cfg = decode_config(ctx, kw)
     if raw and system:
         raise UserError("--system needs the chat template; drop --raw")
+    if raw:
+        for name in ("thinking", "reasoning_effort", "chat_template_kwargs"):
+            if kw.get(name) is not None:
+                raise UserError(f"--{name.replace('_', '-')} needs the chat template; drop --raw")
     seed = gen.new_seed() if seed is None else seed
     # batch-invariant, as solve and serve: a seed gives the same tokens in all three
     with open_engine(model, cfg, kw, batch_invariant=True) as engine:

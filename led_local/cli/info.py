@@ -15,6 +15,7 @@ from led_local.cli.common import main, model_argument, user_errors
 @user_errors
 def info(model: str, as_json: bool) -> None:
     """Describe MODEL: architecture, sizes, LM head, chat template, capture and projection paths."""
+    from led_local.decoding.chatformat import describe
     from led_local.llama.capture import capture_path
     from led_local.llama.gguf_info import inspect_model
     from led_local.llama.projection import projection_path
@@ -27,6 +28,7 @@ def info(model: str, as_json: bool) -> None:
         "capture": capture_path(m), "projection": projection_path(m),
         "final_softcap": m.final_softcap or None,
         "head_memory_mb": round(m.gguf.tensors[m.head_tensor].n_bytes / 1e6, 1),  # as stored
+        **describe(m),  # reasoning_format, thinking, thinking_switch
     }
     if as_json:
         click.echo(json.dumps(record))

@@ -169,3 +169,34 @@ def detect(template: str | None) -> ChatFormat:
         if f is not PLAIN and f.matches(template or ""):
             return f
     return PLAIN
+
+
+PROMPT_THINKING = {INSIDE: "opened by the prompt", CLOSED: "closed by the prompt",
+                   MODEL: "left to the model"}
+
+
+def describe(info, name: str | None = None) -> dict:
+    """What ``info``'s chat template does with thinking, for ``info`` and ``doctor``: the
+    format, where the rendered prompt of one user message leaves thinking (with the template
+    variables the model was opened with, default: thinking on where there is a switch), and
+    the switches the template offers."""
+    from led_local.decoding.switches import PROBE, chat_variables, template_switches
+    from led_local.llama.template import TemplateError, render_chat_template
+
+    fmt = for_model(info, name)
+    out = {"reasoning_format": fmt.name, "thinking": None, "thinking_switch": None}
+    template = info.chat_template
+    if not template:
+        return out
+    switches = template_switches(template)
+    out["thinking_switch"] = switches.describe()
+    variables = info.chat_vars or chat_variables(template, switches=switches)
+    try:
+        prompt = render_chat_template(template, PROBE, bos_token="", eos_token="",
+                                      variables=variables)
+    except TemplateError as e:
+        out["thinking"] = f"unknown (the template fails: {e})"
+        return out
+    out["thinking"] = PROMPT_THINKING[fmt.prompt_scope(prompt)] if fmt.think_start else \
+        "no thinking markers"
+    return out

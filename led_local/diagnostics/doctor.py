@@ -59,7 +59,8 @@ def model_checks(model: str | Path, *, capture: str = "auto",
                       f"LED (supported: {', '.join(sorted(LED_ARCHITECTURES))})", value)]
     checks = [Check("model", True, f"{info.name}: {info.architecture}, {info.n_layer} blocks, "
                     f"width {info.n_embd}, vocabulary {info.n_vocab}", value)]
-    checks += [depths_check(info), head_check(info), capture_check(info, capture)]
+    checks += [depths_check(info), head_check(info), chat_check(info),
+               capture_check(info, capture)]
     checks += [decode_check(info, threads=threads), projection_check(info, threads=threads)]
     return checks
 
@@ -91,6 +92,18 @@ def head_check(info) -> Check:
                  f"{' (tied to the embeddings)' if info.tied else ''}, final {norm}"
                  f"{', ' + ', '.join(extras) if extras else ''}",
                  {"tensor": info.head_tensor, "type": info.head_type, "tied": info.tied})
+
+
+def chat_check(info) -> Check:
+    """The chat format, where the template's prompt leaves thinking, and its switches."""
+    from led_local.decoding.chatformat import describe
+
+    d = describe(info)
+    if d["thinking_switch"] is None:
+        return Check("chat", True, "no chat template (chat-shaped prompts need "
+                     "--chat-template)", d)
+    return Check("chat", True, f"format {d['reasoning_format']}; thinking "
+                 f"{d['thinking']}; switches: {d['thinking_switch']}", d)
 
 
 def layer_inp_unavailable(info) -> str | None:
