@@ -15,7 +15,7 @@ from tinymodel import write_tiny_llama
 
 from led_local.cli import main
 from led_local.diagnostics import build
-from led_local.llama import native
+from led_local.llama import gguf_info, native
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD_CHECKS = ["versions", "backend", "cpu-features", "patch", "amx", "extra-buffer-types"]
@@ -78,8 +78,12 @@ def _tiny_with(tmp_path, monkeypatch, name: str, *, keys: dict | None = None, **
 ])
 def test_a_head_llama_cpp_does_not_apply_fails_the_projection_check(tmp_path, monkeypatch,
                                                                     scale, reason):
-    # llama.cpp's llama graph ignores llama.logit_scale; led-local's head applies it
+    # llama.cpp's llama graph ignores llama.logit_scale, and so does led-local; a led-local
+    # that wrongly applied it (as command-r's graph does) must fail the projection check
     path = _tiny_with(tmp_path, monkeypatch, "scaled.gguf", keys={"llama.logit_scale": scale})
+    assert run(path, "--json").exit_code == 0
+    monkeypatch.setattr(gguf_info, "LOGIT_SCALE_MULTIPLIES",
+                        gguf_info.LOGIT_SCALE_MULTIPLIES | {"llama"})
     r = run(path, "--json")
     assert r.exit_code == 1, r.output
     out = json.loads(r.stdout)

@@ -117,7 +117,7 @@ class Engine:
         unit = cfg.unit
         unit.check_model(self.info, cfg)
         self.layers: list[int] = unit.layers(self.info, cfg)
-        if self.layers and resolve_projection(projection) == "graph":
+        if self.layers and resolve_projection(projection, self.info) == "graph":
             self.graph = GraphProjection(self.info, self.layers, norm=unit.norm(cfg),
                                          temperature=cfg.temperature,
                                          candidates=unit.graph_candidates(cfg))
@@ -243,7 +243,11 @@ class Engine:
             common += 1
         if logits:
             common = min(common, n - 1)  # the last token must be decoded to get its logits
-        self.rt.seq_rm(slot, common, -1)
+        if not self.rt.seq_rm(slot, common, -1):
+            # a recurrent state cannot be cut back to the common prefix: start the slot over
+            common = 0
+            if not self.rt.seq_rm(slot, -1, -1):
+                raise RuntimeError(f"llama.cpp could not clear KV slot {slot}")
         self._cached[slot] = cached = list(tokens[:common])  # true even if interrupted below
         if self.graph is not None and logits:
             self.graph.enable(True)
@@ -263,8 +267,9 @@ class Engine:
         return len(self._cached.get(slot, []))
 
     def fork(self, src: int, dst: int) -> None:
-        """Share slot ``src``'s cached tokens with slot ``dst`` (no copy in a unified cache)."""
-        self.rt.seq_rm(dst, -1, -1)
+        """Share slot ``src``'s cached tokens with slot ``dst`` (no copy in a unified cache; a
+        recurrent state is copied when either sequence next decodes)."""
+        self.free(dst)
         self.rt.seq_cp(src, dst)
         self._cached[dst] = list(self._cached.get(src, []))
 
@@ -275,8 +280,9 @@ class Engine:
 
     def free(self, slot: int) -> None:
         """Drop everything ``slot`` holds in the KV cache."""
-        self.rt.seq_rm(slot, -1, -1)
         self._cached.pop(slot, None)
+        if not self.rt.seq_rm(slot, -1, -1):
+            raise RuntimeError(f"llama.cpp could not clear KV slot {slot}")
 
     def start(self, seq: Sequence, n_prompt: int) -> None:
         """Pick the first token of a sequence whose slot holds the just-prefilled prompt."""

@@ -27,9 +27,12 @@ from led_local.llama import native
 
 
 def tensor_name(h: int, architecture: str) -> str:
-    """llama.cpp's graph name of hidden state h (Hugging Face numbering)."""
+    """llama.cpp's graph name of hidden state h (Hugging Face numbering): ``l_out-{h-1}``, or
+    the architecture's own block-output name (``gguf_info.BLOCK_OUTPUTS``)."""
+    from led_local.llama.gguf_info import BLOCK_OUTPUTS
+
     if h > 0:
-        return f"l_out-{h - 1}"
+        return f"{BLOCK_OUTPUTS.get(architecture, 'l_out')}-{h - 1}"
     return "inp_scaled" if architecture.startswith("gemma") else "embd"
 
 
@@ -84,7 +87,8 @@ class CallbackCapture:
     def _copy(self, t: int, slot: int) -> None:
         tensor = native.GGMLTensor.from_address(t)
         if tensor.type != native.GGML_TYPE_F32 or tensor.ne[0] != self.n_embd:
-            raise ValueError(f"unexpected l_out tensor type {tensor.type} or width {tensor.ne[0]}")
+            raise ValueError(f"unexpected block-output tensor type {tensor.type} or width "
+                             f"{tensor.ne[0]}")
         n_tok = int(tensor.ne[1])
         row_bytes = int(tensor.nb[1])
         start = self._seen[slot]

@@ -19,7 +19,7 @@ import ctypes
 import numpy as np
 
 from led_local.llama import native
-from led_local.llama.gguf_info import ModelInfo, read_tensors
+from led_local.llama.gguf_info import LOGIT_SCALE_DIVIDES, ModelInfo, read_tensors
 
 
 def final_norm(states: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, *, eps: float,
@@ -45,11 +45,11 @@ class LMHead:
     def __init__(self, info: ModelInfo, *, threads: int = 1) -> None:
         self.info = info
         self.threads = max(1, threads)
-        names = ["output_norm.weight"]
+        names = [info.norm_tensor]
         names += ["output_norm.bias"] if "output_norm.bias" in info.gguf.tensors else []
         names += ["output.bias"] if info.has_output_bias else []
         t = read_tensors(info.gguf, names)
-        self.norm_weight = t["output_norm.weight"]
+        self.norm_weight = t[info.norm_tensor]
         self.norm_bias = t.get("output_norm.bias")
         self.bias = t.get("output.bias")
         self._file = info.gguf  # keeps the map (and so the head's bytes) alive
@@ -109,7 +109,7 @@ class LMHead:
         if self.bias is not None:
             out += self.bias
         if info.logit_scale != 1.0:
-            if info.architecture == "granite":
+            if info.architecture in LOGIT_SCALE_DIVIDES:
                 out *= np.float32(1.0 / info.logit_scale)
             else:
                 out *= np.float32(info.logit_scale)

@@ -19,7 +19,7 @@ import numpy as np
 
 from led_local.errors import LedError
 from led_local.llama import native
-from led_local.llama.gguf_info import ModelInfo
+from led_local.llama.gguf_info import GRAPH_ARCHITECTURES, ModelInfo
 
 PROJECTIONS = ("auto", "host", "graph")
 # extra candidates the graph returns beyond k, so that ties at the k-th largest final logit
@@ -38,22 +38,34 @@ def offloaded() -> bool:
     return bool(llama_cpp.llama_supports_gpu_offload())
 
 
-def resolve_projection(prefer: str = "auto") -> str:
-    """``host`` or ``graph`` for the choice ``prefer`` (auto, host or graph)."""
+def graph_supports(info: ModelInfo | None) -> bool:
+    """Whether the patch's in-graph projection is right for this architecture (None: any)."""
+    return info is None or info.architecture in GRAPH_ARCHITECTURES
+
+
+def resolve_projection(prefer: str = "auto", info: ModelInfo | None = None) -> str:
+    """``host`` or ``graph`` for the choice ``prefer`` (auto, host or graph) and the model
+    ``info`` (auto stays on the host for an architecture the graph path does not handle)."""
     if prefer not in PROJECTIONS:
         raise LedError(f"`projection` must be one of {', '.join(PROJECTIONS)}, got {prefer!r}")
     if prefer == "graph" and not graph_available():
         raise LedError("`projection` graph needs led-local's patched llama.cpp with "
                        "patches/0002-led-depth-logits.patch: run make install")
+    if prefer == "graph" and not graph_supports(info):
+        raise LedError(f"`projection` graph does not handle architecture "
+                       f"'{info.architecture}' (its graph does not register its block inputs "
+                       "or its head's extras are not in the patch): use `projection` host")
     if prefer == "auto":
-        return "graph" if graph_available() and offloaded() else "host"
+        return "graph" if graph_available() and offloaded() and graph_supports(info) else "host"
     return prefer
 
 
-def projection_path(info: ModelInfo | None = None) -> str:  # noqa: ARG001 - same for every model
+def projection_path(info: ModelInfo | None = None) -> str:
     """Which projection ``--projection auto`` uses, with the reason, for ``info`` and ``doctor``."""
     if not graph_available():
         return "host (this llama.cpp lacks the in-graph projection patch)"
+    if not graph_supports(info):
+        return f"host (the in-graph projection does not handle '{info.architecture}')"
     if not offloaded():
         return "host (CPU build; graph available with --projection graph)"
     return "graph (patched llama.cpp, model offloaded to the GPU)"

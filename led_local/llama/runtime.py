@@ -139,6 +139,10 @@ class Runtime:
         self.model = model
         self.vocab = llama_cpp.llama_model_get_vocab(model)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
+        # a recurrent state (all of it, or the recurrent layers of a hybrid) holds no past
+        # positions: a sequence's cache can be dropped or extended, not cut back
+        self.recurrent = bool(llama_cpp.llama_model_is_recurrent(model)
+                              or llama_cpp.llama_model_is_hybrid(model))
         if vocab_only:  # tokenizer and chat template only: no context, no batch
             return
         self.n_batch = max(n_batch, n_seq)
@@ -268,8 +272,10 @@ class Runtime:
             variables={**self.info.chat_vars, **(variables or {})})
 
     # -- decoding -------------------------------------------------------------------------
-    def seq_rm(self, seq: int, p0: int = -1, p1: int = -1) -> None:
-        llama_cpp.llama_memory_seq_rm(self.memory, seq, p0, p1)
+    def seq_rm(self, seq: int, p0: int = -1, p1: int = -1) -> bool:
+        """Remove positions [p0, p1) of ``seq`` (-1: open end); False where the memory cannot
+        (a recurrent state is never partially erased: then nothing was removed)."""
+        return bool(llama_cpp.llama_memory_seq_rm(self.memory, seq, p0, p1))
 
     def seq_cp(self, src: int, dst: int) -> None:
         llama_cpp.llama_memory_seq_cp(self.memory, src, dst, -1, -1)

@@ -197,6 +197,9 @@ def build_app(state: ServerState) -> Starlette:
 
     async def health(request: Request) -> Response:
         sched = state.scheduler
+        if sched.failure is not None:
+            return _error(P.APIError(503, sched.failure, type="server_error",
+                                     code="decode_thread_failed"))
         return JSONResponse({"status": "ok", "slots_busy": sched.busy(),
                              "slots_free": sched.parallel - sched.busy(),
                              "queue": len(sched.queue)})

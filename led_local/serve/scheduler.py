@@ -146,6 +146,7 @@ class Scheduler:
         self._draining = False  # shutting down: no new work; what runs has until the deadline
         self._deadline: threading.Timer | None = None
         self._admitting: Work | None = None  # its prompt is being evaluated
+        self.failure: str | None = None  # why the decode thread died (then /health says 503)
         self._thread = threading.Thread(target=self._run, name="led-decode", daemon=True)
 
     # -- the request side (event loop thread) ---------------------------------------------
@@ -153,7 +154,11 @@ class Scheduler:
         self._thread.start()
 
     def submit(self, work: Work) -> None:
+        """Queue ``work``; once the decode thread has died, answer it at once with a 500."""
         with self._cv:
+            if self.failure is not None:
+                work.emit({"error": self.failure, "status": 500})
+                return
             if self._stopping or self._draining:
                 raise QueueFull("the server is shutting down")
             waiting = self._waiting([*self.queue, work])
@@ -225,6 +230,27 @@ class Scheduler:
 
     # -- the decode thread ----------------------------------------------------------------
     def _run(self) -> None:
+        try:
+            self._loop()
+        except Exception as e:  # a bug, not a request's fault: every request is answered
+            self._fail(f"the decode thread stopped: {type(e).__name__}: {e}")
+            raise
+
+    def _fail(self, message: str) -> None:
+        """The decode thread is dying: answer what runs, waits or is being admitted with a
+        500 now, and every later request at once (``submit``); /health reports it."""
+        with self._cv:
+            self.failure = message
+            works = {id(c.work): c.work for c in self.running.values()}
+            works.update((id(w), w) for w in self.queue)
+            if self._admitting is not None:
+                works[id(self._admitting)] = self._admitting
+            self.running.clear()
+            self.queue.clear()
+        for work in works.values():
+            work.emit({"error": message, "status": 500})
+
+    def _loop(self) -> None:
         while True:
             with self._cv:
                 while not (self._stopping or self.queue or self.running):
@@ -274,11 +300,12 @@ class Scheduler:
             eng.free(first)
         try:
             eng.load_prefix(first, work.tokens[:-1])
-        except LedError as e:
+        except Exception as e:  # a prompt that does not fit, or a failed decode: this request
             eng.free(first)
             with self._cv:
                 self._claimed -= work.n
-            work.emit({"error": str(e)})
+            work.emit({"error": str(e) if isinstance(e, LedError) else
+                       f"evaluating the prompt failed: {e}"})
             return
         slots = [first] + sorted(self.free - {first})[:work.n - 1]
         with self._cv:
