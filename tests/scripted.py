@@ -3,7 +3,7 @@ template: reasoning formats checked exactly without the family's weights.
 
 The vocabulary is read from one of llama.cpp's vocabulary-only GGUFs (``models/ggml-vocab-*``
 in the sources we build), with the family's special tokens put in the place of unused
-``[PAD...]`` entries where it lacks them; the template is one of llama.cpp's
+``[PAD...]`` (or Llama 3's reserved) entries where it lacks them; the template is one of llama.cpp's
 ``models/templates``. The weights make the model a bigram machine: every block but the first
 is the identity, the first block's feed-forward is off, and its attention (RoPE made
 negligible by a huge base) only serves ``gates``; the LM head maps each token of the script
@@ -91,9 +91,10 @@ def _read_vocab(name: str) -> dict:
 
 
 def _with_specials(vocab: dict, specials: dict[str, int]) -> dict:
-    """``specials`` (text -> gguf token type) added in the place of [PAD...] entries."""
+    """``specials`` (text -> gguf token type) added in the place of unused entries."""
     tokens, types = list(vocab["tokens"]), list(vocab["token_type"])
-    pads = [i for i, t in enumerate(tokens) if t.startswith("[PAD")]
+    pads = [i for i, t in enumerate(tokens)
+            if t.startswith("[PAD") or t.startswith("<|reserved_special_token_")]
     for text, kind in specials.items():
         if text in tokens:
             types[tokens.index(text)] = kind
@@ -163,7 +164,8 @@ def write_scripted(path: str | Path, *, vocab: str, template: str, script: str,
                    eot: str | None = None) -> Scripted:
     """Write a model of the ``vocab`` vocabulary and the ``template`` template (file names in
     llama.cpp's models/ and models/templates/) that answers the rendered ``messages`` (default:
-    one user message) with ``script`` and then ``end`` (an end-of-generation token's text).
+    one user message; ``variables``: the template's, default thinking on) with ``script`` and
+    then ``end`` (an end-of-generation token's text).
 
     ``also``: more prompt endings (text) -> the text said after them (a prompt rendered with
     thinking off, say). ``gates``: (query, key, successor) texts of single tokens, see the
@@ -177,9 +179,13 @@ def write_scripted(path: str | Path, *, vocab: str, template: str, script: str,
     from led_local.llama.runtime import Runtime
 
     with Runtime(path, vocab_only=True) as rt:
+        if variables is None:  # as led-local renders it: thinking on where it has a switch
+            from led_local.decoding.switches import chat_variables
+
+            variables = chat_variables(text)
         return _weights(path, rt, v, text, eog, script,
                         messages or [{"role": "user", "content": "What is 2 + 2?"}],
-                        variables or {}, also or {}, gates)
+                        variables, also or {}, gates)
 
 
 def _weights(path, rt, v, text, eog, script, msgs, variables, also, gates) -> Scripted:
@@ -227,8 +233,9 @@ def _weights(path, rt, v, text, eog, script, msgs, variables, also, gates) -> Sc
         head[b, direction[a]] += CHAIN
     weights: dict = {"embd": embd}
     if gate_ids:
-        # head 0 of block 0: query and key along dim g of the head, the key token's value
-        # along dim 8 + g, written to the gate's own direction of the residual stream
+        # head 0 of block 0: query and key along a dim of one of the head's slowest RoPE pairs
+        # (the fastest turns by 1 rad per position whatever the base), the key token's value
+        # along dim hd/2 + g, written to the gate's own direction of the residual stream
         hd = N_EMBD // N_HEAD
         wq = np.zeros((N_EMBD, N_EMBD), np.float32)
         wk = np.zeros((N_EMBD, N_EMBD), np.float32)
@@ -236,8 +243,9 @@ def _weights(path, rt, v, text, eog, script, msgs, variables, also, gates) -> Sc
         wo = np.zeros((N_EMBD, N_EMBD), np.float32)
         for g, (q, k, s) in enumerate(gate_ids):
             gate_dim = N_EMBD - 1 - g  # never an input direction (checked above)
-            wq[g, direction[q]] = 20.0
-            wk[g, direction[k]] = 20.0
+            qk = hd - 2 - 2 * g  # one dim per RoPE pair, the slowest pairs: they don't turn
+            wq[qk, direction[q]] = 20.0
+            wk[qk, direction[k]] = 20.0
             wv[hd // 2 + g, direction[k]] = 0.125  # a value of 1 after the norm's x8
             wo[gate_dim, hd // 2 + g] = 1.0
             head[s, gate_dim] += GATE

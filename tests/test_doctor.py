@@ -19,7 +19,7 @@ from led_local.llama import gguf_info, native
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD_CHECKS = ["versions", "backend", "cpu-features", "patch", "amx", "extra-buffer-types"]
-MODEL_CHECKS = ["model", "led-depths", "head", "capture", "decode", "projection"]
+MODEL_CHECKS = ["model", "led-depths", "head", "chat", "capture", "decode", "projection"]
 
 
 def run(*args):

@@ -228,6 +228,6 @@ def _analyse(info, cfg, kw: dict, mode: str, items: list | None, all_layers: boo
                                       limit=kw["limit"])
         bar = _bar(sum(len(i.response) for i in items), "position")
         responses = analyse(probe, items, led=cfg.led, think_end=cfg.think_end,
-                            on_position=bar.update)
+                            on_position=bar.update, fmt=model_format(info, kw))
         bar.close()
     return responses

@@ -37,9 +37,11 @@ QWEN_ARCHITECTURES = frozenset({"qwen2", "qwen3", "qwen3moe"})
 FINAL_ANSWER = "\n\nThe final answer is"
 
 
-def swir_vocab(rt, *, think_end: str, architecture: str) -> tuple[SwirVocab, dict]:
+def swir_vocab(rt, *, think_end: str, architecture: str,
+               think_start: str = "<think>") -> tuple[SwirVocab, dict]:
     """The state machine's token ids for the model behind Runtime ``rt``, and notes on the
-    deviations taken (for records)."""
+    deviations taken (for records); ``think_start``: the chat format's thinking-start marker
+    (``<think>`` for a ``think_end`` of another format)."""
     def plain(text: str) -> list[int]:
         return rt.tokenize(text, special=False, bos=False)
 
@@ -48,7 +50,7 @@ def swir_vocab(rt, *, think_end: str, architecture: str) -> tuple[SwirVocab, dic
         return ids[0] if len(ids) == 1 else None
 
     close = single(think_end) if think_end else None
-    open_ = single("<think>") if close is not None else None
+    open_ = single(think_start) if close is not None and think_start else None
     bs_n = plain("\\n")
     lb_fallback = not (len(bs_n) == 1 and rt.token_text(bs_n[0]) == "\\n")
     line_break = plain("\n")[-1] if lb_fallback else bs_n[0]

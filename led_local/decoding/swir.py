@@ -323,8 +323,12 @@ class SwiReasoning(DecodingMethod):
 
         cfg = engine.cfg
         engine.embeddings = input_rows(engine.info, resident=cfg.swir.top_mass >= 1)
+        fmt = engine.format
+        start = fmt.think_start if fmt.think_start and cfg.think_end == fmt.think_end \
+            else "<think>"
         engine.shared[NAME] = latent.swir_vocab(engine.rt, think_end=cfg.think_end,
-                                                architecture=engine.info.architecture)
+                                                architecture=engine.info.architecture,
+                                                think_start=start)
 
     def check(self, engine, cfg):
         if NAME not in engine.shared:

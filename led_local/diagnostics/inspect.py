@@ -124,15 +124,24 @@ def analyse_position(final: np.ndarray, shallow: Mapping[str, np.ndarray], *, to
     return step
 
 
-def scope_flags(tokens: list[int], pieces: list[str], end) -> list[bool]:
+def scope_flags(tokens: list[int], pieces: list[str], end, *, start: str = "inside",
+                fmt=None) -> list[bool]:
     """Whether each response position is inside LED's thinking scope, as the engine decides
     it: position i is in scope until token i-1 ended it (``end``: a chatformat.ScopeEnd; the
-    token that completes the marker is still in scope). None keeps everything in scope."""
+    token that completes the marker is still in scope). None keeps everything in scope.
+    ``start``: where the prompt left the response (chatformat.prompt_scope); with ``model``
+    the scope opens after the token that completes ``fmt``'s start marker, first thing."""
     flags = []
     tail = ""
-    inside = True
+    inside, waiting = start == "inside", start == "model"
     for tok, piece in zip(tokens, pieces):
         flags.append(inside)
+        if waiting:
+            tail += piece
+            opened = fmt.opening(tail)
+            if opened is not None:
+                waiting, inside, tail = False, opened, ""
+            continue
         if inside and end is not None:
             tail, ended = end.advance(tail, tok, piece)
             inside = not ended

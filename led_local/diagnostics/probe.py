@@ -126,17 +126,23 @@ class Probe:
 
 
 def analyse(probe: Probe, items: list[Item], *, led: LEDConfig, think_end: str,
-            on_position: Callable[[], None] = lambda: None) -> list[dict]:
+            on_position: Callable[[], None] = lambda: None, fmt=None) -> list[dict]:
     """inspect's responses: for each item its label, prompt length, response tokens and one
     step per response position (``analyse_position``); every item is checked to fit the
-    context before any is decoded. ``on_position`` is called after each position."""
+    context before any is decoded. ``on_position`` is called after each position. ``fmt``
+    (a ChatFormat) says where each prompt leaves the response, as the engine's ``scope``:
+    with ``think_end`` its own marker, the prompt decides; otherwise all starts in scope."""
     for item in items:
         probe.check_fits(len(item.prompt), len(item.response))
     end = ScopeEnd.of(probe.rt, think_end)
     out = []
     for item in items:
+        start = "inside"
+        if fmt is not None and fmt.think_start and think_end == fmt.think_end:
+            tail = b"".join(probe.rt.token_bytes(t) for t in item.prompt[-32:])
+            start = fmt.prompt_scope(tail.decode("utf-8", "replace"))
         flags = scope_flags(item.response, [probe.rt.token_text(t) for t in item.response],
-                            end)
+                            end, start=start, fmt=fmt)
         steps = []
         for pos, flag in zip(probe.positions(item.prompt, item.response), flags):
             steps.append(analyse_position(pos.final, pos.shallow, token=pos.token, led=led,

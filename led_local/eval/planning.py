@@ -79,7 +79,8 @@ class Progress:
 def fingerprint(model: str | os.PathLike | ModelInfo, cfg: DecodeConfig, opts: SolveOptions,
                 template: str) -> dict:
     """The fields that must agree for a run file to be resumed or merged (``embed`` only when
-    on, so a run without it has the same records as before the option existed)."""
+    on and ``chat_template_kwargs`` only when the template gets any, so a run without them
+    has the same records as before the options existed)."""
     p = Path(model.path if isinstance(model, ModelInfo) else model)
     fp = {
         "model": f"{p.name}:{p.stat().st_size}",
@@ -94,6 +95,8 @@ def fingerprint(model: str | os.PathLike | ModelInfo, cfg: DecodeConfig, opts: S
     }
     if opts.embed:
         fp["embed"] = True
+    if isinstance(model, ModelInfo) and model.chat_vars:  # the thinking switches, as rendered
+        fp["chat_template_kwargs"] = dict(sorted(model.chat_vars.items()))
     return fp
 
 

@@ -191,11 +191,12 @@ def inspect_model(path: str | os.PathLike) -> ModelInfo:
     keys = [f"{arch}.attention.layer_norm_rms_epsilon", f"{arch}.attention.layer_norm_epsilon"]
     eps_key = next((k for k in (keys[::-1] if layernorm else keys) if k in f), keys[0])
     eps = _number(f, eps_key, p, 1e-5)
-    # only the graphs that apply these keys: any other graph ignores them
-    softcap = _number(f, f"{arch}.final_logit_softcapping", p, 0.0) \
-        if arch in SOFTCAP_ARCHITECTURES else 0.0
-    logit_scale = _number(f, f"{arch}.logit_scale", p, 1.0) \
-        if arch in LOGIT_SCALE_DIVIDES | LOGIT_SCALE_MULTIPLIES else 1.0
+    # read (a damaged value is refused whatever the graph), applied only where the graph
+    # applies it: any other graph ignores these keys
+    softcap = _number(f, f"{arch}.final_logit_softcapping", p, 0.0)
+    softcap = softcap if arch in SOFTCAP_ARCHITECTURES else 0.0
+    logit_scale = _number(f, f"{arch}.logit_scale", p, 1.0)
+    logit_scale = logit_scale if arch in LOGIT_SCALE_DIVIDES | LOGIT_SCALE_MULTIPLIES else 1.0
     head_name = "output.weight" if "output.weight" in g.tensors else "token_embd.weight"
     if head_name not in g.tensors:
         raise UnsupportedModelError(f"no LM head (output.weight or token_embd.weight) in {p}")
