@@ -4,14 +4,15 @@ LED's scope ends and where solve reads the answer (unless --think-end says other
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import tinymodel
 from click.testing import CliRunner
 
 from led_local.cli import main
-from led_local.decoding import chatformat
-from led_local.decoding.chatformat import ScopeEnd
+from led_local.decoding import chatformat, switches
+from led_local.decoding.chatformat import CLOSED, INSIDE, MODEL, ScopeEnd
 from led_local.decoding.engine import Engine
 from led_local.decoding.methods import DecodeConfig
 from led_local.errors import ConfigError
@@ -122,3 +123,120 @@ def test_solve_records_the_marker_of_the_format(models, tmp_path):
 def test_every_command_that_renders_a_chat_takes_the_reasoning_format(command):
     r = CliRunner().invoke(main, [command, "--help"])
     assert "--reasoning-format" in r.output
+
+
+TEMPLATES = (Path(__file__).resolve().parents[1] / "build" / "llama_cpp_python-0.3.36" /
+             "vendor" / "llama.cpp" / "models" / "templates")
+# llama.cpp's templates: format detected, where the prompt leaves thinking with led-local's
+# default variables (thinking on where there is a switch) and with --thinking off (None:
+# no switch, refused)
+VENDORED = {
+    "Qwen-Qwen3-0.6B": ("deepseek", MODEL, CLOSED),
+    "Qwen3.5-4B": ("deepseek", INSIDE, CLOSED),
+    "Qwen-QwQ-32B": ("deepseek", INSIDE, CLOSED),
+    "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B": ("deepseek", INSIDE, CLOSED),
+    "deepseek-ai-DeepSeek-R1-Distill-Llama-8B": ("deepseek", INSIDE, None),
+    "deepseek-ai-DeepSeek-V3.1": ("deepseek", INSIDE, CLOSED),
+    "deepseek-ai-DeepSeek-V3.2": ("deepseek", INSIDE, CLOSED),
+    "deepseek-ai-DeepSeek-V4": ("deepseek", INSIDE, CLOSED),
+    "HuggingFaceTB-SmolLM3-3B": ("deepseek", MODEL, CLOSED),
+    "GLM-4.6": ("deepseek", MODEL, CLOSED),
+    "GLM-4.7-Flash": ("deepseek", INSIDE, CLOSED),
+    "Kimi-K2-Thinking": ("deepseek", MODEL, None),
+    "MiniMax-M2": ("deepseek", INSIDE, None),
+    "NVIDIA-Nemotron-Nano-v2": ("deepseek", INSIDE, None),
+    "NVIDIA-Nemotron-3-Nano-30B-A3B-BF16": ("deepseek", INSIDE, CLOSED),
+    "StepFun3.5-Flash": ("deepseek", INSIDE, None),
+    "openbmb-MiniCPM5-1B": ("deepseek", INSIDE, CLOSED),
+    "openai-gpt-oss-120b": ("harmony", MODEL, None),
+    "ByteDance-Seed-OSS": ("seed", MODEL, CLOSED),
+    "mistralai-Ministral-3-14B-Reasoning-2512": ("mistral-think", MODEL, None),
+    "ibm-granite-granite-3.3-2B-Instruct": ("granite", MODEL, MODEL),
+    "CohereForAI-c4ai-command-r7b-12-2024-tool_use": ("cohere", MODEL, CLOSED),
+    "Cohere2MoE": ("cohere", INSIDE, None),
+    "Apriel-1.6-15b-Thinker-fixed": ("apriel", INSIDE, None),
+    "unsloth-Apriel-1.5": ("apriel", MODEL, None),
+    "google-gemma-4-31B-it": ("gemma4", MODEL, CLOSED),
+    "tencent-Hy3": ("hunyuan", CLOSED, None),
+    "Kimi-K3": ("kimi-k3", INSIDE, MODEL),
+    "Qwen-Qwen2.5-7B-Instruct": ("none", INSIDE, None),
+    "meta-llama-Llama-3.1-8B-Instruct": ("none", INSIDE, None),
+    "Mistral-Small-3.2-24B-Instruct-2506": ("none", INSIDE, None),
+}
+
+
+@pytest.mark.skipif(not TEMPLATES.is_dir(), reason="llama.cpp's sources are not built")
+@pytest.mark.parametrize("name", sorted(VENDORED))
+def test_every_vendored_template_is_read_right(name):
+    from led_local.llama.template import render_chat_template
+
+    text = (TEMPLATES / f"{name}.jinja").read_text()
+    fmt = chatformat.detect(text)
+    want, on, off = VENDORED[name]
+    assert fmt.name == want
+    sw = switches.template_switches(text)
+
+    def scope(thinking):
+        v = switches.chat_variables(text, thinking=thinking, switches=sw)
+        return fmt.prompt_scope(render_chat_template(text, switches.PROBE, bos_token="",
+                                                     eos_token="", variables=v))
+
+    assert scope(None) == on
+    if off is None:
+        with pytest.raises(ConfigError) as e:
+            scope(False)
+        assert e.value.option == "thinking"
+    else:
+        assert scope(False) == off
+
+
+def test_the_switches_are_found_by_rendering():
+    both = ("{% if enable_thinking is defined and not enable_thinking %}<think></think>"
+            "{% endif %}{{ messages[0].content }}")
+    assert [s.variable for s in switches.template_switches(both).thinking] == ["enable_thinking"]
+    # a variable the template names but never turns on anything is no switch
+    inert = "{% set enable_thinking = true %}{{ messages[0].content }}"
+    assert switches.template_switches(inert).thinking == ()
+    assert switches.chat_variables(both) == {"enable_thinking": True}
+    assert switches.chat_variables(both, thinking=False) == {"enable_thinking": False}
+    assert switches.chat_variables(both, kwargs={"enable_thinking": False, "x": 1}) == \
+        {"enable_thinking": False, "x": 1}
+    with pytest.raises(ConfigError):
+        switches.chat_variables(inert, reasoning_effort="high")
+    with pytest.raises(ConfigError):
+        switches.parse_kwargs("[1]")
+
+
+def test_a_scope_the_model_opens_starts_after_its_marker():
+    from led_local.diagnostics.inspect import scope_flags
+
+    fmt = chatformat.get("deepseek")
+    end = ScopeEnd("</think>")
+    pieces = [" ", "<th", "ink>", "a", "</think>", "b"]
+    assert scope_flags(list(range(6)), pieces, end, start=MODEL, fmt=fmt) == \
+        [False, False, False, True, True, False]
+    # a response that starts with anything else is never in scope
+    assert scope_flags([0, 1, 2], ["x", "<think>", "y"], end, start=MODEL, fmt=fmt) == \
+        [False, False, False]
+    assert scope_flags([0, 1], ["a", "b"], end, start=CLOSED, fmt=fmt) == [False, False]
+    h = chatformat.get("harmony")
+    assert h.opening("<|start|>assistant<|channel|>analysis<|message|>") is True
+    assert h.opening("<|channel|>analy") is None
+    assert h.opening("<|channel|>final<|message|>") is False
+    assert h.prompt_scope("x<|start|>assistant") == MODEL
+    assert h.prompt_scope("x<|start|>assistant<|channel|>final<|message|>") == CLOSED
+
+
+def test_the_engine_starts_where_the_prompt_leaves_the_response(models):
+    think, plain = models
+    with Engine(think, DecodeConfig(method="greedy"), n_ctx=64) as e:
+        ids = e.rt.tokenize
+        assert e.scope(e.cfg, ids("hi<think>\n", special=True, bos=False)) == INSIDE
+        assert e.scope(e.cfg, ids("hi<think></think>\n", special=True, bos=False)) == CLOSED
+        assert e.scope(e.cfg, ids("hi\n", special=True, bos=False)) == MODEL
+        # another marker than the format's, or '': in scope from the first token
+        assert e.scope(DecodeConfig(method="greedy", think_end=""), ids("hi\n")) == INSIDE
+        seq = e.new_sequence(0, seed=(1,), max_tokens=2, prompt=ids("hi\n"))
+        assert seq.scope_wait and not seq.in_scope
+    with Engine(plain, DecodeConfig(method="greedy"), n_ctx=64) as e:
+        assert e.scope(e.cfg, e.rt.tokenize("hi")) == INSIDE

@@ -305,7 +305,7 @@ def test_chat_shows_thinking_dim_and_the_answer_plain(family):
 
     try:
         assert read_until(b"> ", 120), seen
-        for turn in range(2):  # the second turn renders the first reply back
+        for _turn in range(2):  # the second turn renders the first reply back
             time.sleep(0.3)
             seen = b""
             os.write(master, b"What is 2 + 2?\r")
