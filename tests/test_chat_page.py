@@ -303,6 +303,49 @@ def test_thinking_shows_collapsed_and_dim(browser, open_server):
     assert "Colours of the sky..." in thinking.text
 
 
+@pytest.fixture(scope="module")
+def thinking_server(tmp_path_factory):
+    """A server of a tiny model with Qwen3's vocabulary and template that thinks, then
+    answers (tests/scripted.py)."""
+    import scripted
+    from test_reasoning_families import FAMILIES
+
+    if not scripted.TEMPLATES.is_dir():
+        pytest.skip("llama.cpp's sources are not built (make install)")
+    f = FAMILIES["qwen3"]
+    model = scripted.write_scripted(
+        tmp_path_factory.mktemp("qwen3") / "qwen3.gguf", vocab=f["vocab"],
+        template=f["template"], script=f["script"], end=f["end"], specials=f["specials"]).path
+    s = Server(model, "--parallel", "1", "--ctx", "512", "--threads", "1", "--led-depths", "4")
+    yield s
+    assert s.stop() == 0
+
+
+def test_the_thinking_switch_and_the_second_turn(browser, thinking_server, open_server):
+    from test_reasoning_families import ANSWER, REASONING
+
+    d = page(browser, open_server)  # the bundled model's template has no switch
+    wait(d, lambda: d.find_element(By.ID, "model").text)
+    assert not d.find_element(By.ID, "thinking").find_element(By.XPATH, "..").is_displayed()
+    d = page(browser, thinking_server)
+    wait(d, lambda: d.find_element(By.ID, "model").text == "qwen3")
+    ask(d)
+    (reply,) = finished(d)
+    thinking = reply.find_element(By.CLASS_NAME, "thinking")
+    assert thinking.get_attribute("textContent") == "thinking" + REASONING
+    assert reply.find_element(By.CLASS_NAME, "content").text == ANSWER
+    settings(d, thinking="off")
+    ask(d)
+    replies = finished(d, 2)
+    assert not replies[1].find_element(By.CLASS_NAME, "thinking").is_displayed()
+    assert replies[1].find_element(By.CLASS_NAME, "content").text == ANSWER
+    first, second = posted(requests_sent(d))
+    assert "thinking" not in first and second["thinking"] is False
+    # the first reply went back with its thinking
+    assert second["messages"][1] == {"role": "assistant", "content": ANSWER,
+                                     "reasoning_content": REASONING}
+
+
 def test_replay_with_sample_side_by_side(browser, open_server, tmp_path):
     d = page(browser, open_server)
     settings(d, method="led", max_tokens="24", seed="9", compare="on")

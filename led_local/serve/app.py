@@ -211,7 +211,10 @@ def build_app(state: ServerState) -> Starlette:
     async def models(request: Request) -> Response:
         return JSONResponse({"object": "list", "data": [
             {"id": state.model_name, "object": "model", "created": state.created,
-             "owned_by": "led-local"}]})
+             "owned_by": "led-local", "led": {
+                 "reasoning_format": state.format.name,
+                 "thinking_switch": bool(state.switches.thinking),
+                 "reasoning_effort": state.switches.effort}}]})
 
     async def chat(request: Request) -> Response:
         return await _complete(request, chat=True)

@@ -187,6 +187,8 @@ class ChatRequest(CommonRequest):
     reasoning_effort: str | None = None
     reasoning_format: str | None = None
     thinking_budget: int | None = None
+    thinking: bool | None = None  # led-local's: every switch of the template on or off
+
 
     def chat_variables(self, state) -> dict:
         """The template variables this request adds to the server's (``state``: ServerState;
@@ -197,9 +199,10 @@ class ChatRequest(CommonRequest):
             self._checked(lambda: check_kwargs(self.chat_template_kwargs))
         if self.thinking_budget is not None:
             kwargs = {"thinking_budget": self.thinking_budget, **kwargs}
+        thinking = state.switches.thinking if self.thinking is not None else ()
         return self._checked(lambda: chat_variables(
-            None, reasoning_effort=self.reasoning_effort, kwargs=kwargs,
-            switches=TemplateSwitches(effort=state.switches.effort)))
+            None, thinking=self.thinking, reasoning_effort=self.reasoning_effort,
+            kwargs=kwargs, switches=TemplateSwitches(thinking, state.switches.effort)))
 
     def chat_format(self, default):
         """The format the reply divides by: ``reasoning_format`` given, else ``default``."""

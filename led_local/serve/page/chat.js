@@ -47,6 +47,7 @@ function request(method, messages) {
   set("temperature", Number);
   set("max_tokens", int);
   set("seed", int);
+  set("thinking", (v) => v === "on");
   if (method === "led") {
     set("led_depths", int);
     set("led_candidates", int);
@@ -125,6 +126,7 @@ class Reply {
     this.box.append(this.thinking, this.content, this.stats, this.info);
     turn.append(this.box);
     this.text = "";
+    this.reasoning = "";
     this.tokens = 0; // led_tokens entries seen
     this.explored = null; // the server's count (led.explored)
     this.usage = null;
@@ -144,6 +146,7 @@ class Reply {
     if (d.reasoning_content) {
       this.thinking.hidden = false;
       this.thinking.lastChild.append(d.reasoning_content);
+      this.reasoning += d.reasoning_content;
     }
     if (d.content) {
       this.text += d.content;
@@ -220,7 +223,12 @@ async function send(e) {
   busy(true);
   const status = await run(request(method, messages), reply);
   if (status === "error") conversation.pop();
-  else conversation.push({ role: "assistant", content: reply.text });
+  else {
+    // the reply goes back with its thinking, which the model's template keeps or drops
+    const turn = { role: "assistant", content: reply.text };
+    if (reply.reasoning) turn.reasoning_content = reply.reasoning;
+    conversation.push(turn);
+  }
   if (status === "done" && compare) {
     // the same seed with plain sampling, beside it
     const side = new Reply(turn, "sample, same seed");
@@ -257,7 +265,12 @@ async function init() {
   };
   showLedFields();
   const r = await api("/v1/models");
-  if (r.ok) $("model").textContent = (await r.json()).data[0].id;
+  if (r.ok) {
+    const model = (await r.json()).data[0];
+    $("model").textContent = model.id;
+    // the thinking switch, where the model's chat template has one
+    $("thinking").parentElement.hidden = !(model.led && model.led.thinking_switch);
+  }
   else $("model").textContent = `(models: HTTP ${r.status})`;
 }
 
