@@ -61,6 +61,18 @@ def test_one_function_decides_the_format():
     assert e.value.option == "reasoning_format"
 
 
+def test_an_architecture_that_always_writes_one_format_gets_it_without_a_template():
+    class Info:
+        chat_template = None
+        architecture = "gpt-oss"
+
+    assert chatformat.for_model(Info()).name == "harmony"
+    Info.chat_template = THINKING  # the template's own markers win
+    assert chatformat.for_model(Info()).name == "deepseek"
+    Info.architecture, Info.chat_template = "llama", None
+    assert chatformat.for_model(Info()) is chatformat.PLAIN
+
+
 def test_a_config_takes_the_formats_marker_only_where_none_was_given():
     fmt = chatformat.get("deepseek")
     assert DecodeConfig().with_format(fmt).think_end == "</think>"

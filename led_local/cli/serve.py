@@ -59,6 +59,12 @@ def serve(ctx: click.Context, model: str, host: str, port: int, parallel: int, m
         click.echo("led-local serve: warning: --api-key on the command line is visible to every "
                    "local user (ps, /proc); use --api-key-file FILE or LED_LOCAL_API_KEY",
                    err=True)
+    if api_key is not None:  # before the model is read: a bad key fails at once
+        from led_local.serve.access import check_api_key
+
+        problem = check_api_key(api_key)
+        if problem is not None:
+            raise LedError(problem)
     cfg = decode_config(ctx, kw)
     run(chat_model(model, kw), cfg, host=host, port=port,
         parallel=parallel, ctx=kw["n_ctx"],

@@ -158,9 +158,19 @@ def get(name: str) -> ChatFormat:
     return known[name]
 
 
+# architectures that always write one format, whatever the template says (or without one)
+ARCHITECTURE_FORMATS = {"gpt-oss": "harmony", "seed_oss": "seed"}
+
+
 def for_model(info, name: str | None = None) -> ChatFormat:
-    """The chat format of a model (a ModelInfo: its chat template), or the one ``name`` names."""
-    return get(name) if name is not None else detect(info.chat_template)
+    """The chat format of a model (a ModelInfo: its chat template, then its architecture),
+    or the one ``name`` names."""
+    if name is not None:
+        return get(name)
+    found = detect(info.chat_template)
+    if found is PLAIN and getattr(info, "architecture", None) in ARCHITECTURE_FORMATS:
+        return get(ARCHITECTURE_FORMATS[info.architecture])
+    return found
 
 
 def detect(template: str | None) -> ChatFormat:
