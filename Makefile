@@ -53,8 +53,12 @@ endif
 CMAKE_ARGS := $(BACKEND_CMAKE) -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF \
               -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF \
               $(if $(NO_AMX_FLAGS),-DCMAKE_C_FLAGS='$(NO_AMX_FLAGS)' -DCMAKE_CXX_FLAGS='$(NO_AMX_FLAGS)')
-# The build key changes with the version, the backend, the AMX choice and every patch's bytes.
-BUILD_KEY = $(shell cat $(PATCHES) /dev/null | $(SHA256) | cut -c1-16)-$(LLAMA_CPP_PYTHON_VERSION)-$(BACKEND)$(CUDA_ARCHITECTURES)-amx$(AMX)
+# The one place that decides the build's CMake arguments: patches/build_config.py writes them
+# into the patched tree's pyproject.toml, so that pip gets them there, from this Makefile or by
+# hand (`pip install build/llama_cpp_python-VERSION`); CMAKE_ARGS from the environment is not
+# added. The build key changes with the version, the backend, the AMX choice, every patch's
+# bytes and that script's.
+BUILD_KEY = $(shell cat $(PATCHES) patches/build_config.py | $(SHA256) | cut -c1-16)-$(LLAMA_CPP_PYTHON_VERSION)-$(BACKEND)$(CUDA_ARCHITECTURES)-amx$(AMX)
 
 SMOLLM2 := models/SmolLM2-135M-Instruct.Q4_1.gguf
 GEMMA3  := models/gemma-3-270m-q4_k_m.gguf
@@ -75,11 +79,12 @@ $(SDIST):
 	echo "$(LLAMA_CPP_PYTHON_SHA256)  $@" | $(SHA256) -c --quiet
 
 # Extract a pristine tree, apply patches/*.patch to its vendored llama.cpp, build, install.
-$(VENV)/.llama-built: $(SDIST) $(PATCHES) | $(VENV)/bin/python
+$(VENV)/.llama-built: $(SDIST) $(PATCHES) patches/build_config.py | $(VENV)/bin/python
 	@if [ "$$(cat $@ 2>/dev/null)" = "$(BUILD_KEY)" ]; then touch $@; exit 0; fi; \
 	set -e; rm -rf $(SRC); tar -xzf $(SDIST) -C $(BUILD); \
 	for p in $(PATCHES); do echo "applying $$p"; patch -s -p1 -d $(SRC)/vendor/llama.cpp < $$p; done; \
-	CMAKE_ARGS="$(CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$(NPROC) \
+	$(PYTHON) patches/build_config.py $(SRC) "$(CMAKE_ARGS)"; \
+	CMAKE_ARGS= CMAKE_BUILD_PARALLEL_LEVEL=$(NPROC) \
 	    $(PY) -m pip install -q --force-reinstall --no-deps ./$(SRC); \
 	$(PY) -m pip install -q "numpy>=1.24" "typing-extensions>=4.5" "diskcache>=5.6.1" "jinja2>=2.11.3"; \
 	echo "$(BUILD_KEY)" > $@

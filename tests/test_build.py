@@ -77,6 +77,39 @@ def test_installed_cpu_backend_has_no_amx():
         assert "ldtilecfg" not in asm and "tdpbssd" not in asm
 
 
+def test_pip_gets_the_makefiles_flags_from_the_patched_tree(tmp_path):
+    """One place decides the CMake arguments: the Makefile writes them into the patched tree's
+    pyproject.toml (patches/build_config.py), which any pip install of that tree reads; the
+    CMake cache of the build that made the library in use holds them."""
+    import tomllib
+
+    src = ROOT / "build" / "llama_cpp_python-0.3.36"
+    if not (src / "pyproject.toml").is_file():
+        pytest.skip("the patched tree is not built (make install)")
+    conf = tomllib.loads((src / "pyproject.toml").read_text())["tool"]["scikit-build"]
+    wanted = shlex.split(subprocess.run(["make", "-s", "--no-print-directory", "build-flags"],
+                                        cwd=ROOT, capture_output=True, text=True,
+                                        check=True).stdout)
+    assert conf["cmake"]["args"] == wanted
+    caches = sorted((src / "build").glob("*/CMakeCache.txt"))
+    assert caches, f"no CMake cache under {src / 'build'}: the tree was built without its args"
+    cache = caches[0].read_text()
+    for arg in wanted:
+        name, _, value = arg.removeprefix("-D").partition("=")
+        if name in ("CMAKE_C_FLAGS", "CMAKE_CXX_FLAGS"):
+            assert f"{name}:STRING={value}\n" in cache, name
+    # the script refuses a tree it configured already (or another layout)
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("build_config", ROOT / "patches" /
+                                                  "build_config.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    (tmp_path / "pyproject.toml").write_text((src / "pyproject.toml").read_text())
+    with pytest.raises(SystemExit):
+        mod.configure(tmp_path, "-DX=1")
+
+
 def macos_like_path(tmp_path: Path, *, uname: tuple[str, str] | None = None) -> str:
     """A PATH holding every tool of this one except GNU ``sha256sum`` and ``nproc`` (stock
     macOS lacks both), with stand-ins for macOS's ``shasum`` and ``sysctl`` (and ``uname``)."""
