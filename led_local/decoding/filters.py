@@ -58,7 +58,7 @@ def _top_k_mask(z: np.ndarray, k: int) -> np.ndarray:
     """Logits >= the k-th largest (ties kept, as torch.topk thresholds are)."""
     if k <= 0 or k >= z.shape[-1]:
         return np.ones(z.shape, bool)
-    kth = z[np.argpartition(-z, k - 1)[k - 1]]
+    kth = np.partition(z, z.shape[-1] - k)[z.shape[-1] - k]
     return z >= kth
 
 
@@ -73,15 +73,30 @@ def filtered_probs(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The sampling distribution after temperature and filters, as (token ids, probs) of the
     survivors (probs float64 summing to 1). logits: (V,); temperature > 0."""
-    z = np.asarray(logits, dtype=np.float64) / temperature
-    idx = np.arange(z.shape[-1])
+    raw = np.asarray(logits)
     if convention == "vllm" and min_p > 0:
+        z = raw.astype(np.float64) / temperature
         p = softmax64(z)
-        keep = p >= min_p * p.max()
-        z, idx = z[keep], idx[keep]
-    if 0 < top_k < z.shape[-1]:  # (a filter that is off copies nothing)
-        keep = _top_k_mask(z, top_k)
-        z, idx = z[keep], idx[keep]
+        idx = np.flatnonzero(p >= min_p * p.max())
+        z = z[idx]
+    else:
+        idx, z = None, None
+    if 0 < top_k < (raw.shape[-1] if idx is None else idx.size):
+        if idx is None and raw.dtype.itemsize < 8:
+            # the top k of float32 logits are those of z = logits / T (a division by T > 0 in
+            # float64 keeps distinct float32 logits distinct and in order), found without
+            # dividing the whole vocabulary; z is then made for the survivors only
+            idx = np.flatnonzero(_top_k_mask(raw, top_k))
+            z = raw[idx].astype(np.float64) / temperature
+        else:
+            if idx is None:
+                z = raw.astype(np.float64) / temperature
+                idx = np.arange(z.shape[-1])
+            keep = np.flatnonzero(_top_k_mask(z, top_k))
+            z, idx = z[keep], idx[keep]
+    if idx is None:  # (a filter that is off copies nothing)
+        z = raw.astype(np.float64) / temperature
+        idx = np.arange(z.shape[-1])
     if top_p < 1:
         order = np.argsort(-z, kind="stable")
         p = softmax64(z[order])
