@@ -22,6 +22,7 @@ from led_local.errors import ConfigError, LedError
 from led_local.llama.capture import make_capture
 from led_local.llama.embeddings import LazyInputRows
 from led_local.llama.gguf_info import ModelInfo, model_info
+from led_local.llama.grammar import Grammar, GrammarState
 from led_local.llama.head import LMHead
 from led_local.llama.projection import GraphProjection, resolve_projection
 from led_local.llama.runtime import Runtime, default_threads
@@ -54,6 +55,7 @@ class Sequence:
     embed_count: int = 0
     cfg: DecodeConfig | None = None  # this sequence's method (None: the engine's)
     trace: object | None = None  # the method's own per-sequence record (HAPO, SwiReasoning)
+    grammar: GrammarState | None = None  # constrains every pick (llama.grammar)
     _text_tail: str = ""
 
     @property
@@ -158,15 +160,17 @@ class Engine:
 
     # -- sequences ------------------------------------------------------------------------
     def new_sequence(self, slot: int, *, seed: tuple, max_tokens: int,
-                     cfg: DecodeConfig | None = None, prompt: list[int] | None = None
-                     ) -> Sequence:
+                     cfg: DecodeConfig | None = None, prompt: list[int] | None = None,
+                     grammar: Grammar | None = None) -> Sequence:
         """A sequence in ``slot`` whose randomness derives from ``seed`` alone; ``cfg`` gives
         it its own method (default: the engine's), which ``check_config`` must accept.
         ``prompt`` (its token ids) decides where the response starts: inside thinking, out of
         it for good (the prompt closed it), or out of it until the response opens it
-        (``scope``)."""
+        (``scope``). ``grammar`` constrains its output: before every pick the tokens it does
+        not allow get -inf final logits, whatever the method (docs/LED.md for LED)."""
         seq = Sequence(slot=slot, max_tokens=max_tokens,
-                       cfg=cfg.with_format(self.format) if cfg is not None else None)
+                       cfg=cfg.with_format(self.format) if cfg is not None else None,
+                       grammar=GrammarState(grammar, self.rt.vocab) if grammar else None)
         cfg = self._cfg(seq)
         where = self.scope(cfg, prompt)
         seq.in_scope, seq.scope_wait = where == chatformat.INSIDE, where == chatformat.MODEL
@@ -369,6 +373,9 @@ class Engine:
         (and, for methods that read hidden states, from the states captured for those rows,
         in the same order): each method picks for all of its sequences at once."""
         states = self.capture.collect() if self.capture is not None else None
+        for s, r in zip(seqs, rows):
+            if s.grammar is not None:  # in llama.cpp's own row: the sampler chain reads it too
+                s.grammar.mask(self.rt.logits_view(r))
         cfgs = [self._cfg(s) for s in seqs]
         units = [c.unit for c in cfgs]
         # llama.cpp's own sampler reads the logits in place; copy them only when needed
@@ -394,6 +401,8 @@ class Engine:
             s.finish_reason = "stop"
             s.pending = tok
             return
+        if s.grammar is not None:
+            s.grammar.accept(tok)
         s.tokens.append(tok)
         s.depths.append(depth)
         if final is not None:

@@ -323,6 +323,13 @@ def _work(state: ServerState, req: P.CommonRequest, chat: bool) -> Work:
         raise P.APIError(400, f"n must be <= {state.scheduler.parallel} (the server's "
                          f"parallel setting), got {req.n}", param="n")
     rt = engine.rt
+    grammar = req.constraint()
+    if grammar is not None:
+        param = "grammar" if grammar.source == "grammar" else "response_format"
+        try:
+            grammar.check(rt.vocab, param=param)
+        except ConfigError as e:
+            raise P.APIError(400, str(e), param=param) from None
     fmt, scope = PLAIN, MODEL
     if chat:
         fmt = req.chat_format(state.format)
@@ -358,4 +365,4 @@ def _work(state: ServerState, req: P.CommonRequest, chat: bool) -> Work:
                 emit=lambda event: None, top_n=req.top_n(),
                 logprobs=req.logprobs is True if chat else req.logprobs is not None,
                 format=fmt, scope=scope,
-                cache_prompt=req.cache_prompt, led_tokens=req.led_tokens())
+                cache_prompt=req.cache_prompt, led_tokens=req.led_tokens(), grammar=grammar)

@@ -30,6 +30,7 @@ from led_local.decoding.engine import Engine, Sequence
 from led_local.decoding.methods import DecodeConfig
 from led_local.decoding.samplers import log_probs_at, probs_at, top_candidates
 from led_local.errors import LedError
+from led_local.llama.grammar import Grammar
 from led_local.serve.metrics import Metrics
 from led_local.serve.text import TextStream
 
@@ -64,6 +65,7 @@ class Work:
     scope: str = MODEL  # where the prompt left the response (chatformat.prompt_scope)
     cache_prompt: bool = True  # reuse the longest cached prefix (False: evaluate it all)
     led_tokens: bool = False  # report each token's depth, gate and top-1 (stream_options)
+    grammar: Grammar | None = None  # the output's constraint (grammar, response_format)
     arrived: float = field(default_factory=time.perf_counter)
     cancelled: bool = False
     first_token: bool = False
@@ -316,7 +318,8 @@ class Scheduler:
             if slot != first:
                 eng.fork(first, slot)
             seq = eng.new_sequence(slot, seed=(work.seed,) if i == 0 else (work.seed, i),
-                                   max_tokens=work.max_tokens, cfg=work.cfg, prompt=work.tokens)
+                                   max_tokens=work.max_tokens, cfg=work.cfg, prompt=work.tokens,
+                                   grammar=work.grammar)
             seq.pending, seq.n_past = work.tokens[-1], len(work.tokens) - 1
             eng.top_n[slot] = work.top_n
             eng.top[slot] = []
