@@ -89,6 +89,7 @@ class Engine:
     (the end-of-generation token, or the last token of a length-cut response), whose state
     no step computes. The state at the prompt's last token is left out. Sampled tokens do not
     change: the graph and every step's outputs are the same with embeddings on.
+    grammar: the constraint of every sequence that ``new_sequence`` gives none (None: free).
     """
 
     def __init__(
@@ -107,8 +108,10 @@ class Engine:
         batch_invariant: bool = False,
         embed: bool = False,
         reasoning_format: str | None = None,
+        grammar: Grammar | None = None,
     ) -> None:
         self.info = model_info(model)
+        self.grammar = grammar  # every sequence's constraint unless new_sequence gives one
         self.format = chatformat.for_model(self.info, reasoning_format)
         self.embed = embed
         self.cfg = cfg = cfg.with_format(self.format)
@@ -170,7 +173,9 @@ class Engine:
         not allow get -inf final logits, whatever the method (docs/LED.md for LED)."""
         seq = Sequence(slot=slot, max_tokens=max_tokens,
                        cfg=cfg.with_format(self.format) if cfg is not None else None,
-                       grammar=GrammarState(grammar, self.rt.vocab) if grammar else None)
+                       grammar=None)
+        if grammar is not None or self.grammar is not None:
+            seq.grammar = GrammarState(grammar or self.grammar, self.rt.vocab)
         cfg = self._cfg(seq)
         where = self.scope(cfg, prompt)
         seq.in_scope, seq.scope_wait = where == chatformat.INSIDE, where == chatformat.MODEL
