@@ -76,6 +76,42 @@ class Sequence:
 
 
 
+class Fill:
+    """A prompt being evaluated into a slot: ``reused`` tokens came from the cache, ``done``
+    of the prompt are in the KV cache; ``advance`` evaluates the next chunk."""
+
+    def __init__(self, engine: Engine, slot: int, tokens: list[int], reused: int,
+                 logits: bool) -> None:
+        self.engine, self.slot, self.tokens, self.logits = engine, slot, tokens, logits
+        self.reused = self.done = reused
+
+    @property
+    def finished(self) -> bool:
+        return self.done >= len(self.tokens)
+
+    def advance(self, limit: int | None = None) -> bool:
+        """Evaluate up to ``limit`` more tokens (default and at most: the batch size) in one
+        llama_decode; True once the whole prompt is in the cache."""
+        eng, n = self.engine, len(self.tokens)
+        if self.finished:
+            return True
+        size = eng.rt.n_batch if limit is None else max(1, min(limit, eng.rt.n_batch))
+        start = self.done
+        chunk = self.tokens[start:start + size]
+        last = self.logits and start + len(chunk) == n
+        if eng.graph is not None and self.logits:
+            eng.graph.enable(True)
+        outs = [False] * len(chunk)
+        outs[-1] = last
+        if eng.capture is not None:
+            eng.capture.begin(np.array([len(chunk) - 1] if last else [], np.int64))
+        eng.rt.decode(chunk, range(start, start + len(chunk)), [self.slot] * len(chunk), outs)
+        eng._cached[self.slot].extend(chunk)
+        eng._prompt_row = len(chunk) - 1
+        self.done = start + len(chunk)
+        return self.finished
+
+
 class Engine:
     """A model loaded for one decoding method, with ``n_seq`` KV slots.
 
@@ -242,6 +278,14 @@ class Engine:
         self._fill(slot, tokens, logits=False)
 
     def _fill(self, slot: int, tokens: list[int], *, logits: bool) -> None:
+        fill = self.begin_fill(slot, tokens, logits=logits)
+        while not fill.advance():
+            pass
+
+    def begin_fill(self, slot: int, tokens: list[int], *, logits: bool = False) -> Fill:
+        """Start evaluating ``tokens`` into ``slot`` (the longest cached prefix reused, the
+        rest left to ``Fill.advance``, chunk by chunk, so that a caller may decode other
+        sequences between chunks); ``logits``: the last token's logits (and states) wanted."""
         n = len(tokens)
         if n == 0 and logits:
             raise LedError("the prompt is empty")
@@ -257,19 +301,8 @@ class Engine:
             common = 0
             if not self.rt.seq_rm(slot, -1, -1):
                 raise RuntimeError(f"llama.cpp could not clear KV slot {slot}")
-        self._cached[slot] = cached = list(tokens[:common])  # true even if interrupted below
-        if self.graph is not None and logits:
-            self.graph.enable(True)
-        for start in range(common, n, self.rt.n_batch):
-            chunk = tokens[start:start + self.rt.n_batch]
-            last = logits and start + len(chunk) == n
-            outs = [False] * len(chunk)
-            outs[-1] = last
-            if self.capture is not None:
-                self.capture.begin(np.array([len(chunk) - 1] if last else [], np.int64))
-            self.rt.decode(chunk, range(start, start + len(chunk)), [slot] * len(chunk), outs)
-            cached.extend(chunk)
-            self._prompt_row = len(chunk) - 1
+        self._cached[slot] = list(tokens[:common])  # true even if interrupted later
+        return Fill(self, slot, tokens, common, logits)
 
     def cached_len(self, slot: int) -> int:
         """How many tokens of ``slot`` are in the KV cache."""
