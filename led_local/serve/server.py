@@ -77,6 +77,17 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def system_fingerprint(path) -> str:
+    """``fp_`` and 16 hex digits of the build id and the model file's SHA-256: what decides
+    the tokens a seed gives (computed once, at start)."""
+    import hashlib
+
+    from led_local.eval.identity import build_id, model_sha256
+
+    digest = hashlib.sha256(f"{build_id()}\n{model_sha256(path)}".encode()).hexdigest()
+    return f"fp_{digest[:16]}"
+
+
 def _url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}/v1" if ":" in host else f"http://{host}:{port}/v1"
 
@@ -139,7 +150,8 @@ def _serve(sock: socket.socket, model, cfg: DecodeConfig, *, host: str, parallel
             engine=engine, scheduler=scheduler, metrics=metrics,
             model_name=alias or Path(engine.info.path).name.removesuffix(".gguf"),
             base=engine.cfg, api_key=api_key, format=engine.format,
-            created=int(time.time()), switches=template_switches(engine.info.chat_template))
+            created=int(time.time()), switches=template_switches(engine.info.chat_template),
+            fingerprint=system_fingerprint(engine.info.path))
         app = Guard(build_app(state), state, max_body=MAX_BODY, access=access,
                     max_active=parallel + max_queue)
         port = sock.getsockname()[1]
