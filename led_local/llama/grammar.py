@@ -70,7 +70,7 @@ class GrammarState:
         if not self.smpl:
             self.smpl = None
             raise ConfigError(param, "is not a GBNF grammar llama.cpp can parse (start rule "
-                              f"{ROOT!r}; run the server with --verbose to see why)")
+                              f"{ROOT!r}; with `verbose` on, llama.cpp says why)")
         self._data: np.ndarray | None = None
 
     def mask(self, logits: np.ndarray) -> None:
