@@ -248,3 +248,40 @@ class StopFlag:
 
     def __exit__(self, *exc: object) -> None:
         signal.signal(signal.SIGINT, self._old)
+
+
+def grammar_options(f: Callable) -> Callable:
+    """``--json-schema FILE`` and ``--grammar FILE``: constrain every response."""
+    f = click.option("--grammar", "grammar_file", type=click.Path(dir_okay=False),
+                     default=None, help="Constrain the output to this GBNF grammar file.")(f)
+    return click.option("--json-schema", "json_schema_file", type=click.Path(dir_okay=False),
+                        default=None,
+                        help="Constrain the output to JSON valid against this schema file.")(f)
+
+
+def grammar_from(kw: dict):
+    """The Grammar of ``--json-schema``/``--grammar`` (popped from ``kw``), checked by
+    llama.cpp's parser when the engine opens; None when neither is given."""
+    import json
+
+    from led_local.llama.grammar import Grammar
+
+    schema, gbnf = kw.pop("json_schema_file", None), kw.pop("grammar_file", None)
+    if schema and gbnf:
+        raise UserError("give --json-schema or --grammar, not both")
+    try:
+        if schema:
+            with open(schema, encoding="utf-8") as fh:
+                text = fh.read()
+            try:
+                return Grammar.from_schema(json.loads(text), param="json_schema")
+            except json.JSONDecodeError as e:
+                raise UserError(f"--json-schema {schema}: not JSON ({e})") from None
+        if gbnf:
+            with open(gbnf, encoding="utf-8") as fh:
+                return Grammar(fh.read(), "grammar")
+    except OSError as e:
+        raise UserError(f"cannot read {schema or gbnf}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{schema or gbnf} is not UTF-8 text") from None
+    return None

@@ -11,6 +11,8 @@ from led_local.cli.common import (
     UserError,
     decode_config,
     decoding_options,
+    grammar_from,
+    grammar_options,
     main,
     model_argument,
     open_engine,
@@ -28,6 +30,7 @@ from led_local.cli.text import bad_utf8, utf8
 @click.option("-n", "--max-tokens", type=int, default=512, show_default=True)
 @click.option("-s", "--seed", type=int, default=None, help="Random seed [default: random].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@grammar_options
 @decoding_options()
 @click.pass_context
 @user_errors
@@ -36,6 +39,7 @@ def generate(ctx: click.Context, model: str, prompt: str, raw: bool, system: str
     """Generate one response to PROMPT with MODEL (a GGUF file)."""
     from led_local.decoding import generate as gen
 
+    grammar = grammar_from(kw)
     cfg = decode_config(ctx, kw)
     if raw and system:
         raise UserError("--system needs the chat template; drop --raw")
@@ -45,7 +49,7 @@ def generate(ctx: click.Context, model: str, prompt: str, raw: bool, system: str
                 raise UserError(f"--{name.replace('_', '-')} needs the chat template; drop --raw")
     seed = gen.new_seed() if seed is None else seed
     # batch-invariant, as solve and serve: a seed gives the same tokens in all three
-    with open_engine(model, cfg, kw, batch_invariant=True) as engine:
+    with open_engine(model, cfg, kw, batch_invariant=True, grammar=grammar) as engine:
         tokens = gen.prompt_tokens(engine, prompt, raw=raw, system=system)
         result = gen.generate(engine, tokens, max_tokens=max_tokens, seed=seed)
     record = result.to_json()
@@ -65,6 +69,7 @@ def generate(ctx: click.Context, model: str, prompt: str, raw: bool, system: str
 @click.option("-n", "--max-tokens", type=int, default=1024, show_default=True,
               help="Most tokens per reply.")
 @click.option("-s", "--seed", type=int, default=None, help="Random seed [default: random].")
+@grammar_options
 @decoding_options()
 @click.pass_context
 @user_errors
@@ -78,10 +83,11 @@ def chat(ctx: click.Context, model: str, system: str | None, max_tokens: int,
     from led_local.decoding.generate import new_seed
     from led_local.errors import ContextFullError
 
+    grammar = grammar_from(kw)
     cfg = decode_config(ctx, kw)
     if max_tokens < 1:
         raise UserError(f"--max-tokens must be >= 1, got {max_tokens}")
-    with open_engine(model, cfg, kw) as engine:
+    with open_engine(model, cfg, kw, grammar=grammar) as engine:
         engine.rt.apply_chat_template([{"role": "user", "content": "hi"}])  # fail early
         session = ChatSession(engine, system=system, max_tokens=max_tokens,
                               seed=new_seed() if seed is None else seed, format=engine.format)

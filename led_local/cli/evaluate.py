@@ -14,6 +14,8 @@ from led_local.cli.common import (
     chat_model,
     decode_config,
     decoding_options,
+    grammar_from,
+    grammar_options,
     main,
     model_argument,
     model_format,
@@ -52,6 +54,7 @@ from led_local.cli.common import (
               help="--ray: CPUs per actor (and its llama.cpp threads unless --threads).")
 @click.option("--ray-gpus-per-worker", type=float, default=0.0, show_default=True,
               help="--ray: GPUs per actor.")
+@grammar_options
 @decoding_options("solve")
 @click.pass_context
 @user_errors
@@ -73,6 +76,7 @@ def solve(ctx: click.Context, model: str, problems: str, output: str, samples: i
             if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE:
                 raise UserError(f"--{name.replace('_', '-')} applies only with --ray")
 
+    grammar = grammar_from(kw)
     cfg = decode_config(ctx, kw)
     if kw.get("hapo_rolling") and (ray_address is not None or shard is not None):
         raise UserError("--hapo-rolling needs every problem in one process (each batch of "
@@ -83,7 +87,7 @@ def solve(ctx: click.Context, model: str, problems: str, output: str, samples: i
     opts = solving.SolveOptions(samples=samples, parallel=parallel, max_tokens=max_tokens,
                                 seed=seed, limit=limit, logprobs=logprobs, threads=kw["threads"],
                                 capture=kw["capture"], projection=kw["projection"],
-                                force=force, embed=embed,
+                                force=force, embed=embed, grammar=grammar,
                                 shard=parse_shard(shard) if shard is not None else None)
     check_not_input(output, {"the model": model, "the problem file": resolve_problems(problems),
                              "the prompt template": prompt_template,

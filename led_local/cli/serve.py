@@ -36,13 +36,16 @@ from led_local.cli.common import (
 @click.option("--request-timeout", type=float, default=30.0, show_default=True,
               help="Seconds a connection has to send a whole request (headers and body).")
 @click.option("--alias", default=None, help="Model name in the API [default: the file's name].")
+@click.option("--prefill-chunk", type=int, default=256, show_default=True,
+              help="Prompt tokens evaluated between two decode steps, so that a long prompt "
+              "does not stall the running streams.")
 @decoding_options()
 @click.pass_context
 @user_errors
 def serve(ctx: click.Context, model: str, host: str, port: int, parallel: int, max_queue: int,
           api_key_file: str | None, api_key: str | None, allowed_hosts: tuple[str, ...],
           cors_origins: tuple[str, ...], request_timeout: float,
-          alias: str | None, **kw) -> None:
+          alias: str | None, prefill_chunk: int, **kw) -> None:
     """Serve MODEL over the OpenAI HTTP API (chat/completions, completions, models).
 
     The decoding options are the defaults of requests that do not set their own; --ctx is
@@ -73,7 +76,7 @@ def serve(ctx: click.Context, model: str, host: str, port: int, parallel: int, m
         threads=kw["threads"], capture=kw["capture"], projection=kw["projection"],
         verbose=kw["verbose"],
         allowed_hosts=allowed_hosts, cors_origins=cors_origins,
-        request_timeout=request_timeout)
+        request_timeout=request_timeout, prefill_chunk=prefill_chunk)
 
 
 def _read_key(path: str) -> str:

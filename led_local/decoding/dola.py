@@ -43,7 +43,8 @@ def js_divergences(final: np.ndarray, premature: np.ndarray) -> np.ndarray:
     lp = _log_softmax(premature)
     m = 0.5 * (np.exp(lf) + np.exp(lp))
     log_m = np.log(np.where(m > 0, m, 1.0))
-    kl1 = (m * (log_m - lf)).mean(axis=-1)
+    # a token a grammar forbids (-inf final logit) adds nothing, instead of an infinity
+    kl1 = np.where(np.isfinite(lf), m * (log_m - lf), 0.0).mean(axis=-1)
     kl2 = (m * (log_m - lp)).mean(axis=-1)
     return 0.5 * (kl1 + kl2)
 

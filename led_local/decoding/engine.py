@@ -22,6 +22,7 @@ from led_local.errors import ConfigError, LedError
 from led_local.llama.capture import make_capture
 from led_local.llama.embeddings import LazyInputRows
 from led_local.llama.gguf_info import ModelInfo, model_info
+from led_local.llama.grammar import Grammar, GrammarState
 from led_local.llama.head import LMHead
 from led_local.llama.projection import GraphProjection, resolve_projection
 from led_local.llama.runtime import Runtime, default_threads
@@ -54,6 +55,7 @@ class Sequence:
     embed_count: int = 0
     cfg: DecodeConfig | None = None  # this sequence's method (None: the engine's)
     trace: object | None = None  # the method's own per-sequence record (HAPO, SwiReasoning)
+    grammar: GrammarState | None = None  # constrains every pick (llama.grammar)
     _text_tail: str = ""
 
     @property
@@ -74,6 +76,42 @@ class Sequence:
 
 
 
+class Fill:
+    """A prompt being evaluated into a slot: ``reused`` tokens came from the cache, ``done``
+    of the prompt are in the KV cache; ``advance`` evaluates the next chunk."""
+
+    def __init__(self, engine: Engine, slot: int, tokens: list[int], reused: int,
+                 logits: bool) -> None:
+        self.engine, self.slot, self.tokens, self.logits = engine, slot, tokens, logits
+        self.reused = self.done = reused
+
+    @property
+    def finished(self) -> bool:
+        return self.done >= len(self.tokens)
+
+    def advance(self, limit: int | None = None) -> bool:
+        """Evaluate up to ``limit`` more tokens (default and at most: the batch size) in one
+        llama_decode; True once the whole prompt is in the cache."""
+        eng, n = self.engine, len(self.tokens)
+        if self.finished:
+            return True
+        size = eng.rt.n_batch if limit is None else max(1, min(limit, eng.rt.n_batch))
+        start = self.done
+        chunk = self.tokens[start:start + size]
+        last = self.logits and start + len(chunk) == n
+        if eng.graph is not None and self.logits:
+            eng.graph.enable(True)
+        outs = [False] * len(chunk)
+        outs[-1] = last
+        if eng.capture is not None:
+            eng.capture.begin(np.array([len(chunk) - 1] if last else [], np.int64))
+        eng.rt.decode(chunk, range(start, start + len(chunk)), [self.slot] * len(chunk), outs)
+        eng._cached[self.slot].extend(chunk)
+        eng._prompt_row = len(chunk) - 1
+        self.done = start + len(chunk)
+        return self.finished
+
+
 class Engine:
     """A model loaded for one decoding method, with ``n_seq`` KV slots.
 
@@ -87,6 +125,7 @@ class Engine:
     (the end-of-generation token, or the last token of a length-cut response), whose state
     no step computes. The state at the prompt's last token is left out. Sampled tokens do not
     change: the graph and every step's outputs are the same with embeddings on.
+    grammar: the constraint of every sequence that ``new_sequence`` gives none (None: free).
     """
 
     def __init__(
@@ -105,8 +144,10 @@ class Engine:
         batch_invariant: bool = False,
         embed: bool = False,
         reasoning_format: str | None = None,
+        grammar: Grammar | None = None,
     ) -> None:
         self.info = model_info(model)
+        self.grammar = grammar  # every sequence's constraint unless new_sequence gives one
         self.format = chatformat.for_model(self.info, reasoning_format)
         self.embed = embed
         self.cfg = cfg = cfg.with_format(self.format)
@@ -158,15 +199,19 @@ class Engine:
 
     # -- sequences ------------------------------------------------------------------------
     def new_sequence(self, slot: int, *, seed: tuple, max_tokens: int,
-                     cfg: DecodeConfig | None = None, prompt: list[int] | None = None
-                     ) -> Sequence:
+                     cfg: DecodeConfig | None = None, prompt: list[int] | None = None,
+                     grammar: Grammar | None = None) -> Sequence:
         """A sequence in ``slot`` whose randomness derives from ``seed`` alone; ``cfg`` gives
         it its own method (default: the engine's), which ``check_config`` must accept.
         ``prompt`` (its token ids) decides where the response starts: inside thinking, out of
         it for good (the prompt closed it), or out of it until the response opens it
-        (``scope``)."""
+        (``scope``). ``grammar`` constrains its output: before every pick the tokens it does
+        not allow get -inf final logits, whatever the method (docs/LED.md for LED)."""
         seq = Sequence(slot=slot, max_tokens=max_tokens,
-                       cfg=cfg.with_format(self.format) if cfg is not None else None)
+                       cfg=cfg.with_format(self.format) if cfg is not None else None,
+                       grammar=None)
+        if grammar is not None or self.grammar is not None:
+            seq.grammar = GrammarState(grammar or self.grammar, self.rt.vocab)
         cfg = self._cfg(seq)
         where = self.scope(cfg, prompt)
         seq.in_scope, seq.scope_wait = where == chatformat.INSIDE, where == chatformat.MODEL
@@ -233,6 +278,14 @@ class Engine:
         self._fill(slot, tokens, logits=False)
 
     def _fill(self, slot: int, tokens: list[int], *, logits: bool) -> None:
+        fill = self.begin_fill(slot, tokens, logits=logits)
+        while not fill.advance():
+            pass
+
+    def begin_fill(self, slot: int, tokens: list[int], *, logits: bool = False) -> Fill:
+        """Start evaluating ``tokens`` into ``slot`` (the longest cached prefix reused, the
+        rest left to ``Fill.advance``, chunk by chunk, so that a caller may decode other
+        sequences between chunks); ``logits``: the last token's logits (and states) wanted."""
         n = len(tokens)
         if n == 0 and logits:
             raise LedError("the prompt is empty")
@@ -248,19 +301,8 @@ class Engine:
             common = 0
             if not self.rt.seq_rm(slot, -1, -1):
                 raise RuntimeError(f"llama.cpp could not clear KV slot {slot}")
-        self._cached[slot] = cached = list(tokens[:common])  # true even if interrupted below
-        if self.graph is not None and logits:
-            self.graph.enable(True)
-        for start in range(common, n, self.rt.n_batch):
-            chunk = tokens[start:start + self.rt.n_batch]
-            last = logits and start + len(chunk) == n
-            outs = [False] * len(chunk)
-            outs[-1] = last
-            if self.capture is not None:
-                self.capture.begin(np.array([len(chunk) - 1] if last else [], np.int64))
-            self.rt.decode(chunk, range(start, start + len(chunk)), [slot] * len(chunk), outs)
-            cached.extend(chunk)
-            self._prompt_row = len(chunk) - 1
+        self._cached[slot] = list(tokens[:common])  # true even if interrupted later
+        return Fill(self, slot, tokens, common, logits)
 
     def cached_len(self, slot: int) -> int:
         """How many tokens of ``slot`` are in the KV cache."""
@@ -369,6 +411,9 @@ class Engine:
         (and, for methods that read hidden states, from the states captured for those rows,
         in the same order): each method picks for all of its sequences at once."""
         states = self.capture.collect() if self.capture is not None else None
+        for s, r in zip(seqs, rows):
+            if s.grammar is not None:  # in llama.cpp's own row: the sampler chain reads it too
+                s.grammar.mask(self.rt.logits_view(r))
         cfgs = [self._cfg(s) for s in seqs]
         units = [c.unit for c in cfgs]
         # llama.cpp's own sampler reads the logits in place; copy them only when needed
@@ -394,6 +439,8 @@ class Engine:
             s.finish_reason = "stop"
             s.pending = tok
             return
+        if s.grammar is not None:
+            s.grammar.accept(tok)
         s.tokens.append(tok)
         s.depths.append(depth)
         if final is not None:

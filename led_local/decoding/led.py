@@ -14,6 +14,7 @@ import numpy as np
 from led_local.decoding.options import LED_NORM, TEMPERATURE, THINK_END, Option
 from led_local.decoding.samplers import (
     LEDConfig,
+    allowed,
     led_base,
     led_explore,
     led_explore_logprobs,
@@ -121,6 +122,8 @@ def _explore_graph(engine, row: int, candidates: np.ndarray, final: np.ndarray, 
     """LED's exploration step for batch row ``row`` from the in-graph projection."""
     t = engine.cfg.temperature
     cands, deeper = engine.graph.logprobs(row, candidates, final)
+    keep = np.isin(cands, allowed(final, cands))  # a grammar's forbidden tokens stay out
+    cands, deeper = cands[keep], deeper[:, keep]
     logp = np.vstack([log_probs_at(final, cands, t)[None], deeper])
     return led_explore_logprobs(logp, cands, temperature=t, rng=seq.rng)
 

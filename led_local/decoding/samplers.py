@@ -103,6 +103,14 @@ def top_candidates(final_logits: np.ndarray, k: int) -> np.ndarray:
     return idx[np.lexsort((idx, -z[idx]))].astype(np.int64)
 
 
+def allowed(final_logits: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """The ``candidates`` whose final logit is finite: a grammar masks the tokens it forbids
+    with -inf (docs/LED.md, "Constrained output"); unconstrained logits keep them all."""
+    z = np.asarray(final_logits)[candidates]
+    keep = np.isfinite(z)
+    return candidates if keep.all() or not keep.any() else candidates[keep]
+
+
 def draw(weights: np.ndarray, rng: np.random.Generator) -> int:
     """Index drawn proportionally to non-negative ``weights`` (need not sum to 1)."""
     cdf = np.cumsum(weights, dtype=np.float64)
@@ -125,7 +133,7 @@ def led_base(
     Out of scope the step never explores and draws no gate.
     """
     _check_rng(rng)
-    cand = top_candidates(final_logits, k)
+    cand = allowed(final_logits, top_candidates(final_logits, k))
     q = probs_at(final_logits, cand, temperature)
     b = int(cand[draw(q, rng)]) if temperature > 0 else int(cand[0])
     if not in_scope:

@@ -21,6 +21,7 @@ from led_local.eval.identity import build_id, model_sha256
 from led_local.eval.problems import Problem, render
 from led_local.eval.runfile import RunFile, problem_hash
 from led_local.llama.gguf_info import ModelInfo
+from led_local.llama.grammar import Grammar
 from led_local.llama.runtime import Runtime, context_limit, max_token_bytes
 
 
@@ -41,6 +42,7 @@ class SolveOptions:
     grade_timeout_s: float = 5.0
     embed: bool = False
     shard: tuple[int, int] | None = None  # (I, N): only the problems of shard I of N
+    grammar: Grammar | None = None  # every sample's constraint (--json-schema, --grammar)
 
     def __post_init__(self) -> None:
         if self.samples < 1:
@@ -95,6 +97,8 @@ def fingerprint(model: str | os.PathLike | ModelInfo, cfg: DecodeConfig, opts: S
     }
     if opts.embed:
         fp["embed"] = True
+    if opts.grammar is not None:
+        fp["grammar"] = hashlib.sha256(opts.grammar.text.encode()).hexdigest()[:16]
     if isinstance(model, ModelInfo) and model.chat_vars:  # the thinking switches, as rendered
         fp["chat_template_kwargs"] = dict(sorted(model.chat_vars.items()))
     return fp

@@ -47,7 +47,8 @@ __all__ = ["FINGERPRINT_KEYS", "RunFile", "RunLock", "RunLockedError", "check_no
            "problem_hash", "read_records"]
 
 FINGERPRINT_KEYS = ("model", "model_sha256", "method", "params", "seed", "max_tokens",
-                    "prompt_template", "logprobs", "embed", "chat_template_kwargs", "build")
+                    "prompt_template", "logprobs", "embed", "chat_template_kwargs", "grammar",
+                    "build")
 _write = os.write  # the one syscall that appends records (tests inject failures here)
 
 

@@ -44,7 +44,7 @@ def make_engine(model: ModelInfo, cfg: DecodeConfig, opts: SolveOptions, *, long
     engine = Engine(model, cfg, n_ctx=context_size(parallel, longest_prompt, opts.max_tokens),
                     n_seq=parallel + 1, threads=threads or opts.threads, capture=opts.capture,
                     projection=opts.projection, logprobs=opts.logprobs, verbose=verbose,
-                    batch_invariant=True, embed=opts.embed)
+                    batch_invariant=True, embed=opts.embed, grammar=opts.grammar)
     return engine, parallel
 
 

@@ -338,6 +338,13 @@ class Runtime:
         ctypes.memmove(b.embd, rows.ctypes.data, rows.nbytes)
         self._submit(b, positions, seqs, outputs, what="llama_decode of embeddings")
 
+    def logits_view(self, row: int) -> np.ndarray:
+        """Output row ``row``'s logits (V,) float32 in llama.cpp's own buffer, writable (a
+        constraint masks them there, before any sampler reads them); valid until the next
+        decode."""
+        ptr = llama_cpp.llama_get_logits_ith(self.ctx, row)
+        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
+
     def logits(self, row: int) -> np.ndarray:
         """A copy of output row ``row``'s logits (V,) float32 from the last decode."""
         ptr = llama_cpp.llama_get_logits_ith(self.ctx, row)

@@ -61,6 +61,7 @@ class ServerState:
     format: ChatFormat  # how replies divide into reasoning_content and content
     created: int
     switches: TemplateSwitches = TemplateSwitches()  # what the chat template offers
+    fingerprint: str = ""  # system_fingerprint: the build and the model file's hash
 
 
 def _error(e: P.APIError) -> JSONResponse:
@@ -208,13 +209,22 @@ def build_app(state: ServerState) -> Starlette:
         return Response(state.metrics.render(),
                         media_type="text/plain; version=0.0.4; charset=utf-8")
 
+    def model_card() -> dict:
+        return {"id": state.model_name, "object": "model", "created": state.created,
+                "owned_by": "led-local", "led": {
+                    "reasoning_format": state.format.name,
+                    "thinking_switch": bool(state.switches.thinking),
+                    "reasoning_effort": state.switches.effort}}
+
     async def models(request: Request) -> Response:
-        return JSONResponse({"object": "list", "data": [
-            {"id": state.model_name, "object": "model", "created": state.created,
-             "owned_by": "led-local", "led": {
-                 "reasoning_format": state.format.name,
-                 "thinking_switch": bool(state.switches.thinking),
-                 "reasoning_effort": state.switches.effort}}]})
+        return JSONResponse({"object": "list", "data": [model_card()]})
+
+    async def model(request: Request) -> Response:
+        name = request.path_params["model"]
+        if name != state.model_name:
+            raise P.APIError(404, f"the model {name!r} does not exist (this server has "
+                             f"{state.model_name!r})", param="model", code="model_not_found")
+        return JSONResponse(model_card())
 
     async def chat(request: Request) -> Response:
         return await _complete(request, chat=True)
@@ -248,7 +258,8 @@ def build_app(state: ServerState) -> Starlette:
                              type="server_error", code="queue_full",
                              headers={"Retry-After": "1"}) from None
         meta = {"id": P.new_id("chatcmpl" if chat else "cmpl"), "created": P.now(),
-                "model": state.model_name, "seed": work.seed}
+                "model": state.model_name, "seed": work.seed,
+                "system_fingerprint": state.fingerprint}
         if req.stream:
             return EventSourceResponse(
                 stream_chunks(queue, work, state.scheduler, meta, chat=chat,
@@ -293,6 +304,7 @@ def build_app(state: ServerState) -> Starlette:
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/v1/models", models, methods=["GET"]),
+        Route("/v1/models/{model:path}", model, methods=["GET"]),
         Route("/v1/chat/completions", chat, methods=["POST"]),
         Route("/v1/completions", completions, methods=["POST"]),
     ]
@@ -323,6 +335,13 @@ def _work(state: ServerState, req: P.CommonRequest, chat: bool) -> Work:
         raise P.APIError(400, f"n must be <= {state.scheduler.parallel} (the server's "
                          f"parallel setting), got {req.n}", param="n")
     rt = engine.rt
+    grammar = req.constraint()
+    if grammar is not None:
+        param = "grammar" if grammar.source == "grammar" else "response_format"
+        try:
+            grammar.check(rt.vocab, param=param)
+        except ConfigError as e:
+            raise P.APIError(400, str(e), param=param) from None
     fmt, scope = PLAIN, MODEL
     if chat:
         fmt = req.chat_format(state.format)
@@ -358,4 +377,4 @@ def _work(state: ServerState, req: P.CommonRequest, chat: bool) -> Work:
                 emit=lambda event: None, top_n=req.top_n(),
                 logprobs=req.logprobs is True if chat else req.logprobs is not None,
                 format=fmt, scope=scope,
-                cache_prompt=req.cache_prompt, led_tokens=req.led_tokens())
+                cache_prompt=req.cache_prompt, led_tokens=req.led_tokens(), grammar=grammar)

@@ -20,6 +20,7 @@ from led_local.decoding.chatformat import Split
 from led_local.decoding.methods import DecodeConfig, build_config
 from led_local.decoding.options import TEMPERATURE, Option
 from led_local.errors import ConfigError, LedError
+from led_local.llama.grammar import Grammar
 
 MAX_STOP = 16
 MIN_TEMPERATURE = TEMPERATURE.tiny  # below it 1/T overflows float32 logits: NaN
@@ -86,6 +87,37 @@ class Message(_Strict):
         return "".join(p.text for p in self.content)
 
 
+class JSONSchemaFormat(_Strict):
+    name: str | None = None
+    description: str | None = None
+    schema_: dict[str, Any] | bool | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Strict):
+    """OpenAI's ``response_format``: text, json_object or json_schema. Strict or not, a
+    schema is enforced by its grammar."""
+
+    type: str
+    json_schema: JSONSchemaFormat | None = None
+
+    def grammar(self) -> Grammar | None:
+        if self.type == "text":
+            return None
+        if self.type == "json_object":
+            return Grammar.json_object()
+        if self.type == "json_schema":
+            if self.json_schema is None or self.json_schema.schema_ is None:
+                raise APIError(400, "response_format: json_schema needs json_schema.schema",
+                               param="response_format")
+            try:
+                return Grammar.from_schema(self.json_schema.schema_, param="response_format")
+            except ConfigError as e:
+                raise APIError(400, str(e), param="response_format") from None
+        raise APIError(400, f"response_format: type must be text, json_object or json_schema, "
+                       f"got {self.type!r}", param="response_format")
+
+
 def _request_field(o: Option) -> tuple[Any, Any]:
     """The pydantic field of a decoding option: its type, None when absent, its bounds."""
     kind = Literal[o.choices] if o.choices is not None else o.kind
@@ -130,6 +162,20 @@ class CommonRequest(_MethodFields):
     presence_penalty: float | None = None
     logit_bias: dict[str, float] | None = None
     cache_prompt: bool = True  # as llama-server: reuse a finished sequence's KV prefix
+    response_format: ResponseFormat | None = None
+    grammar: str | None = None  # GBNF, as llama-server takes it
+    best_of: int | None = None
+
+    def constraint(self) -> Grammar | None:
+        """The grammar the output must follow: ``grammar`` (GBNF), or ``response_format``'s
+        JSON object or schema; None for free text. Not both."""
+        fmt = self.response_format
+        if fmt is not None and fmt.type != "text" and self.grammar is not None:
+            raise APIError(400, "give grammar or a JSON response_format, not both",
+                           param="grammar")
+        if self.grammar is not None:
+            return Grammar(self.grammar, "grammar")
+        return None if fmt is None else fmt.grammar()
 
     def stops(self) -> list[str]:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -152,6 +198,9 @@ class CommonRequest(_MethodFields):
                 raise APIError(400, f"{name} is not supported (must be 0 or absent)", param=name)
         if self.logit_bias:
             raise APIError(400, "logit_bias is not supported", param="logit_bias")
+        if self.best_of is not None and self.best_of not in (1, self.n):
+            raise APIError(400, f"best_of is not supported (only best_of == n, {self.n}), got "
+                           f"{self.best_of}", param="best_of")
         if self.stream_options is not None and not self.stream:
             raise APIError(400, "stream_options needs stream: true", param="stream_options")
 
@@ -273,9 +322,11 @@ def now() -> int:
     return int(time.time())
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+def usage(prompt_tokens: int, completion_tokens: int, *, cached: int = 0) -> dict:
+    """OpenAI's usage; ``cached``: prompt tokens whose KV came from the prompt cache."""
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": cached}}
 
 
 def chat_logprobs(entries: list[dict]) -> dict:

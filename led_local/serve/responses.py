@@ -61,8 +61,9 @@ class Collector:
             choices.append(choice)
         n_out = sum(e["completion_tokens"] for e in self.ends.values())
         return {"id": meta["id"], "object": "chat.completion" if self.chat else "text_completion",
-                "created": meta["created"], "model": meta["model"], "choices": choices,
-                "usage": P.usage(len(self.work.tokens), n_out)}
+                "created": meta["created"], "model": meta["model"],
+                "system_fingerprint": meta["system_fingerprint"], "choices": choices,
+                "usage": P.usage(len(self.work.tokens), n_out, cached=self.work.cached)}
 
 
 def _logprobs(work: Work, entries: list[dict], *, chat: bool, offset: int = 0) -> dict | None:
@@ -76,7 +77,8 @@ async def stream_chunks(queue: asyncio.Queue, work: Work, scheduler: Scheduler, 
     """SSE data for a streaming request: the role first (chat), text deltas, each choice's
     finish_reason, the usage when asked, then [DONE]. Leaving early cancels the work."""
     obj = "chat.completion.chunk" if chat else "text_completion"
-    head = {"id": meta["id"], "object": obj, "created": meta["created"], "model": meta["model"]}
+    head = {"id": meta["id"], "object": obj, "created": meta["created"], "model": meta["model"],
+            "system_fingerprint": meta["system_fingerprint"]}
     tail = {"usage": None} if include_usage else {}
     offsets = [0] * work.n
 
@@ -123,7 +125,7 @@ async def stream_chunks(queue: asyncio.Queue, work: Work, scheduler: Scheduler, 
         else:
             if include_usage:
                 yield _dumps({**head, "choices": [],
-                              "usage": P.usage(len(work.tokens), n_out)})
+                              "usage": P.usage(len(work.tokens), n_out, cached=work.cached)})
             yield "[DONE]"
     finally:
         if finished < work.n:  # the client left (or the stream failed): free the slots

@@ -26,10 +26,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from led_local.decoding.chatformat import MODEL, PLAIN, ChatFormat
-from led_local.decoding.engine import Engine, Sequence
+from led_local.decoding.engine import Engine, Fill, Sequence
 from led_local.decoding.methods import DecodeConfig
 from led_local.decoding.samplers import log_probs_at, probs_at, top_candidates
 from led_local.errors import LedError
+from led_local.llama.grammar import Grammar
 from led_local.serve.metrics import Metrics
 from led_local.serve.text import TextStream
 
@@ -41,6 +42,8 @@ def _finite(logprob: float) -> float:
 
 # how many of the final layer's top candidates a ``led_tokens`` entry lists
 LED_TOP = 3
+# prompt tokens evaluated between two decode steps (serve --prefill-chunk)
+PREFILL_CHUNK = 256
 
 
 class QueueFull(Exception):
@@ -64,6 +67,8 @@ class Work:
     scope: str = MODEL  # where the prompt left the response (chatformat.prompt_scope)
     cache_prompt: bool = True  # reuse the longest cached prefix (False: evaluate it all)
     led_tokens: bool = False  # report each token's depth, gate and top-1 (stream_options)
+    grammar: Grammar | None = None  # the output's constraint (grammar, response_format)
+    cached: int = 0  # prompt tokens reused from the prompt cache (usage.cached_tokens)
     arrived: float = field(default_factory=time.perf_counter)
     cancelled: bool = False
     first_token: bool = False
@@ -132,8 +137,11 @@ class Scheduler:
     """Continuous batching across requests on one engine with ``parallel`` slots."""
 
     def __init__(self, engine: ServeEngine, *, parallel: int, max_queue: int,
-                 metrics: Metrics) -> None:
+                 metrics: Metrics, prefill_chunk: int = PREFILL_CHUNK) -> None:
+        if prefill_chunk < 1:
+            raise LedError(f"`prefill_chunk` must be >= 1, got {prefill_chunk}")
         self.engine = engine
+        self.prefill_chunk = prefill_chunk
         self.parallel = parallel
         self.max_queue = max_queue
         self.metrics = metrics
@@ -145,7 +153,8 @@ class Scheduler:
         self._stopping = False
         self._draining = False  # shutting down: no new work; what runs has until the deadline
         self._deadline: threading.Timer | None = None
-        self._admitting: Work | None = None  # its prompt is being evaluated
+        self._admits: deque[Work] = deque()  # taken from the queue, prompts to evaluate
+        self._fill: tuple[Work, int, Fill] | None = None  # the prompt being evaluated
         self.failure: str | None = None  # why the decode thread died (then /health says 503)
         self._thread = threading.Thread(target=self._run, name="led-decode", daemon=True)
 
@@ -193,9 +202,7 @@ class Scheduler:
         with self._cv:
             self._stopping = True
             works = {id(c.work): c.work for c in list(self.running.values())}
-            works.update((id(w), w) for w in self.queue)
-            if self._admitting is not None:
-                works[id(self._admitting)] = self._admitting
+            works.update((id(w), w) for w in [*self.queue, *self._admitting()])
             self._cv.notify()
         for work in works.values():
             work.emit({"error": "the server is shutting down", "status": 503})
@@ -213,6 +220,10 @@ class Scheduler:
             print("led-local serve: waiting for the prompt evaluation in progress to end",
                   file=sys.stderr, flush=True)
             self._thread.join()
+
+    def _admitting(self) -> list[Work]:
+        """The requests taken from the queue whose prompts are not yet evaluated."""
+        return ([self._fill[0]] if self._fill is not None else []) + list(self._admits)
 
     def busy(self) -> int:
         return self.parallel - len(self.free)
@@ -242,41 +253,44 @@ class Scheduler:
         with self._cv:
             self.failure = message
             works = {id(c.work): c.work for c in self.running.values()}
-            works.update((id(w), w) for w in self.queue)
-            if self._admitting is not None:
-                works[id(self._admitting)] = self._admitting
+            works.update((id(w), w) for w in [*self.queue, *self._admitting()])
             self.running.clear()
             self.queue.clear()
         for work in works.values():
             work.emit({"error": message, "status": 500})
 
     def _loop(self) -> None:
+        """Each turn: take what fits from the queue, evaluate one chunk of the prompt being
+        admitted (``prefill_chunk`` tokens), then one decode step of the running choices; so
+        a long prompt delays a running stream's next token by one chunk, not by its whole
+        evaluation, and a shutdown stops it between chunks."""
         while True:
             with self._cv:
-                while not (self._stopping or self.queue or self.running):
+                while not (self._stopping or self.queue or self.running or self._admits
+                           or self._fill is not None):
                     self._cv.wait()
                 if self._stopping:
                     break
-                admit = self._take()
-            for work in admit:
-                self._admitting = work
-                self._admit(work)
-                self._admitting = None
+                self._admits.extend(self._take())
+            self._prefill()
             self._reap()
             if self.running:
                 self._step()
         works = {id(c.work): c.work for c in self.running.values()}
-        works.update((id(w), w) for w in self.queue)
+        works.update((id(w), w) for w in [*self.queue, *self._admitting()])
         for c in list(self.running.values()):
             self._end(c, "cancelled")
+        if self._fill is not None:
+            self._drop_fill()
         self.queue.clear()
+        self._admits.clear()
         for work in works.values():
             work.emit({"error": "the server is shutting down", "status": 503})
 
     def _take(self) -> list[Work]:
         """Queued requests that fit the free slots, in order (cancelled ones dropped)."""
         out: list[Work] = []
-        room = len(self.free)
+        room = len(self.free) - self._claimed
         while self.queue:
             work = self.queue[0]
             if work.cancelled:
@@ -290,33 +304,81 @@ class Scheduler:
         self.metrics.queue.set(len(self.queue))
         return out
 
-    def _admit(self, work: Work) -> None:
-        """Load the prompt into the free slot that caches most of it; fork it for each choice."""
+    def _prefill(self) -> None:
+        """Evaluate the next chunk of the admitted prompt (starting the next one if none is
+        under way); a finished prompt's choices join the running ones."""
+        if self._fill is None:
+            while self._admits and self._fill is None:
+                work = self._admits.popleft()
+                if work.cancelled:  # it left while waiting for the prompt before it
+                    with self._cv:
+                        self._claimed -= work.n
+                    continue
+                self._begin(work)
+            if self._fill is None:
+                return
+        work, first, fill = self._fill
+        if work.cancelled:
+            self._drop_fill()
+            return
+        try:
+            done = fill.advance(self.prefill_chunk)
+        except Exception as e:  # a failed decode: this request, never the server
+            self._drop_fill()
+            work.emit({"error": f"evaluating the prompt failed: {e}"})
+            return
+        if done:
+            self._fill = None
+            self._start(work, first)
+
+    def _begin(self, work: Work) -> None:
+        """Reserve the free slot that caches most of ``work``'s prompt and start loading the
+        prompt minus its last token there."""
         eng = self.engine
         if work.cache_prompt:
             first = max(self.free, key=lambda s: (eng.common_prefix(s, work.tokens[:-1]), -s))
         else:
             first = min(self.free)
             eng.free(first)
+        with self._cv:
+            self.free.discard(first)
+            self._claimed -= 1
         try:
-            eng.load_prefix(first, work.tokens[:-1])
-        except Exception as e:  # a prompt that does not fit, or a failed decode: this request
-            eng.free(first)
-            with self._cv:
-                self._claimed -= work.n
+            fill = eng.begin_fill(first, work.tokens[:-1])
+        except Exception as e:  # a prompt that does not fit: this request
+            self._release(first, work)
             work.emit({"error": str(e) if isinstance(e, LedError) else
                        f"evaluating the prompt failed: {e}"})
             return
-        slots = [first] + sorted(self.free - {first})[:work.n - 1]
+        work.cached = fill.reused
+        self._fill = (work, first, fill)
+
+    def _release(self, first: int, work: Work) -> None:
+        """Give back a request's reserved slot (emptied) and its other claimed slots."""
+        self.engine.free(first)
+        with self._cv:
+            self.free.add(first)
+            self._claimed -= work.n - 1
+
+    def _drop_fill(self) -> None:
+        work, first, _ = self._fill
+        self._fill = None
+        self._release(first, work)
+
+    def _start(self, work: Work, first: int) -> None:
+        """The prompt is in slot ``first``: fork it for each choice and start them."""
+        eng = self.engine
+        slots = [first] + sorted(self.free)[:work.n - 1]
         with self._cv:
             self.free.difference_update(slots)
-            self._claimed -= work.n
+            self._claimed -= work.n - 1
         now = time.perf_counter()
         for i, slot in enumerate(slots):
             if slot != first:
                 eng.fork(first, slot)
             seq = eng.new_sequence(slot, seed=(work.seed,) if i == 0 else (work.seed, i),
-                                   max_tokens=work.max_tokens, cfg=work.cfg, prompt=work.tokens)
+                                   max_tokens=work.max_tokens, cfg=work.cfg, prompt=work.tokens,
+                                   grammar=work.grammar)
             seq.pending, seq.n_past = work.tokens[-1], len(work.tokens) - 1
             eng.top_n[slot] = work.top_n
             eng.top[slot] = []

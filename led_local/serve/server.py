@@ -30,7 +30,7 @@ from led_local.serve.connections import (
     protocol,
 )
 from led_local.serve.metrics import Metrics
-from led_local.serve.scheduler import Scheduler, ServeEngine
+from led_local.serve.scheduler import PREFILL_CHUNK, Scheduler, ServeEngine
 
 GRACE_S = 3
 
@@ -77,6 +77,17 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def system_fingerprint(path) -> str:
+    """``fp_`` and 16 hex digits of the build id and the model file's SHA-256: what decides
+    the tokens a seed gives (computed once, at start)."""
+    import hashlib
+
+    from led_local.eval.identity import build_id, model_sha256
+
+    digest = hashlib.sha256(f"{build_id()}\n{model_sha256(path)}".encode()).hexdigest()
+    return f"fp_{digest[:16]}"
+
+
 def _url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}/v1" if ":" in host else f"http://{host}:{port}/v1"
 
@@ -87,11 +98,15 @@ def serve(model, cfg: DecodeConfig, *, host: str = "127.0.0.1", port: int = 8080
           threads: int | None = None, capture: str = "auto", projection: str = "auto",
           verbose: bool = False,
           allowed_hosts: tuple[str, ...] = (), cors_origins: tuple[str, ...] = (),
-          request_timeout: float = REQUEST_TIMEOUT_S) -> None:
+          request_timeout: float = REQUEST_TIMEOUT_S,
+          prefill_chunk: int = PREFILL_CHUNK) -> None:
     """Serve ``model`` until interrupted; ``ctx`` is each slot's context (tokens),
     ``model``: a path, or a ModelInfo (with the chat template to use); ``reasoning_format``: a
     chat format's name, or None to detect it from the template; ``allowed_hosts`` and
-    ``cors_origins``: see ``access.Access``; ``request_timeout``: see ``connections``."""
+    ``cors_origins``: see ``access.Access``; ``request_timeout``: see ``connections``;
+    ``prefill_chunk``: prompt tokens evaluated between two decode steps."""
+    if prefill_chunk < 1:
+        raise LedError(f"`prefill_chunk` must be >= 1, got {prefill_chunk}")
     if not 1 <= parallel <= 256:
         raise LedError(f"`parallel` must be between 1 and 256, got {parallel}")
     if max_queue < 0:
@@ -113,7 +128,7 @@ def serve(model, cfg: DecodeConfig, *, host: str = "127.0.0.1", port: int = 8080
                api_key=api_key, reasoning_format=reasoning_format, alias=alias, threads=threads,
                capture=capture, projection=projection, verbose=verbose,
                access=Access(host, tuple(allowed_hosts), tuple(cors_origins)),
-               request_timeout=request_timeout)
+               request_timeout=request_timeout, prefill_chunk=prefill_chunk)
     finally:
         sock.close()
 
@@ -121,7 +136,7 @@ def serve(model, cfg: DecodeConfig, *, host: str = "127.0.0.1", port: int = 8080
 def _serve(sock: socket.socket, model, cfg: DecodeConfig, *, host: str, parallel: int,
            ctx: int, max_queue: int, api_key: str | None, reasoning_format: str | None,
            alias: str | None, threads: int | None, capture: str, projection: str, verbose: bool,
-           access: Access, request_timeout: float) -> None:
+           access: Access, request_timeout: float, prefill_chunk: int) -> None:
     import uvicorn
 
     engine = ServeEngine(model, cfg, n_ctx=ctx * parallel, n_seq=parallel, threads=threads,
@@ -129,12 +144,14 @@ def _serve(sock: socket.socket, model, cfg: DecodeConfig, *, host: str, parallel
                          reasoning_format=reasoning_format)
     try:
         metrics = Metrics()
-        scheduler = Scheduler(engine, parallel=parallel, max_queue=max_queue, metrics=metrics)
+        scheduler = Scheduler(engine, parallel=parallel, max_queue=max_queue, metrics=metrics,
+                              prefill_chunk=prefill_chunk)
         state = ServerState(
             engine=engine, scheduler=scheduler, metrics=metrics,
             model_name=alias or Path(engine.info.path).name.removesuffix(".gguf"),
             base=engine.cfg, api_key=api_key, format=engine.format,
-            created=int(time.time()), switches=template_switches(engine.info.chat_template))
+            created=int(time.time()), switches=template_switches(engine.info.chat_template),
+            fingerprint=system_fingerprint(engine.info.path))
         app = Guard(build_app(state), state, max_body=MAX_BODY, access=access,
                     max_active=parallel + max_queue)
         port = sock.getsockname()[1]
