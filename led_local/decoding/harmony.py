@@ -11,25 +11,41 @@ message in ``content``, as the gpt-oss template wants (it refuses channel tags i
 
 from __future__ import annotations
 
+import re
+
 from led_local.decoding.chatformat import CLOSED, INSIDE, MODEL, ChatFormat, Split, held
+from led_local.decoding.tool_calls import ToolCall
 
 START, CHANNEL, MESSAGE, END = "<|start|>", "<|channel|>", "<|message|>", "<|end|>"
 STOPS = ("<|return|>", "<|call|>")  # they end generation; in a resent text, they end a body
 THINKING_CHANNEL = "analysis"
+RECIPIENT = re.compile(r"to=functions\.([^\s<]+)")
 
 
 class HarmonySplit:
     """Streams a harmony response: message headers are dropped, analysis bodies are
     reasoning and every other channel's body content. Text before any header (a model that
-    ignores the format) is content."""
+    ignores the format) is content. A message to ``functions.NAME`` is a tool call: its body
+    goes to ``calls`` (the last one's end, ``<|call|>``, ends generation)."""
 
     def __init__(self, *, scope: str = MODEL) -> None:
         self.state = {INSIDE: "body", CLOSED: "body", MODEL: "begin"}[scope]
         self.channel = THINKING_CHANNEL if scope == INSIDE else "final"
+        self.recipient: str | None = None
+        self.calls: list[ToolCall] = []
+        self._args = ""
         self._buf = ""
 
+    def _close(self) -> None:
+        """A message ended: a call's arguments become its call."""
+        if self.recipient is not None:
+            self.calls.append(ToolCall(self.recipient, self._args.strip()))
+            self.recipient, self._args = None, ""
+
     def _route(self, out: Split, text: str) -> None:
-        if self.channel == THINKING_CHANNEL:
+        if self.recipient is not None:
+            self._args += text
+        elif self.channel == THINKING_CHANNEL:
             out.reasoning += text
         else:
             out.content += text
@@ -53,12 +69,15 @@ class HarmonySplit:
                 header = self._buf[:i]
                 name = header.split(CHANNEL, 1)[1] if CHANNEL in header else "final"
                 self.channel = name.split()[0] if name.split() else "final"
+                to = RECIPIENT.search(header)
+                self.recipient = to.group(1) if to else None
                 self._buf, self.state = self._buf[i + len(MESSAGE):], "body"
             else:  # a message's body, to <|end|>
                 ends = [(self._buf.find(m), m) for m in (END, *STOPS) if m in self._buf]
                 if ends:
                     i, m = min(ends)
                     self._route(out, self._buf[:i])
+                    self._close()
                     self._buf, self.state = self._buf[i + len(m):], "begin"
                     continue
                 keep = held(self._buf, [END, *STOPS])
@@ -72,6 +91,7 @@ class HarmonySplit:
         out = Split()
         if self.state == "body":
             self._route(out, self._buf)
+            self._close()
         elif self.state == "begin":
             out.content = self._buf
         self._buf = ""

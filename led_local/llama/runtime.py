@@ -254,11 +254,12 @@ class Runtime:
                             | llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED))
 
     def apply_chat_template(self, messages: Sequence[dict[str, str]],
-                            variables: dict | None = None) -> str:
+                            variables: dict | None = None,
+                            tools: list[dict] | None = None) -> str:
         """Render messages with the model's chat template (GGUF metadata, or the one a
         ``--chat-template`` file put in ``info``), in a time- and size-limited worker, with
         the template variables of ``info.chat_vars`` (the thinking switches), updated by
-        ``variables``."""
+        ``variables``, and the OpenAI ``tools`` list (None: no tools)."""
         from led_local.llama.template import render_chat_template
 
         template = self.info.chat_template
@@ -269,7 +270,7 @@ class Runtime:
             template, list(messages),
             eos_token=self.token_text(llama_cpp.llama_vocab_eos(self.vocab)),
             bos_token=self.token_text(llama_cpp.llama_vocab_bos(self.vocab)),
-            variables={**self.info.chat_vars, **(variables or {})})
+            variables={**self.info.chat_vars, **(variables or {})}, tools=tools)
 
     # -- decoding -------------------------------------------------------------------------
     def seq_rm(self, seq: int, p0: int = -1, p1: int = -1) -> bool:

@@ -52,14 +52,15 @@ def load_chat_template(path: str | os.PathLike) -> str:
 
 def render_chat_template(template: str, messages: list[dict[str, str]], *, bos_token: str,
                          eos_token: str, add_generation_prompt: bool = True,
-                         variables: dict | None = None) -> str:
+                         variables: dict | None = None, tools: list[dict] | None = None) -> str:
     """``template`` rendered for ``messages`` under the limits above (TemplateError when
     exceeded or when the template raises); ``variables``: more template variables
-    (``enable_thinking``, ``reasoning_effort``, ...), which cannot replace the renderer's."""
+    (``enable_thinking``, ``reasoning_effort``, ...), which cannot replace the renderer's;
+    ``tools``: the OpenAI tool list the template's ``tools`` variable gets (None: none)."""
     return _RENDERER.render({
         "template": template, "messages": messages, "bos_token": bos_token,
         "eos_token": eos_token, "add_generation_prompt": add_generation_prompt,
-        "variables": variables or {},
+        "variables": variables or {}, "tools": tools,
     })
 
 
@@ -232,7 +233,7 @@ def _render(env, compiled: dict, request: dict, limit: int) -> str:
     context.update(
         messages=request["messages"], bos_token=request["bos_token"],
         eos_token=request["eos_token"], add_generation_prompt=request["add_generation_prompt"],
-        raise_exception=raise_exception, functions=None, function_call=None, tools=None,
+        raise_exception=raise_exception, functions=None, function_call=None, tools=request.get("tools"),
         tool_choice=None, strftime_now=lambda f: datetime.now().strftime(f))
     for part in compiled[source].generate(context):
         size += len(part)

@@ -22,10 +22,11 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from led_local.decoding.chatformat import MODEL, PLAIN, ChatFormat
+from led_local.decoding.chatformat import CLOSED, INSIDE, MODEL, PLAIN, ChatFormat
 from led_local.decoding.generate import new_seed
 from led_local.decoding.methods import DecodeConfig
 from led_local.decoding.switches import TemplateSwitches
+from led_local.decoding.tool_calls import ToolSyntax, tool_grammar
 from led_local.errors import ConfigError, LedError
 from led_local.serve import protocol as P
 from led_local.serve.access import Access, is_json
@@ -62,6 +63,8 @@ class ServerState:
     created: int
     switches: TemplateSwitches = TemplateSwitches()  # what the chat template offers
     fingerprint: str = ""  # system_fingerprint: the build and the model file's hash
+    tool_syntax: ToolSyntax | None = None  # how the model writes tool calls (None: unknown)
+    renders_tools: bool = False  # whether its chat template writes tools into the prompt
 
 
 def _error(e: P.APIError) -> JSONResponse:
@@ -343,13 +346,18 @@ def _work(state: ServerState, req: P.CommonRequest, chat: bool) -> Work:
         except ConfigError as e:
             raise P.APIError(400, str(e), param=param) from None
     fmt, scope = PLAIN, MODEL
+    functions, choice = [], None
     if chat:
         fmt = req.chat_format(state.format)
         variables = req.chat_variables(state)
+        functions, choice = req.tool_request()
+        if functions:
+            _check_tools(state)
     try:
         if chat:
             messages = [m.for_template(state.format) for m in req.messages]
-            prompt = rt.apply_chat_template(messages, variables=variables)
+            tools = [{"type": "function", "function": f} for f in functions] or None
+            prompt = rt.apply_chat_template(messages, variables=variables, tools=tools)
             scope = fmt.prompt_scope(prompt)
             tokens = rt.tokenize(prompt)
         elif isinstance(req.prompt, list) and req.prompt and isinstance(req.prompt[0], int):
@@ -370,6 +378,8 @@ def _work(state: ServerState, req: P.CommonRequest, chat: bool) -> Work:
         raise P.APIError(400, f"the prompt has {len(tokens)} tokens, more than the context "
                          f"of {rt.n_ctx_seq} allows (the server's ctx)", param="messages" if chat
                          else "prompt", code="context_length_exceeded")
+    if choice is not None and choice != "auto":
+        grammar = _forced_call(state, req, fmt, scope, functions, choice, grammar)
     limit = req.limit()
     max_tokens = room if limit is None else min(limit, room)
     return Work(tokens=tokens, cfg=cfg, n=req.n, max_tokens=max_tokens,
@@ -377,4 +387,36 @@ def _work(state: ServerState, req: P.CommonRequest, chat: bool) -> Work:
                 emit=lambda event: None, top_n=req.top_n(),
                 logprobs=req.logprobs is True if chat else req.logprobs is not None,
                 format=fmt, scope=scope,
-                cache_prompt=req.cache_prompt, led_tokens=req.led_tokens(), grammar=grammar)
+                cache_prompt=req.cache_prompt, led_tokens=req.led_tokens(), grammar=grammar,
+                tools=state.tool_syntax if choice is not None else None)
+
+
+def _check_tools(state: ServerState) -> None:
+    """Tools need a template that writes them and a known call syntax (else a 400)."""
+    name = state.model_name
+    if not state.renders_tools:
+        raise P.APIError(400, f"tools: the chat template of {name} does not take tools (it "
+                         "writes no tool list into the prompt); use a model or --chat-template "
+                         "with tool support", param="tools", code="tools_not_supported")
+    if state.tool_syntax is None:
+        raise P.APIError(400, f"tools: led-local does not know how {name}'s template writes "
+                         "tool calls (hermes <tool_call>, Llama 3 JSON, Mistral [TOOL_CALLS], "
+                         "DeepSeek or harmony)", param="tools", code="tools_not_supported")
+
+
+def _forced_call(state: ServerState, req: P.ChatRequest, fmt: ChatFormat, scope: str,
+                 functions: list[dict], choice: str, grammar):
+    """The grammar that makes the reply call a tool (``required``) or the named one."""
+    if grammar is not None:
+        raise P.APIError(400, "tool_choice required or a named function cannot be combined "
+                         "with grammar or a JSON response_format", param="tool_choice")
+    if choice.startswith("name:"):
+        functions = [f for f in functions if f["name"] == choice[5:]]
+    think = (fmt.think_start, fmt.think_end) if fmt.think_start and scope != CLOSED else None
+    try:
+        forced = tool_grammar(state.tool_syntax, functions, think=think,
+                              opened=scope == INSIDE, parallel=bool(req.parallel_tool_calls))
+        forced.check(state.engine.rt.vocab, param="tools")
+    except ConfigError as e:
+        raise P.APIError(400, e.render(P.field_name), param="tools") from None
+    return forced

@@ -9,6 +9,7 @@ server as ``{"error": {"message", "type", "param", "code"}}`` built by ``APIErro
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Any, Literal
@@ -59,6 +60,58 @@ class TextPart(_Strict):
     text: str = ""
 
 
+FUNCTION_NAME = r"^[A-Za-z0-9_.\-]{1,64}$"
+
+
+class FunctionName(_Strict):
+    name: str = Field(pattern=FUNCTION_NAME)
+
+
+class FunctionDef(FunctionName):
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+    def spec(self) -> dict:
+        out = {"name": self.name, "parameters": self.parameters or {"type": "object",
+                                                                     "properties": {}}}
+        return out if self.description is None else {**out, "description": self.description}
+
+
+class Tool(_Strict):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedToolChoice(_Strict):
+    type: Literal["function"]
+    function: FunctionName
+
+
+class CalledFunction(_Strict):
+    name: str
+    arguments: str
+
+
+class ToolCallIn(_Strict):
+    """A tool call of an earlier assistant turn, as the client sends it back."""
+
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: CalledFunction
+
+    def for_template(self) -> dict:
+        """The call as templates read it: arguments decoded (Llama 3's template writes them
+        with ``tojson``; the others take a mapping as well as a string)."""
+        try:
+            args = json.loads(self.function.arguments)
+        except ValueError:
+            raise APIError(400, f"messages: the arguments of tool call {self.id!r} are not "
+                           "JSON", param="messages") from None
+        return {"id": self.id, "type": "function",
+                "function": {"name": self.function.name, "arguments": args}}
+
+
 class Message(_Strict):
     role: str
     content: str | list[TextPart] | None = None
@@ -66,14 +119,27 @@ class Message(_Strict):
     reasoning_content: str | None = None
     reasoning: str | None = None
     thinking: str | None = None
+    tool_calls: list[ToolCallIn] | None = None  # an assistant turn's calls
+    tool_call_id: str | None = None  # a tool message's answer to a call
+    name: str | None = None
 
     def for_template(self, fmt) -> dict:
         """The message as the chat template reads it: an assistant turn's reasoning in the
-        field the model family's template takes (``fmt``: the chat format)."""
+        field the model family's template takes (``fmt``: the chat format), its tool calls
+        with decoded arguments; a tool result with its call's id."""
         reasoning = self.reasoning_content or self.reasoning or self.thinking
-        if self.role != "assistant" or not reasoning:
-            return {"role": self.role, "content": self.text()}
-        return fmt.assistant_message(Split(reasoning=reasoning, content=self.text()))
+        if self.role == "assistant" and reasoning:
+            out = fmt.assistant_message(Split(reasoning=reasoning, content=self.text()))
+        else:
+            out = {"role": self.role, "content": self.text()}
+        if self.tool_calls and self.role == "assistant":
+            out["tool_calls"] = [c.for_template() for c in self.tool_calls]
+        if self.role == "tool":
+            if self.tool_call_id is not None:
+                out["tool_call_id"] = self.tool_call_id
+        if self.name is not None:
+            out["name"] = self.name
+        return out
 
     def text(self) -> str:
         if self.content is None:
@@ -237,6 +303,37 @@ class ChatRequest(CommonRequest):
     reasoning_format: str | None = None
     thinking_budget: int | None = None
     thinking: bool | None = None  # led-local's: every switch of the template on or off
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    functions: list[FunctionDef] | None = None  # the legacy form of tools
+    function_call: Literal["none", "auto"] | FunctionName | None = None
+
+    def tool_request(self) -> tuple[list[dict], str | None]:
+        """The functions the reply may call ({name, parameters, description}) and how:
+        None (no tools), ``auto``, ``required`` or ``name:NAME`` (that function)."""
+        if self.tools is not None and self.functions is not None:
+            raise APIError(400, "give tools or the legacy functions, not both", param="tools")
+        legacy = self.functions is not None or self.function_call is not None
+        defs = [t.function for t in self.tools or []] if not legacy else self.functions or []
+        choice = self.function_call if legacy else self.tool_choice
+        param = "function_call" if legacy else "tool_choice"
+        names = [d.name for d in defs]
+        if len(set(names)) != len(names):
+            raise APIError(400, "tools: two functions have the same name", param="tools")
+        if choice is not None and not defs and choice != "none":
+            raise APIError(400, f"{param} needs {'functions' if legacy else 'tools'}",
+                           param=param)
+        if not defs or choice == "none":
+            return [], None
+        if choice is None or choice == "auto":
+            return [d.spec() for d in defs], "auto"
+        if choice == "required":
+            return [d.spec() for d in defs], "required"
+        name = choice.function.name if isinstance(choice, NamedToolChoice) else choice.name
+        if name not in names:
+            raise APIError(400, f"{param}: no function {name!r} among the tools", param=param)
+        return [d.spec() for d in defs], f"name:{name}"
 
 
     def chat_variables(self, state) -> dict:

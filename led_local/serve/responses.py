@@ -23,6 +23,7 @@ class Collector:
         self.reasoning = [""] * work.n
         self.content = [""] * work.n
         self.logprobs: list[list[dict]] = [[] for _ in range(work.n)]
+        self.tool_calls: list[list[dict]] = [[] for _ in range(work.n)]
         self.ends: dict[int, dict] = {}
         self.error: str | None = None
         self.status = 500  # of the error
@@ -42,6 +43,8 @@ class Collector:
             self.reasoning[i] += event["reasoning"]
             self.content[i] += event["content"]
             self.logprobs[i] += event["logprobs"]
+            self.tool_calls[i] += [{k: v for k, v in c.items() if k != "index"}
+                                   for c in event.get("tool_calls", [])]
 
     def response(self, meta: dict) -> dict:
         choices = []
@@ -52,6 +55,9 @@ class Collector:
                 message: dict = {"role": "assistant", "content": self.content[i]}
                 if self.reasoning[i]:
                     message["reasoning_content"] = message["reasoning"] = self.reasoning[i]
+                if self.tool_calls[i]:
+                    message["tool_calls"] = self.tool_calls[i]
+                    message["content"] = self.content[i] or None
                 choice["message"] = message
             else:
                 choice["text"] = self.content[i]
@@ -113,6 +119,8 @@ async def stream_chunks(queue: asyncio.Queue, work: Work, scheduler: Scheduler, 
                     delta["reasoning_content"] = delta["reasoning"] = event["reasoning"]
                 if event["content"]:
                     delta["content"] = event["content"]
+                if event.get("tool_calls"):
+                    delta["tool_calls"] = event["tool_calls"]
                 body = {"index": i, "delta": delta}
             else:
                 body = {"index": i, "text": event["content"]}

@@ -29,6 +29,7 @@ from led_local.decoding.chatformat import MODEL, PLAIN, ChatFormat
 from led_local.decoding.engine import Engine, Fill, Sequence
 from led_local.decoding.methods import DecodeConfig
 from led_local.decoding.samplers import log_probs_at, probs_at, top_candidates
+from led_local.decoding.tool_calls import ToolCall, ToolStream, ToolSyntax
 from led_local.errors import LedError
 from led_local.llama.grammar import Grammar
 from led_local.serve.metrics import Metrics
@@ -68,6 +69,7 @@ class Work:
     cache_prompt: bool = True  # reuse the longest cached prefix (False: evaluate it all)
     led_tokens: bool = False  # report each token's depth, gate and top-1 (stream_options)
     grammar: Grammar | None = None  # the output's constraint (grammar, response_format)
+    tools: ToolSyntax | None = None  # the reply may call tools written in this syntax
     cached: int = 0  # prompt tokens reused from the prompt cache (usage.cached_tokens)
     arrived: float = field(default_factory=time.perf_counter)
     cancelled: bool = False
@@ -83,6 +85,8 @@ class Choice:
     seq: Sequence
     text: TextStream
     split: object  # the chat format's splitter
+    calls: ToolStream | None = None  # the content's tool calls (work.tools)
+    tool_calls: list[ToolCall] = field(default_factory=list)
     seen: int = 0
     t_last: float = 0.0
     logprobs: list[dict] = field(default_factory=list)
@@ -386,7 +390,9 @@ class Scheduler:
             if work.led_tokens:
                 eng.explain.add(slot)
             split = work.format.splitter(scope=work.scope)
-            self.running[slot] = Choice(work, i, seq, TextStream(work.stop), split, t_last=now)
+            calls = ToolStream(work.tools) if work.tools is not None else None
+            self.running[slot] = Choice(work, i, seq, TextStream(work.stop), split, calls,
+                                        t_last=now)
         self.metrics.busy.set(self.busy())
         self.metrics.tokens_in.inc(len(work.tokens))
 
@@ -464,12 +470,32 @@ class Scheduler:
             tail = c.split.finish()
             part.reasoning += tail.reasoning
             part.content += tail.content
+        if c.calls is not None:
+            part.content = c.calls.feed(part.content)
+        event: dict = {}
+        if final:
+            event = self._calls(c, part)
         # log-probabilities travel with the text they produced (held-back text: later)
-        if part.reasoning or part.content or ((c.logprobs or c.led_tokens) and final):
+        if part.reasoning or part.content or event or ((c.logprobs or c.led_tokens) and final):
             c.work.emit({"index": c.index, "reasoning": part.reasoning, "content": part.content,
-                         "logprobs": c.logprobs, "led_tokens": c.led_tokens})
+                         "logprobs": c.logprobs, "led_tokens": c.led_tokens, **event})
             c.logprobs = []
             c.led_tokens = []
+
+    @staticmethod
+    def _calls(c: Choice, part) -> dict:
+        """At a choice's end: its tool calls (the content held from a call's start, and the
+        harmony splitter's messages to functions), or, without tools, that text as content."""
+        calls = list(getattr(c.split, "calls", []))
+        if c.calls is not None:
+            rest, found = c.calls.finish()
+            part.content += rest
+            calls += found
+        if c.work.tools is None:
+            part.content += "".join(call.arguments for call in calls)
+            return {}
+        c.tool_calls = calls
+        return {"tool_calls": [call.openai(k) for k, call in enumerate(calls)]} if calls else {}
 
     def _end(self, c: Choice, reason: str) -> None:
         """Free the choice's slot (its KV stays as a prompt cache) and report its end."""
@@ -482,6 +508,8 @@ class Scheduler:
         self.engine.explain.discard(slot)
         self.metrics.busy.set(self.busy())
         if reason in ("stop", "length"):
+            if reason == "stop" and c.tool_calls:
+                reason = "tool_calls"
             c.work.emit({"index": c.index, "finish_reason": reason,
                          "completion_tokens": len(c.seq.tokens), "explored": c.seq.explored,
                          "text_len": len(c.text.text)})

@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from led_local.decoding import tool_calls
 from led_local.decoding.methods import DecodeConfig
 from led_local.decoding.switches import template_switches
 from led_local.errors import LedError
@@ -151,7 +152,10 @@ def _serve(sock: socket.socket, model, cfg: DecodeConfig, *, host: str, parallel
             model_name=alias or Path(engine.info.path).name.removesuffix(".gguf"),
             base=engine.cfg, api_key=api_key, format=engine.format,
             created=int(time.time()), switches=template_switches(engine.info.chat_template),
-            fingerprint=system_fingerprint(engine.info.path))
+            fingerprint=system_fingerprint(engine.info.path),
+            tool_syntax=tool_calls.detect(engine.info.chat_template, engine.format.name),
+            renders_tools=bool(engine.info.chat_template) and tool_calls.renders_tools(
+                lambda m, t: engine.rt.apply_chat_template(m, tools=t)))
         app = Guard(build_app(state), state, max_body=MAX_BODY, access=access,
                     max_active=parallel + max_queue)
         port = sock.getsockname()[1]
