@@ -29,6 +29,7 @@ from led_local.decoding.switches import TemplateSwitches
 from led_local.decoding.tool_calls import ToolSyntax, tool_grammar
 from led_local.errors import ConfigError, LedError
 from led_local.serve import protocol as P
+from led_local.serve import responses_api
 from led_local.serve.access import Access, is_json
 from led_local.serve.metrics import Metrics
 from led_local.serve.responses import Collector, stream_chunks
@@ -235,13 +236,18 @@ def build_app(state: ServerState) -> Starlette:
     async def completions(request: Request) -> Response:
         return await _complete(request, chat=False)
 
-    async def _complete(request: Request, *, chat: bool) -> Response:
+    async def responses(request: Request) -> Response:
+        return await _complete(request, chat=True, api="responses")
+
+    async def _complete(request: Request, *, chat: bool, api: str = "chat") -> Response:
         try:
             body = await request.body()
         except ClientDisconnect:  # the client left during its upload: one line, no traceback
             print(f"led-local serve: a client left during its upload to {request.url.path}",
                   file=sys.stderr, flush=True)
             return Response(status_code=499)
+        if api == "responses":
+            body = await run_in_threadpool(responses_api.to_chat, body)
         req = P.parse(P.ChatRequest if chat else P.CompletionRequest, body)
         work = await run_in_threadpool(_work, state, req, chat)
         queue: asyncio.Queue = asyncio.Queue()
@@ -260,9 +266,20 @@ def build_app(state: ServerState) -> Starlette:
             raise P.APIError(503, f"the server is busy: {e}; retry later",
                              type="server_error", code="queue_full",
                              headers={"Retry-After": "1"}) from None
-        meta = {"id": P.new_id("chatcmpl" if chat else "cmpl"), "created": P.now(),
+        rid = (P.new_id("resp").replace("-", "_", 1) if api == "responses"
+               else P.new_id("chatcmpl" if chat else "cmpl"))
+        meta = {"id": rid, "created": P.now(),
                 "model": state.model_name, "seed": work.seed,
                 "system_fingerprint": state.fingerprint}
+        if api == "responses" and req.stream:
+            return EventSourceResponse(
+                responses_api.stream_events(queue, work, state.scheduler, meta, req),
+                ping=15, sep="\n", shutdown_grace_period=STREAM_GRACE_S)
+        if api == "responses":
+            collector = await _collect(request, queue, work, chat=True)
+            if isinstance(collector, Response):
+                return collector
+            return JSONResponse(responses_api.response(collector, meta, req))
         if req.stream:
             return EventSourceResponse(
                 stream_chunks(queue, work, state.scheduler, meta, chat=chat,
@@ -272,6 +289,14 @@ def build_app(state: ServerState) -> Starlette:
 
     async def _answer(request: Request, queue: asyncio.Queue, work: Work, meta: dict, *,
                       chat: bool) -> Response:
+        collector = await _collect(request, queue, work, chat=chat)
+        if isinstance(collector, Response):
+            return collector
+        return JSONResponse(collector.response(meta))
+
+    async def _collect(request: Request, queue: asyncio.Queue, work: Work, *,
+                       chat: bool) -> Collector | Response:
+        """A non-streamed request's events, gathered (a 499 if the client leaves)."""
         collector = Collector(work, chat=chat)
         left = asyncio.ensure_future(_disconnected(request))
         try:
@@ -288,7 +313,7 @@ def build_app(state: ServerState) -> Starlette:
         if collector.error:
             raise P.APIError(collector.status, collector.error, type="server_error",
                              headers={"Retry-After": "1"} if collector.status == 503 else None)
-        return JSONResponse(collector.response(meta))
+        return collector
 
     async def api_error(request: Request, exc: Exception) -> Response:
         return _error(exc)
@@ -310,6 +335,7 @@ def build_app(state: ServerState) -> Starlette:
         Route("/v1/models/{model:path}", model, methods=["GET"]),
         Route("/v1/chat/completions", chat, methods=["POST"]),
         Route("/v1/completions", completions, methods=["POST"]),
+        Route("/v1/responses", responses, methods=["POST"]),
     ]
     app = Starlette(routes=routes, exception_handlers={
         P.APIError: api_error, HTTPException: http_error, Exception: crash})
