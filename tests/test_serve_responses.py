@@ -127,7 +127,8 @@ def test_text_format_json_schema_constrains_the_output(smollm2):
     srv = Server(SMOLLM2, "--api-key", KEY)
     try:
         r = srv.client().responses.create(
-            model="m", input="Name a color and a number.", max_output_tokens=60, extra_body={"seed": 2},
+            model="m", input="Name a color and a number.", max_output_tokens=60,
+            extra_body={"seed": 2},
             text={"format": {"type": "json_schema", "name": "pick", "schema": schema,
                              "strict": True}})
         assert r.status == "completed"

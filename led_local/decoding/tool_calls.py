@@ -8,7 +8,8 @@ calls (text it cannot read stays content, so a malformed call is never lost). Ca
 from the content only: a model that mentions a marker while thinking makes no call.
 
 Syntaxes (the markers as the families' templates write them):
-- ``hermes`` (Qwen 2.5/3, QwQ, Hermes, SmolLM3, GLM): ``<tool_call>{"name", "arguments"}</tool_call>``
+- ``hermes`` (Qwen 2.5/3, QwQ, Hermes, SmolLM3, GLM):
+  ``<tool_call>{"name", "arguments"}</tool_call>``
 - ``llama3`` (Llama 3.1-3.3): the whole reply a JSON ``{"name", "parameters"}``, optionally
   behind ``<|python_tag|>``, several separated by ``;``
 - ``mistral`` (Mistral v0.3, Nemo): ``[TOOL_CALLS][{"name", "arguments"}, ...]``, and

@@ -233,8 +233,9 @@ def _render(env, compiled: dict, request: dict, limit: int) -> str:
     context.update(
         messages=request["messages"], bos_token=request["bos_token"],
         eos_token=request["eos_token"], add_generation_prompt=request["add_generation_prompt"],
-        raise_exception=raise_exception, functions=None, function_call=None, tools=request.get("tools"),
-        tool_choice=None, strftime_now=lambda f: datetime.now().strftime(f))
+        raise_exception=raise_exception, functions=None, function_call=None,
+        tools=request.get("tools"), tool_choice=None,
+        strftime_now=lambda f: datetime.now().strftime(f))
     for part in compiled[source].generate(context):
         size += len(part)
         if size > limit:
