@@ -294,3 +294,36 @@ def test_queue_overflow_is_503_and_sigterm_stops_cleanly(smollm2):
     finally:
         if s.proc.poll() is None:
             s.proc.kill()
+
+
+def test_server_defaults_for_max_tokens_and_seed(smollm2):
+    """--max-tokens and --seed are what a request without max_tokens or seed gets; a request's
+    own values still win."""
+    s = Server(smollm2, "--parallel", "2", "--ctx", "512", "--threads", "1",
+               "--max-tokens", "7", "--seed", "11", "-m", "sample", "-t", "1.2")
+    try:
+        c = s.client()
+        msgs = [{"role": "user", "content": "Tell me a story about a dragon."}]
+        a = c.chat.completions.create(model="m", messages=msgs)
+        b = c.chat.completions.create(model="m", messages=msgs)
+        own = c.chat.completions.create(model="m", messages=msgs, seed=12, max_tokens=9)
+        text = c.completions.create(model="m", prompt="Once upon a time")
+    finally:
+        assert s.stop() == 0
+    assert a.usage.completion_tokens == 7 and a.choices[0].finish_reason == "length"
+    seed = [r.choices[0].model_extra["led"]["seed"] for r in (a, b, own)]
+    assert seed == [11, 11, 12] and own.usage.completion_tokens == 9
+    assert a.choices[0].message.content == b.choices[0].message.content
+    assert own.choices[0].message.content != a.choices[0].message.content
+    assert text.usage.completion_tokens == 7
+
+
+@pytest.mark.parametrize("args,message", [
+    (("--max-tokens", "0"), "`max_tokens` must be >= 1, got 0"),
+])
+def test_server_defaults_refused(smollm2, args, message):
+    r = subprocess.run([sys.executable, "-c", "from led_local.cli import main; main()", "serve",
+                        str(smollm2), "--port", "0", *args], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2 and message.replace("`max_tokens`", "--max-tokens") in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1

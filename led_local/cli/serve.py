@@ -39,13 +39,19 @@ from led_local.cli.common import (
 @click.option("--prefill-chunk", type=int, default=256, show_default=True,
               help="Prompt tokens evaluated between two decode steps, so that a long prompt "
               "does not stall the running streams.")
+@click.option("-n", "--max-tokens", type=int, default=None,
+              help="Most tokens of a reply whose request sets no max_tokens [default: until "
+              "the slot's context is full].")
+@click.option("-s", "--seed", type=int, default=None,
+              help="Seed of the requests that set none [default: a new random one each].")
 @decoding_options()
 @click.pass_context
 @user_errors
 def serve(ctx: click.Context, model: str, host: str, port: int, parallel: int, max_queue: int,
           api_key_file: str | None, api_key: str | None, allowed_hosts: tuple[str, ...],
           cors_origins: tuple[str, ...], request_timeout: float,
-          alias: str | None, prefill_chunk: int, **kw) -> None:
+          alias: str | None, prefill_chunk: int, max_tokens: int | None, seed: int | None,
+          **kw) -> None:
     """Serve MODEL over the OpenAI HTTP API (chat/completions, completions, models).
 
     The decoding options are the defaults of requests that do not set their own; --ctx is
@@ -76,7 +82,8 @@ def serve(ctx: click.Context, model: str, host: str, port: int, parallel: int, m
         threads=kw["threads"], capture=kw["capture"], projection=kw["projection"],
         verbose=kw["verbose"],
         allowed_hosts=allowed_hosts, cors_origins=cors_origins,
-        request_timeout=request_timeout, prefill_chunk=prefill_chunk)
+        request_timeout=request_timeout, prefill_chunk=prefill_chunk,
+        max_tokens=max_tokens, seed=seed)
 
 
 def _read_key(path: str) -> str:

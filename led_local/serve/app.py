@@ -50,6 +50,15 @@ PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' d
 STREAM_GRACE_S = 5
 
 
+@dataclass(frozen=True)
+class RequestDefaults:
+    """What a request that leaves a field unset gets from ``serve``'s options: the most
+    tokens of a reply (None: the slot's room) and the seed (None: a new random one)."""
+
+    max_tokens: int | None = None
+    seed: int | None = None
+
+
 @dataclass
 class ServerState:
     """What the handlers share: the engine (read-only here), its scheduler, the settings."""
@@ -66,6 +75,7 @@ class ServerState:
     fingerprint: str = ""  # system_fingerprint: the build and the model file's hash
     tool_syntax: ToolSyntax | None = None  # how the model writes tool calls (None: unknown)
     renders_tools: bool = False  # whether its chat template writes tools into the prompt
+    defaults: RequestDefaults = RequestDefaults()
 
 
 def _error(e: P.APIError) -> JSONResponse:
@@ -406,10 +416,11 @@ def _work(state: ServerState, req: P.CommonRequest, chat: bool) -> Work:
                          else "prompt", code="context_length_exceeded")
     if choice is not None and choice != "auto":
         grammar = _forced_call(state, req, fmt, scope, functions, choice, grammar)
-    limit = req.limit()
+    limit = req.limit() or state.defaults.max_tokens
     max_tokens = room if limit is None else min(limit, room)
+    seed = req.seed if req.seed is not None else state.defaults.seed
     return Work(tokens=tokens, cfg=cfg, n=req.n, max_tokens=max_tokens,
-                seed=new_seed() if req.seed is None else req.seed, stop=req.stops(),
+                seed=new_seed() if seed is None else seed, stop=req.stops(),
                 emit=lambda event: None, top_n=req.top_n(),
                 logprobs=req.logprobs is True if chat else req.logprobs is not None,
                 format=fmt, scope=scope,
@@ -422,8 +433,9 @@ def _check_tools(state: ServerState) -> None:
     name = state.model_name
     if not state.renders_tools:
         raise P.APIError(400, f"tools: the chat template of {name} does not take tools (it "
-                         "writes no tool list into the prompt); use a model or --chat-template "
-                         "with tool support", param="tools", code="tools_not_supported")
+                         "writes no tool list into the prompt); serve a model, or a "
+                         "`chat_template`, with tool support", param="tools",
+                         code="tools_not_supported")
     if state.tool_syntax is None:
         raise P.APIError(400, f"tools: led-local does not know how {name}'s template writes "
                          "tool calls (hermes <tool_call>, Llama 3 JSON, Mistral [TOOL_CALLS], "

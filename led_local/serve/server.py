@@ -23,7 +23,7 @@ from led_local.decoding.methods import DecodeConfig
 from led_local.decoding.switches import template_switches
 from led_local.errors import LedError
 from led_local.serve.access import Access, check_api_key
-from led_local.serve.app import MAX_BODY, Guard, ServerState, build_app
+from led_local.serve.app import MAX_BODY, Guard, RequestDefaults, ServerState, build_app
 from led_local.serve.connections import (
     REQUEST_TIMEOUT_S,
     AcceptErrors,
@@ -100,14 +100,18 @@ def serve(model, cfg: DecodeConfig, *, host: str = "127.0.0.1", port: int = 8080
           verbose: bool = False,
           allowed_hosts: tuple[str, ...] = (), cors_origins: tuple[str, ...] = (),
           request_timeout: float = REQUEST_TIMEOUT_S,
-          prefill_chunk: int = PREFILL_CHUNK) -> None:
+          prefill_chunk: int = PREFILL_CHUNK, max_tokens: int | None = None,
+          seed: int | None = None) -> None:
     """Serve ``model`` until interrupted; ``ctx`` is each slot's context (tokens),
     ``model``: a path, or a ModelInfo (with the chat template to use); ``reasoning_format``: a
     chat format's name, or None to detect it from the template; ``allowed_hosts`` and
     ``cors_origins``: see ``access.Access``; ``request_timeout``: see ``connections``;
-    ``prefill_chunk``: prompt tokens evaluated between two decode steps."""
+    ``prefill_chunk``: prompt tokens evaluated between two decode steps; ``max_tokens`` and
+    ``seed``: what a request that sets none gets (None: the slot's room, a random seed)."""
     if prefill_chunk < 1:
         raise LedError(f"`prefill_chunk` must be >= 1, got {prefill_chunk}")
+    if max_tokens is not None and max_tokens < 1:
+        raise LedError(f"`max_tokens` must be >= 1, got {max_tokens}")
     if not 1 <= parallel <= 256:
         raise LedError(f"`parallel` must be between 1 and 256, got {parallel}")
     if max_queue < 0:
@@ -129,7 +133,8 @@ def serve(model, cfg: DecodeConfig, *, host: str = "127.0.0.1", port: int = 8080
                api_key=api_key, reasoning_format=reasoning_format, alias=alias, threads=threads,
                capture=capture, projection=projection, verbose=verbose,
                access=Access(host, tuple(allowed_hosts), tuple(cors_origins)),
-               request_timeout=request_timeout, prefill_chunk=prefill_chunk)
+               request_timeout=request_timeout, prefill_chunk=prefill_chunk,
+               defaults=RequestDefaults(max_tokens, seed))
     finally:
         sock.close()
 
@@ -137,7 +142,8 @@ def serve(model, cfg: DecodeConfig, *, host: str = "127.0.0.1", port: int = 8080
 def _serve(sock: socket.socket, model, cfg: DecodeConfig, *, host: str, parallel: int,
            ctx: int, max_queue: int, api_key: str | None, reasoning_format: str | None,
            alias: str | None, threads: int | None, capture: str, projection: str, verbose: bool,
-           access: Access, request_timeout: float, prefill_chunk: int) -> None:
+           access: Access, request_timeout: float, prefill_chunk: int,
+           defaults: RequestDefaults) -> None:
     import uvicorn
 
     engine = ServeEngine(model, cfg, n_ctx=ctx * parallel, n_seq=parallel, threads=threads,
@@ -155,7 +161,8 @@ def _serve(sock: socket.socket, model, cfg: DecodeConfig, *, host: str, parallel
             fingerprint=system_fingerprint(engine.info.path),
             tool_syntax=tool_calls.detect(engine.info.chat_template, engine.format.name),
             renders_tools=bool(engine.info.chat_template) and tool_calls.renders_tools(
-                lambda m, t: engine.rt.apply_chat_template(m, tools=t)))
+                lambda m, t: engine.rt.apply_chat_template(m, tools=t)),
+            defaults=defaults)
         app = Guard(build_app(state), state, max_body=MAX_BODY, access=access,
                     max_active=parallel + max_queue)
         port = sock.getsockname()[1]
