@@ -121,10 +121,12 @@ def test_tool_grammars_parse_for_every_syntax(smollm2):
     functions = [WEATHER["function"], ADD["function"]]
     with Runtime(MODEL, vocab_only=True) as rt:
         for syntax in T.SYNTAXES.values():
-            for think in (None, ("<think>", "</think>")):
-                for opened, parallel in ((False, False), (True, True)):
-                    g = T.tool_grammar(syntax, functions, think=think, opened=opened,
+            for fmt in (chatformat.PLAIN, chatformat.get("deepseek"), chatformat.get("harmony")):
+                for scope, parallel in ((chatformat.MODEL, False), (chatformat.INSIDE, True),
+                                        (chatformat.CLOSED, False)):
+                    g = T.tool_grammar(syntax, functions, fmt=fmt, scope=scope,
                                        parallel=parallel)
+                    assert g.whole
                     g.check(rt.vocab, param="tools")
 
 

@@ -10,9 +10,11 @@ that renders a chat can override it by name (``reasoning_format``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, replace
 
 from led_local.errors import ConfigError
+from led_local.llama.grammar import Grammar
 
 
 @dataclass
@@ -99,6 +101,33 @@ class ChatFormat:
         a, b = s.feed(text), s.finish()
         return Split(a.reasoning + b.reasoning, a.content + b.content)
 
+    # -- constrained replies -------------------------------------------------------------
+    def thinking_rule(self, scope: str) -> str:
+        """GBNF expression of the thinking a constrained reply may write before its answer,
+        where the prompt left it (``scope``) open: '' when it cannot think. It reads the rule
+        ``THINK_BODY`` (``THINK_RULES``)."""
+        if not self.think_start or scope == CLOSED:
+            return ""
+        block = f"{THINK_BODY} {gbnf_literal(self.think_end)} [ \\t\\n]*"
+        return block if scope == INSIDE else f"({gbnf_literal(self.think_start)} {block})?"
+
+    def answer_header(self, scope: str) -> str:
+        """GBNF expression of what comes between the thinking and a constrained answer
+        ('': nothing; harmony: the final message's header)."""
+        return ""
+
+    def constrain(self, grammar: Grammar, scope: str, *, header: bool = True) -> Grammar:
+        """The grammar of a whole reply whose answer ``grammar`` constrains (a JSON schema, a
+        GBNF grammar): the thinking this format writes may come first, unconstrained, where
+        the prompt leaves it open, so a reasoning model still thinks; then the answer's
+        header (``header``; tool calls write their own). A grammar that spans the whole reply
+        already (``whole``) is returned as it is."""
+        if grammar.whole:
+            return grammar
+        parts = (self.thinking_rule(scope), self.answer_header(scope) if header else "")
+        prefix = " ".join(x for x in parts if x)
+        return grammar.after(prefix, THINK_RULES) if prefix else replace(grammar, whole=True)
+
     def assistant_turn(self, text: str, *, scope: str = MODEL) -> dict[str, str]:
         """The message that puts a reply (its text as generated) back into the conversation
         for the next render: its content, and its reasoning in ``reasoning_field`` (the
@@ -114,6 +143,14 @@ class ChatFormat:
 
 
 PLAIN = ChatFormat()
+
+THINK_BODY = "led-think-body"
+THINK_RULES = f"{THINK_BODY} ::= [^\\x00]*"
+
+
+def gbnf_literal(text: str) -> str:
+    """``text`` as a GBNF string literal (its escapes are JSON's)."""
+    return json.dumps(text)
 
 
 class ScopeEnd:

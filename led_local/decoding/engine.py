@@ -211,7 +211,8 @@ class Engine:
                        cfg=cfg.with_format(self.format) if cfg is not None else None,
                        grammar=None)
         if grammar is not None or self.grammar is not None:
-            seq.grammar = GrammarState(grammar or self.grammar, self.rt.vocab)
+            seq.grammar = GrammarState(self.reply_grammar(grammar or self.grammar, prompt),
+                                       self.rt.vocab)
         cfg = self._cfg(seq)
         where = self.scope(cfg, prompt)
         seq.in_scope, seq.scope_wait = where == chatformat.INSIDE, where == chatformat.MODEL
@@ -226,8 +227,18 @@ class Engine:
         fmt = self.format
         if not fmt.think_start or cfg.think_end != fmt.think_end or prompt is None:
             return chatformat.INSIDE
+        return fmt.prompt_scope(self._tail(prompt))
+
+    def reply_grammar(self, grammar: Grammar, prompt: list[int] | None) -> Grammar:
+        """``grammar`` (the answer's) as the grammar of a whole reply to ``prompt``: the chat
+        format's thinking may come first where the prompt leaves it open."""
+        if prompt is None or not self.format.think_start:
+            return grammar
+        return self.format.constrain(grammar, self.format.prompt_scope(self._tail(prompt)))
+
+    def _tail(self, prompt: list[int]) -> str:
         tail = b"".join(self.rt.token_bytes(t) for t in prompt[-PROMPT_TAIL:])
-        return fmt.prompt_scope(tail.decode("utf-8", "replace"))
+        return tail.decode("utf-8", "replace")
 
     def _cfg(self, seq: Sequence) -> DecodeConfig:
         return seq.cfg or self.cfg

@@ -129,6 +129,13 @@ class Harmony(ChatFormat):
             return True
         return None if self.think_start.startswith(text) else False
 
+    def answer_header(self, scope: str) -> str:
+        # a constrained answer is the final message; its header unless the prompt wrote it
+        if scope == CLOSED:
+            return ""
+        return ('"<|start|>assistant"? "<|channel|>final" (" <|constrain|>" [a-z]+)? '
+                '"<|message|>"')
+
     def splitter(self, *, scope: str = MODEL) -> HarmonySplit:
         return HarmonySplit(scope=scope)
 

@@ -213,6 +213,9 @@ def swir_pick(logits: np.ndarray, state: SwirState, *, closes: Callable[[int], b
     token ends the thinking section; ``probs``: (p, ln p) of the row when computed for a
     whole batch at once (``filters.softmax_rows``)."""
     p, logp = softmax_rows(logits) if probs is None else probs
+    if state.queue and logits[state.queue[0]] == -np.inf:
+        # under a grammar (constrained output) an injection the grammar forbids gives way
+        state.queue, state.injecting = [], False
     x = sample_token(logits, temperature=temperature, rng=rng, top_k=top_k, top_p=top_p,
                      min_p=min_p, convention="hf")
     step = swir_step(state, p, x, closes=closes(x), cfg=cfg, vocab=vocab, max_new=max_new,

@@ -316,15 +316,15 @@ NAMED = {"deepseek": '"{name}" "' + SEP + '" {args}',
          "harmony": '"{name}" " <|constrain|>json"? "<|message|>" {args}'}
 
 
-def tool_grammar(syntax: ToolSyntax, functions: list[dict], *, think: tuple[str, str] | None,
-                 opened: bool, parallel: bool = False):
-    """The grammar of a reply that calls one of ``functions`` ({name, parameters} each) in
-    ``syntax`` (``parallel``: one or more calls; harmony calls one at a time). ``think``: the
-    format's (start, end) markers when the reply may think first; ``opened``: the prompt
-    opened thinking already (the reply starts inside it)."""
+def tool_grammar(syntax: ToolSyntax, functions: list[dict], *, fmt, scope: str,
+                 parallel: bool = False):
+    """The grammar of a whole reply that calls one of ``functions`` ({name, parameters}
+    each) in ``syntax`` (``parallel``: one or more calls; harmony calls one at a time), after
+    the thinking that the chat format ``fmt`` may write where the prompt left it (``scope``,
+    chatformat's INSIDE, CLOSED or MODEL) open."""
     from llama_cpp.llama_grammar import SchemaConverter
 
-    from led_local.llama.grammar import Grammar
+    from led_local.llama.grammar import Grammar, strict_strings
 
     conv = SchemaConverter(prop_order={"name": 0}, allow_fetch=False, dotall=False,
                            raw_pattern=False)
@@ -343,17 +343,11 @@ def tool_grammar(syntax: ToolSyntax, functions: list[dict], *, think: tuple[str,
         if syntax.name in NAMED:
             named.append(NAMED[syntax.name].format(name=f["name"], args=args))
     conv.visit({"anyOf": alts} if len(alts) > 1 else alts[0], "call-json")
-    rules = [conv.format_grammar(), syntax.call_rule(parallel)]
+    rules = [strict_strings(conv.format_grammar()), syntax.call_rule(parallel)]
     if named:
         rules.append("call-named ::= " + " | ".join(named))
-    if think is None:
-        rules.append("root ::= calls")
-    else:
-        start, end = (json.dumps(m) for m in think)
-        body = f"think-body {end} [ \\t\\n]*"
-        rules += ["think-body ::= [^\\x00]*",
-                  f"root ::= {body} calls" if opened else f"root ::= ({start} {body})? calls"]
-    return Grammar("\n".join(rules) + "\n", "tools")
+    rules.append("root ::= calls")
+    return fmt.constrain(Grammar("\n".join(rules) + "\n", "tools"), scope, header=False)
 
 
 PROBE_NAME = "led_local_probe_tool"

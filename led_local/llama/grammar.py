@@ -14,17 +14,31 @@ from __future__ import annotations
 
 import ctypes
 import json
+import re
 from dataclasses import dataclass
 
 import llama_cpp
 import numpy as np
 from llama_cpp import llama_grammar
 
-from led_local.errors import ConfigError
+from led_local.errors import ConfigError, LedError
 
 ROOT = "root"
 # llama_token_data {int32 id; float logit; float p}, as llama.cpp lays it out
 TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
+
+
+# JSON's string characters: llama-cpp-python's converter lets control characters (a raw
+# newline) into strings, which no JSON parser reads; llama.cpp's own converter and JSON_GBNF
+# keep them out, as JSON (RFC 8259, 7) does
+CHAR_RULE = re.compile(r"^char ::= .*$", re.M)
+STRICT_CHAR = (r'char ::= [^"\\\x00-\x1F] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F] '
+               '[0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F])')
+
+
+def strict_strings(gbnf: str) -> str:
+    """A converted grammar with JSON's string characters (no raw control characters)."""
+    return CHAR_RULE.sub(lambda _: STRICT_CHAR, gbnf)
 
 
 @dataclass(frozen=True)
@@ -34,6 +48,15 @@ class Grammar:
 
     text: str
     source: str = "grammar"
+    root: str = ROOT  # the start rule
+    whole: bool = False  # it spans the whole reply, thinking included (else only the answer)
+
+    def after(self, prefix: str, rules: str) -> Grammar:
+        """This grammar behind ``prefix`` (a GBNF expression over ``rules``, more rules): the
+        grammar of a reply that writes the prefix, then an answer this grammar allows."""
+        start = "led-reply"
+        text = f"{self.text.rstrip()}\n{rules.rstrip()}\n{start} ::= {prefix} {self.root}\n"
+        return Grammar(text, self.source, start, whole=True)
 
     @classmethod
     def from_schema(cls, schema: dict | bool, *, param: str = "json_schema") -> Grammar:
@@ -42,7 +65,7 @@ class Grammar:
         if not isinstance(schema, (dict, bool)):
             raise ConfigError(param, f"must be a JSON schema object, got {type(schema).__name__}")
         try:
-            text = llama_grammar.json_schema_to_gbnf(json.dumps(schema))
+            text = strict_strings(llama_grammar.json_schema_to_gbnf(json.dumps(schema)))
         except Exception as e:  # the converter raises ValueError, KeyError, TypeError, ...
             raise ConfigError(param, f"is not a JSON schema the grammar converter supports: "
                               f"{type(e).__name__}: {e}") from None
@@ -66,12 +89,13 @@ class GrammarState:
             raise ConfigError(param, "is empty")
         self.grammar = grammar
         self.smpl = llama_cpp.llama_sampler_init_grammar(
-            vocab, grammar.text.encode("utf-8"), ROOT.encode("utf-8"))
+            vocab, grammar.text.encode("utf-8"), grammar.root.encode("utf-8"))
         if not self.smpl:
             self.smpl = None
             raise ConfigError(param, "is not a GBNF grammar llama.cpp can parse (start rule "
-                              f"{ROOT!r}; with `verbose` on, llama.cpp says why)")
+                              f"{grammar.root!r}; with `verbose` on, llama.cpp says why)")
         self._data: np.ndarray | None = None
+        self._allowed: np.ndarray | None = None  # what the last mask let through
 
     def mask(self, logits: np.ndarray) -> None:
         """Set the tokens the grammar does not allow next to -inf in ``logits`` (V,) float32,
@@ -88,10 +112,15 @@ class GrammarState:
         llama_cpp.llama_sampler_apply(self.smpl, ctypes.byref(arr))
         if arr.size != n:  # the grammar sampler only masks; it never reorders or drops
             raise RuntimeError("llama.cpp's grammar sampler changed the candidate array")
-        logits[~np.isfinite(data["logit"])] = -np.inf
+        self._allowed = np.isfinite(data["logit"])
+        logits[~self._allowed] = -np.inf
 
     def accept(self, token: int) -> None:
-        """Advance past ``token`` (never an end-of-generation token: it ends the sequence)."""
+        """Advance past ``token`` (never an end-of-generation token: it ends the sequence).
+        A token the last ``mask`` forbade is refused (LedError): llama.cpp would abort the
+        process on it."""
+        if self._allowed is not None and not self._allowed[token]:
+            raise LedError(f"token {token} is not allowed by the {self.grammar.source} here")
         llama_cpp.llama_sampler_accept(self.smpl, token)
 
     def close(self) -> None:
