@@ -64,8 +64,25 @@ def test_json_object_and_grammar(server):
     assert body["choices"][0]["finish_reason"] == "stop"
 
 
+@pytest.mark.parametrize("body", [
+    {"json_schema": SCHEMA},  # llama-server's top-level field
+    {"response_format": {"type": "json_object", "schema": SCHEMA}},  # and its json_object
+    {"response_format": {"type": "json_schema", "schema": SCHEMA}},
+], ids=["json_schema", "json_object-schema", "json_schema-schema"])
+def test_llama_server_s_schema_fields_are_honoured(server, body):
+    for seed in (1, 2):
+        status, r = _post(server, "/chat/completions",
+                          {"messages": ASK, "max_tokens": 60, "seed": seed, **body})
+        assert status == 200 and r["choices"][0]["finish_reason"] == "stop"
+        jsonschema.validate(json.loads(r["choices"][0]["message"]["content"]), SCHEMA)
+
+
 @pytest.mark.parametrize("extra, param", [
     ({"response_format": {"type": "sound"}}, "response_format"),
+    ({"response_format": {"type": "json_object", "schema": 123}}, "response_format.schema"),
+    ({"json_schema": {"type": "hiccup"}}, "json_schema"),
+    ({"json_schema": SCHEMA, "grammar": 'root ::= "a"'}, "grammar"),
+    ({"json_schema": SCHEMA, "response_format": {"type": "json_object"}}, "json_schema"),
     ({"response_format": {"type": "json_schema", "json_schema": {
         "name": "x", "schema": {"type": "nonsense"}}}}, "response_format"),
     ({"grammar": "root ::= undefined-rule"}, "grammar"),

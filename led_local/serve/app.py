@@ -22,7 +22,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from led_local.decoding.chatformat import CLOSED, INSIDE, MODEL, PLAIN, ChatFormat
+from led_local.decoding.chatformat import MODEL, PLAIN, ChatFormat
 from led_local.decoding.generate import new_seed
 from led_local.decoding.methods import DecodeConfig
 from led_local.decoding.switches import TemplateSwitches
@@ -337,15 +337,17 @@ def build_app(state: ServerState) -> Starlette:
         return _error(P.APIError(500, f"internal error: {type(exc).__name__}",
                                  type="server_error"))
 
+    api = [("/models", models, "GET"), ("/models/{model:path}", model, "GET"),
+           ("/chat/completions", chat, "POST"), ("/completions", completions, "POST"),
+           ("/responses", responses, "POST")]
     routes = [
         *(Route(path, chat_page, methods=["GET"]) for path in PAGE),
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
-        Route("/v1/models", models, methods=["GET"]),
-        Route("/v1/models/{model:path}", model, methods=["GET"]),
-        Route("/v1/chat/completions", chat, methods=["POST"]),
-        Route("/v1/completions", completions, methods=["POST"]),
-        Route("/v1/responses", responses, methods=["POST"]),
+        # the API under /v1, and at the root as well for clients whose base URL lacks /v1
+        # (llama-server answers both)
+        *(Route(prefix + path, handler, methods=[verb]) for path, handler, verb in api
+          for prefix in ("/v1", "")),
     ]
     app = Starlette(routes=routes, exception_handlers={
         P.APIError: api_error, HTTPException: http_error, Exception: crash})
@@ -450,10 +452,9 @@ def _forced_call(state: ServerState, req: P.ChatRequest, fmt: ChatFormat, scope:
                          "with grammar or a JSON response_format", param="tool_choice")
     if choice.startswith("name:"):
         functions = [f for f in functions if f["name"] == choice[5:]]
-    think = (fmt.think_start, fmt.think_end) if fmt.think_start and scope != CLOSED else None
     try:
-        forced = tool_grammar(state.tool_syntax, functions, think=think,
-                              opened=scope == INSIDE, parallel=bool(req.parallel_tool_calls))
+        forced = tool_grammar(state.tool_syntax, functions, fmt=fmt, scope=scope,
+                              parallel=bool(req.parallel_tool_calls))
         forced.check(state.engine.rt.vocab, param="tools")
     except ConfigError as e:
         raise P.APIError(400, e.render(P.field_name), param="tools") from None

@@ -162,26 +162,34 @@ class JSONSchemaFormat(_Strict):
 
 class ResponseFormat(_Strict):
     """OpenAI's ``response_format``: text, json_object or json_schema. Strict or not, a
-    schema is enforced by its grammar."""
+    schema is enforced by its grammar. As llama-server, a ``schema`` beside the type (a
+    json_object's, or a json_schema's without ``json_schema``) is the schema too."""
 
     type: str
     json_schema: JSONSchemaFormat | None = None
+    schema_: dict[str, Any] | bool | None = Field(None, alias="schema")
 
     def grammar(self) -> Grammar | None:
         if self.type == "text":
             return None
-        if self.type == "json_object":
+        schema = self.json_schema.schema_ if self.json_schema is not None else self.schema_
+        if self.type == "json_object" and self.schema_ is None:
             return Grammar.json_object()
-        if self.type == "json_schema":
-            if self.json_schema is None or self.json_schema.schema_ is None:
+        if self.type in ("json_object", "json_schema"):
+            if schema is None:
                 raise APIError(400, "response_format: json_schema needs json_schema.schema",
                                param="response_format")
-            try:
-                return Grammar.from_schema(self.json_schema.schema_, param="response_format")
-            except ConfigError as e:
-                raise APIError(400, str(e), param="response_format") from None
+            return schema_grammar(schema, "response_format")
         raise APIError(400, f"response_format: type must be text, json_object or json_schema, "
                        f"got {self.type!r}", param="response_format")
+
+
+def schema_grammar(schema: dict | bool, param: str) -> Grammar:
+    """The grammar of ``schema``; a 400 naming ``param`` when the converter refuses it."""
+    try:
+        return Grammar.from_schema(schema, param=param)
+    except ConfigError as e:
+        raise APIError(400, str(e), param=param) from None
 
 
 def _request_field(o: Option) -> tuple[Any, Any]:
@@ -230,17 +238,24 @@ class CommonRequest(_MethodFields):
     cache_prompt: bool = True  # as llama-server: reuse a finished sequence's KV prefix
     response_format: ResponseFormat | None = None
     grammar: str | None = None  # GBNF, as llama-server takes it
+    json_schema: dict[str, Any] | bool | None = None  # a JSON schema, as llama-server takes it
     best_of: int | None = None
 
     def constraint(self) -> Grammar | None:
-        """The grammar the output must follow: ``grammar`` (GBNF), or ``response_format``'s
-        JSON object or schema; None for free text. Not both."""
+        """The grammar the output must follow: ``grammar`` (GBNF), ``json_schema``, or
+        ``response_format``'s JSON object or schema; None for free text. One of them."""
         fmt = self.response_format
-        if fmt is not None and fmt.type != "text" and self.grammar is not None:
-            raise APIError(400, "give grammar or a JSON response_format, not both",
-                           param="grammar")
+        given = [name for name, on in (("grammar", self.grammar is not None),
+                                       ("json_schema", self.json_schema is not None),
+                                       ("response_format", fmt is not None and
+                                        fmt.type != "text")) if on]
+        if len(given) > 1:
+            raise APIError(400, f"give one of {' or '.join(given)}, not both",
+                           param=given[0])
         if self.grammar is not None:
             return Grammar(self.grammar, "grammar")
+        if self.json_schema is not None:
+            return schema_grammar(self.json_schema, "json_schema")
         return None if fmt is None else fmt.grammar()
 
     def stops(self) -> list[str]:
@@ -396,13 +411,18 @@ class CompletionRequest(CommonRequest):
                            param="prompt")
 
 
+TYPE_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none", "literal"})
+
+
 def parse(model: type[CommonRequest], body: bytes) -> CommonRequest:
     """Parse and validate a JSON body; malformed JSON or a wrong type is a 400."""
     try:
         req = model.model_validate_json(body)
     except ValidationError as e:
         err = e.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
+        # (a union's member names its type in the location: dropped)
+        loc = ".".join(str(p) for p in err["loc"]
+                       if not (isinstance(p, str) and (p in TYPE_TAGS or "[" in p)))
         if err["type"] == "json_invalid":
             raise APIError(400, f"the body is not valid JSON: {err['msg']}") from None
         raise APIError(400, f"{loc}: {err['msg']}" if loc else err["msg"],

@@ -96,7 +96,7 @@ async def stream_chunks(queue: asyncio.Queue, work: Work, scheduler: Scheduler, 
     try:
         if chat:
             for i in range(work.n):
-                yield chunk({"index": i, "delta": {"role": "assistant", "content": ""},
+                yield chunk({"index": i, "delta": {"role": "assistant", "content": None},
                              "logprobs": None, "finish_reason": None})
         while finished < work.n:
             event = await queue.get()
