@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import jsonschema
 import openai
@@ -179,3 +180,36 @@ def test_generate_and_solve_take_a_json_schema(smollm2, tmp_path, capsys):
           "--max-tokens", "40", "--json-schema", str(schema)], standalone_mode=False)
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert records and all(isinstance(json.loads(r["text"])["answer"], int) for r in records)
+
+
+def test_sigterm_during_a_long_prefill_stops_between_chunks(smollm2):
+    """A shutdown does not wait for a long prompt's whole evaluation: it stops between two
+    chunks, the request is answered 503, and the server exits 0 within its grace."""
+    s = Server(smollm2, "--parallel", "1", "--ctx", "4096", "--threads", "1",
+               "--prefill-chunk", "16", "--api-key", KEY)
+    answer: dict = {}
+
+    def long_request():
+        try:
+            s.client().completions.create(model="m", prompt=LONG * 3, max_tokens=1, seed=2)
+            answer["status"] = 200
+        except openai.APIStatusError as e:
+            answer["status"] = e.status_code
+        except openai.APIConnectionError:
+            answer["status"] = "closed"
+
+    t = threading.Thread(target=long_request)
+    try:
+        t.start()
+        deadline = time.monotonic() + 60
+        while s.health()["slots_busy"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        t0 = time.monotonic()
+        assert s.stop() == 0
+        stopped = time.monotonic() - t0
+        t.join(30)
+    finally:
+        if s.proc.poll() is None:
+            s.proc.kill()
+    assert answer["status"] == 503
+    assert stopped < 15  # the grace and a chunk, not ~225 chunks of 16 tokens
