@@ -222,3 +222,40 @@ def test_batched_entropies_are_the_single_row_ones_to_rounding():
         # p itself is softmax64's, bit for bit (the sampled token depends on it)
         assert np.array_equal(softmax_rows(z[r])[0], softmax64(z[r]))
     assert np.isfinite(h).all()
+
+
+def test_unfiltered_sampling_and_entropies_are_the_same_with_work_arrays():
+    """sample_token's unfiltered path (one array, in place, borrowed from a Scratch or not)
+    draws exactly the token of filtered_probs + draw, and softmax_rows and token_entropies
+    give the plain formula's values bit for bit: -inf logits, ties, float32 and float64."""
+    from led_local.decoding.filters import Scratch, entropy_rows, softmax_rows
+    from led_local.decoding.hapo import token_entropies
+    from led_local.decoding.samplers import draw
+
+    rng = np.random.default_rng(7)
+    scratch = Scratch()
+    for trial in range(1500):
+        v = int(rng.integers(2, 2000))
+        z = rng.standard_normal(v) * rng.uniform(0.1, 20)
+        z = z.astype(np.float32) if trial % 2 else z
+        if trial % 3 == 0:
+            z[rng.integers(0, v, size=v // 3)] = -np.inf
+            z[0] = 1.0
+        if trial % 5 == 0:
+            z = np.round(z)
+        t = float(rng.uniform(0.05, 3))
+        seed = int(rng.integers(1 << 30))
+        idx, p = filtered_probs(z, temperature=t)
+        want = int(idx[draw(p, np.random.default_rng(seed))])
+        assert sample_token(z, temperature=t, rng=np.random.default_rng(seed),
+                            scratch=scratch) == want
+        assert sample_token(z, temperature=t, rng=np.random.default_rng(seed)) == want
+        rows = np.stack([z, z[::-1]])
+        x = rows.astype(np.float64) - rows.max(axis=-1, keepdims=True)  # the plain formula
+        e = np.exp(x)
+        ref = e / e.sum(axis=-1, keepdims=True), x - np.log(e.sum(axis=-1, keepdims=True))
+        for got in (softmax_rows(rows), softmax_rows(rows, scratch=scratch)):
+            assert np.array_equal(got[0], ref[0]) and np.array_equal(got[1], ref[1])
+        h = entropy_rows(*ref)
+        assert np.array_equal(token_entropies(rows, scratch=scratch), h)
+        assert np.array_equal(token_entropies(rows), h)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from led_local.decoding import chatformat
+from led_local.decoding.filters import Scratch
 from led_local.decoding.methods import DecodeConfig, LlamaSampler, seed_sequence
 from led_local.decoding.samplers import token_logprob
 from led_local.decoding.unit import Batch
@@ -180,6 +181,7 @@ class Engine:
         # the input embedding rows, for methods that feed vectors instead of tokens
         self.embeddings: np.ndarray | LazyInputRows | None = None
         self.shared: dict[str, object] = {}  # what the engine's own method set up, by name
+        self.scratch = Scratch()  # the methods' work arrays (one decode thread uses an engine)
         try:
             unit.setup(self)
         except BaseException:

@@ -13,9 +13,29 @@ A filter that is off (top_k = 0, top_p = 1, min_p = 0) costs nothing. T = 0 mean
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from led_local.decoding.samplers import draw
+
+
+class Scratch:
+    """Reusable float64 work arrays for the per-token samplers. A fresh array the size of
+    the vocabulary costs more than the arithmetic on it (the allocator maps and faults in new
+    pages every time), so a caller that picks every step keeps one Scratch (one per thread)
+    and lends it to them; the values are the same with or without it."""
+
+    def __init__(self) -> None:
+        self._arrays: dict[str, np.ndarray] = {}
+
+    def array(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        """A float64 array of ``shape`` (its contents undefined), ``name``'s own."""
+        n = math.prod(shape)
+        a = self._arrays.get(name)
+        if a is None or a.size < n:
+            a = self._arrays[name] = np.empty(n, np.float64)
+        return a[:n].reshape(shape)
 
 
 def softmax64(logits: np.ndarray) -> np.ndarray:
@@ -25,15 +45,23 @@ def softmax64(logits: np.ndarray) -> np.ndarray:
     return e / e.sum()
 
 
-def softmax_rows(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def softmax_rows(logits: np.ndarray, *, scratch: Scratch | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
     """(p, log p) of softmax over the last axis of logits (..., V), float64, with one exp and
     no log over the vocabulary: log p = (z - max z) - log(sum exp(z - max z)). Elementwise
-    and row by row, so a row's values never depend on the other rows."""
-    x = np.asarray(logits, dtype=np.float64)
-    x = x - x.max(axis=-1, keepdims=True)
-    e = np.exp(x)
+    and row by row, so a row's values never depend on the other rows. With ``scratch`` the
+    two results are its arrays ``p`` and ``logp`` (valid until their next use)."""
+    if scratch is None:
+        x, e = np.array(logits, dtype=np.float64), np.empty(np.shape(logits))
+    else:
+        x, e = scratch.array("logp", logits.shape), scratch.array("p", logits.shape)
+        x[...] = logits
+    x -= x.max(axis=-1, keepdims=True)
+    np.exp(x, out=e)
     s = e.sum(axis=-1, keepdims=True)
-    return e / s, x - np.log(s)
+    e /= s
+    x -= np.log(s)
+    return e, x
 
 
 def entropy_rows(p: np.ndarray, logp: np.ndarray, *, floor: float = 0.0) -> np.ndarray:
@@ -122,11 +150,25 @@ def sample_token(
     top_p: float = 1.0,
     min_p: float = 0.0,
     convention: str = "vllm",
+    scratch: Scratch | None = None,
 ) -> int:
     """One token: argmax when T = 0 (no draw), else an inverse-CDF draw from ``rng`` over the
-    filtered distribution (exactly one ``rng.random()`` per call)."""
+    filtered distribution (exactly one ``rng.random()`` per call). ``scratch``: work arrays
+    to borrow (the result is the same without)."""
     if temperature <= 0:
         return int(np.argmax(logits))
+    n = logits.shape[-1]
+    if (top_k <= 0 or top_k >= n) and top_p >= 1 and min_p <= 0:
+        # no filter: filtered_probs' softmax and draw's CDF, value for value, in one array
+        x = np.empty(n) if scratch is None else scratch.array("sample", (n,))
+        x[...] = logits
+        x /= temperature
+        x -= x.max()
+        np.exp(x, out=x)
+        x /= x.sum()
+        np.cumsum(x, out=x)
+        u = rng.random() * x[-1]
+        return int(min(np.searchsorted(x, u, side="right"), n - 1))
     idx, p = filtered_probs(logits, temperature=temperature, top_k=top_k, top_p=top_p,
                             min_p=min_p, convention=convention)
     return int(idx[draw(p, rng)])

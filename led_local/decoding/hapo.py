@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from led_local.decoding.filters import sample_token
+from led_local.decoding.filters import Scratch, sample_token
 from led_local.decoding.options import MIN_P, TEMPERATURE, THINK_END, TOP_K, TOP_P, Option
 from led_local.decoding.unit import DecodingMethod
 from led_local.errors import ConfigError, LedError, OutputError
@@ -135,13 +135,18 @@ class HAPOTrace:
         return out
 
 
-def token_entropies(logits: np.ndarray) -> np.ndarray:
+def token_entropies(logits: np.ndarray, *, scratch: Scratch | None = None) -> np.ndarray:
     """H of the untempered, unfiltered distribution of each row of logits (..., V), in nats
     (float64): one exp over the rows, no log over the vocabulary. The operations of
-    ``entropy_rows(*softmax_rows(logits))``, value for value, in place on one copy."""
-    x = np.array(logits, dtype=np.float64)
+    ``entropy_rows(*softmax_rows(logits))``, value for value, in place on two arrays
+    (``scratch``'s when given)."""
+    if scratch is None:
+        x, e = np.array(logits, dtype=np.float64), np.empty(logits.shape)
+    else:
+        x, e = scratch.array("x", logits.shape), scratch.array("e", logits.shape)
+        x[...] = logits
     x -= x.max(axis=-1, keepdims=True)
-    e = np.exp(x)
+    np.exp(x, out=e)
     s = e.sum(axis=-1, keepdims=True)
     e /= s  # p
     x -= np.log(s)  # log p
@@ -152,17 +157,19 @@ def token_entropies(logits: np.ndarray) -> np.ndarray:
 
 def hapo_pick(logits: np.ndarray, *, t0: float, cfg: HAPOConfig, trace: HAPOTrace,
               rng: np.random.Generator, top_k: int = 0, top_p: float = 1.0,
-              min_p: float = 0.0, h_t: float | None = None) -> int:
+              min_p: float = 0.0, h_t: float | None = None,
+              scratch: Scratch | None = None) -> int:
     """One HAPO step on a row of logits (V,): entropy, temperature, vLLM-order sample.
     Appends the entropy and temperature to ``trace``; T0 = 0 is greedy. ``h_t``: the row's
-    entropy when computed for a whole batch (``token_entropies``)."""
+    entropy when computed for a whole batch (``token_entropies``); ``scratch``: work arrays
+    to borrow."""
     if h_t is None:
-        h_t = float(token_entropies(logits))
+        h_t = float(token_entropies(logits, scratch=scratch))
     t = adaptive_temperature(h_t, trace.stats, t0=t0, tau=cfg.tau, variant=cfg.variant)
     trace.entropies.append(h_t)
     trace.temperatures.append(t)
     return sample_token(logits, temperature=t, rng=rng, top_k=top_k, top_p=top_p, min_p=min_p,
-                        convention="vllm")
+                        convention="vllm", scratch=scratch)
 
 
 def save_entropies(path: str | os.PathLike, entropies: list[float], *, meta: dict) -> None:
@@ -256,12 +263,14 @@ class HAPO(DecodingMethod):
         seq.trace = HAPOTrace(engine.shared.get(NAME, cfg.hapo.stats), [], [])
 
     def pick(self, engine, batch, idx):
-        h = token_entropies(batch.final[idx])  # every row's full-vocabulary pass at once
+        # every row's full-vocabulary pass at once, in the engine's work arrays
+        h = token_entropies(batch.final[idx], scratch=engine.scratch)
         for i, h_t in zip(idx, h):
             cfg, s = batch.cfgs[i], batch.seqs[i]
             batch.tokens[i] = hapo_pick(batch.final[i], t0=cfg.temperature, cfg=cfg.hapo,
                                         trace=s.trace, rng=s.rng, top_k=cfg.top_k,
-                                        top_p=cfg.top_p, min_p=cfg.min_p, h_t=float(h_t))
+                                        top_p=cfg.top_p, min_p=cfg.min_p, h_t=float(h_t),
+                                        scratch=engine.scratch)
 
     def record(self, seq, cfg, *, full=False):
         return {NAME: seq.trace.summary(with_entropies=full)}

@@ -94,7 +94,8 @@ def pick_batch(engine, vocab: SwirVocab, seqs: list, final: np.ndarray) -> list[
     ``pending_vec`` is set to its fed vector (None when it feeds a plain token). Each
     sequence uses its own configuration (``s.cfg``, else the engine's)."""
     steps, probs = [], []
-    rows = softmax_rows(final)  # the full-vocabulary work of every row in one pass
+    # the full-vocabulary work of every row in one pass, in the engine's work arrays
+    rows = softmax_rows(final, scratch=engine.scratch)
     for i, s in enumerate(seqs):
         tr: SwirTrace = s.trace
         cfg = s.cfg or engine.cfg
