@@ -370,3 +370,50 @@ def test_screenshot_is_committed():
     assert (ROOT / "docs" / "chat-page.png").read_bytes()[:4] == b"\x89PNG"
     assert "docs/chat-page.png" in (ROOT / "README.md").read_text()
     assert "chat-page.png" in (ROOT / "docs" / "serving.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def other_origin(tmp_path_factory):
+    """A web page of another origin (a plain HTTP server on another port)."""
+    import functools
+    import http.server
+    import threading
+
+    root = tmp_path_factory.mktemp("other-origin")
+    (root / "index.html").write_text("<!doctype html><title>another app</title>")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+CALL_API = """
+const [url, key, done] = arguments;
+fetch(url + "/v1/chat/completions", {method: "POST", headers: {
+    "Authorization": "Bearer " + key, "Content-Type": "application/json"},
+  body: JSON.stringify({messages: [{role: "user", content: "Hi"}], max_tokens: 3})})
+  .then(r => r.json().then(b => done({status: r.status, object: b.object || null})))
+  .catch(e => done({error: String(e)}));
+"""
+
+
+def test_a_page_of_another_origin_calls_the_api_only_when_cors_origin_names_it(
+        browser, smollm2, other_origin):
+    """A real browser's CORS: the page of another origin gets answers (its preflight with
+    Authorization passes) from a server started with --cors-origin naming that origin, and
+    nothing from one without it; the key is still required."""
+    allowed = Server(smollm2, "--parallel", "1", "--ctx", "256", "--threads", "1",
+                     "--api-key", KEY, "--cors-origin", other_origin)
+    closed = Server(smollm2, "--parallel", "1", "--ctx", "256", "--threads", "1",
+                    "--api-key", KEY)
+    try:
+        browser.get(other_origin + "/")
+        browser.set_script_timeout(60)
+        ok = browser.execute_async_script(CALL_API, allowed.url, KEY)
+        assert ok == {"status": 200, "object": "chat.completion"}
+        assert browser.execute_async_script(CALL_API, allowed.url, "wrong")["status"] == 401
+        refused = browser.execute_async_script(CALL_API, closed.url, KEY)
+        assert "error" in refused and "Failed to fetch" in refused["error"]
+    finally:
+        assert allowed.stop() == 0 and closed.stop() == 0
