@@ -11,6 +11,9 @@ embed: the cost of ``solve --embed`` (the mean final-norm state per answer), wit
 it on the same problems, --method sample, --parallel 16, runs alternated.
 serve: `led-local serve` with 1, 4 and 8 streaming clients, the prompt cache, and solve's
 batched throughput at the same parallelism (bench/serve_bench.py).
+fair: the gap between a running stream's chunks while 3 long prompts arrive, per
+--prefill-chunk (bench/serve_bench.py); --fair-src DIR adds a checkout from before chunked
+prefill, measured the same way.
 inspect: ``led-local inspect``'s cost per analysed position (teacher-forced decode, ln0 and ln1
 projections, the analysis) against one plain decode step, with and without --all-layers.
 ray: ``solve --ray`` with 2 local workers (1 CPU and 1 thread each) against ``solve`` in one
@@ -406,10 +409,13 @@ def bench_swir_batch(model: str, *, rounds: int, threads: int | None, batch: int
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("model")
-    ap.add_argument("--what", choices=["decode", "batch", "bufts", "embed", "serve",
+    ap.add_argument("--what", choices=["decode", "batch", "bufts", "embed", "serve", "fair",
                                        "inspect", "ray", "methods", "swir-batch", "all"],
                     default="all")
     ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--fair-src", default=None,
+                    help="fair: also measure the server of this source tree (a checkout from "
+                    "before chunked prefill), with its default prefill")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--problems", default="gsm8k", help="problem file or bundled set name")
@@ -431,6 +437,13 @@ def main() -> None:
         from serve_bench import bench_serve
 
         bench_serve(args.model, tokens=args.max_tokens, threads=args.threads)
+    if args.what in ("fair", "all"):
+        from serve_bench import bench_fairness
+
+        if args.fair_src:
+            bench_fairness(args.model, threads=args.threads, chunks=(None,),
+                           src=Path(args.fair_src).resolve())
+        bench_fairness(args.model, threads=args.threads)
     if args.what in ("inspect", "all"):
         bench_inspect(args.model, tokens=args.tokens, rounds=args.rounds, threads=args.threads)
     if args.what in ("ray", "all"):

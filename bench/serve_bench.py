@@ -32,12 +32,13 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def _start(model: str, port: int, parallel: int, threads: int | None) -> subprocess.Popen:
+def _start(model: str, port: int, parallel: int, threads: int | None, *extra: str,
+           src: Path = ROOT) -> subprocess.Popen:
     args = [sys.executable, "-c", "from led_local.cli import main; main()", "serve", model,
-            "--port", str(port), "--parallel", str(parallel), "--ctx", "2048"]
+            "--port", str(port), "--parallel", str(parallel), "--ctx", "2048", *extra]
     if threads:
         args += ["--threads", str(threads)]
-    proc = subprocess.Popen(args, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    proc = subprocess.Popen(args, env={**os.environ, "PYTHONPATH": str(src)},
                             stderr=subprocess.DEVNULL)
     for _ in range(600):
         try:
@@ -49,8 +50,10 @@ def _start(model: str, port: int, parallel: int, threads: int | None) -> subproc
     raise RuntimeError("the server did not start")
 
 
-def _stream(port: int, body: dict) -> tuple[float, int, str]:
-    """One streaming chat request: (TTFT seconds, completion tokens, text)."""
+def _stream(port: int, body: dict, arrivals: list[float] | None = None
+            ) -> tuple[float, int, str]:
+    """One streaming chat request: (TTFT seconds, completion tokens, text); ``arrivals``
+    gets the arrival time of every chunk with text."""
     body = {**body, "stream": True, "stream_options": {"include_usage": True}}
     req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions",
                                  data=json.dumps(body).encode(),
@@ -71,6 +74,8 @@ def _stream(port: int, body: dict) -> tuple[float, int, str]:
                 piece = c["delta"].get("content") or c["delta"].get("reasoning_content") or ""
                 if piece and ttft is None:
                     ttft = time.perf_counter() - t0
+                if piece and arrivals is not None:
+                    arrivals.append(time.perf_counter())
                 text += c["delta"].get("content") or ""
     return ttft if ttft is not None else time.perf_counter() - t0, tokens, text
 
@@ -152,3 +157,72 @@ def bench_serve(model: str, *, tokens: int, threads: int | None, parallel: int =
     ratio = rows[-1][1] / solve_rate
     print(f"solve --parallel {parallel} (LED, 2 problems x {parallel} samples): "
           f"{solve_rate:.1f} tokens/s; serve with 8 clients / solve = {ratio:.2f}")
+
+
+LONG = ("A farmer keeps a ledger of every sale at the market, noting the weight, the price per "
+        "kilogram and the buyer's name, and at the end of each week adds the totals. ") * 40
+
+
+def _fair_run(port: int, *, long_prompts: int, tokens: int) -> tuple[list[float], float, int]:
+    """One running stream of ``tokens`` tokens; after its 20th chunk, ``long_prompts``
+    requests with ~1,500-token prompts arrive at once. Returns the stream's gaps between
+    chunks (after the 20th), the wall time and all completion tokens."""
+    arrivals: list[float] = []
+    done: list[int] = []
+
+    def long(i: int) -> None:
+        _, n, _ = _stream(port, {"messages": [{"role": "user", "content": f"{i}. {LONG}"}],
+                                 "max_tokens": 16, "seed": i, "cache_prompt": False})
+        done.append(n)
+
+    others = [threading.Thread(target=long, args=(i,)) for i in range(long_prompts)]
+
+    def watch() -> None:
+        while len(arrivals) < 20:
+            time.sleep(0.005)
+        for t in others:
+            t.start()
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    t0 = time.perf_counter()
+    _, n_stream, _ = _stream(port, {"messages": [{"role": "user", "content": "Count from one "
+                                                  "to two hundred in words."}],
+                                    "max_tokens": tokens, "seed": 7}, arrivals)
+    watcher.join()
+    for t in others:
+        t.join()
+    wall = time.perf_counter() - t0
+    gaps = [b - a for a, b in zip(arrivals[20:], arrivals[21:])]
+    return gaps, wall, n_stream + sum(done)
+
+
+def bench_fairness(model: str, *, threads: int | None, chunks: tuple[int | None, ...] = (
+        64, 128, 256, 2048), src: Path = ROOT, repeats: int = 2) -> None:
+    """The inter-chunk gap of a running stream while 3 long prompts arrive, per
+    ``--prefill-chunk`` (None: the server's own default, for a source tree without the
+    option): idle p99, loaded p50/p99/max, and the aggregate tokens/s."""
+    print(f"fair scheduling: {Path(model).name}, --parallel 4, a 400-token stream, 3 prompts "
+          f"of ~1,500 tokens arriving at its 20th chunk, {repeats} runs each, source {src}")
+    print(f"{'chunk':>6} {'idle p99':>9} {'p50':>7} {'p99':>7} {'max':>7} {'p99/idle':>9} "
+          f"{'tokens/s':>9}")
+    for chunk in chunks:
+        port = _port()
+        extra = () if chunk is None else ("--prefill-chunk", str(chunk))
+        proc = _start(model, port, 4, threads, *extra, src=src)
+        try:
+            _stream(port, {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+            idle, loaded, rates = [], [], []
+            for _ in range(repeats):
+                gaps, _, _ = _fair_run(port, long_prompts=0, tokens=400)
+                idle += gaps
+                gaps, wall, n = _fair_run(port, long_prompts=3, tokens=400)
+                loaded += gaps
+                rates.append(n / wall)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(60)
+        i99, l99 = _pct(idle, 0.99), _pct(loaded, 0.99)
+        print(f"{chunk or 'default':>6} {i99 * 1000:7.0f}ms {_pct(loaded, 0.5) * 1000:5.0f}ms "
+              f"{l99 * 1000:5.0f}ms {max(loaded) * 1000:5.0f}ms {l99 / i99:9.1f} "
+              f"{statistics.median(rates):9.1f}", flush=True)

@@ -327,3 +327,34 @@ def test_server_defaults_refused(smollm2, args, message):
                        timeout=120)
     assert r.returncode == 2 and message.replace("`max_tokens`", "--max-tokens") in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_continue_final_message_continues_the_assistant_s_text(server):
+    """vLLM's continue_final_message (add_generation_prompt false): the prompt is the rendered
+    conversation cut after the final assistant text, so the reply equals a raw completion of
+    that text with the same seed."""
+    from led_local.llama.runtime import Runtime
+
+    prefill = "The three colors are"
+    msgs = [{"role": "user", "content": PROMPT}, {"role": "assistant", "content": prefill}]
+    with Runtime(ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf", vocab_only=True) as rt:
+        rendered = rt.apply_chat_template(msgs, add_generation_prompt=False)
+    cut = rendered[:rendered.rfind(prefill) + len(prefill)]
+    assert cut != rendered  # the template ends the turn after it: that part goes
+    c = server.client()
+    r = c.chat.completions.create(model="m", messages=msgs, max_tokens=12, seed=9,
+                                  extra_body={"continue_final_message": True,
+                                              "add_generation_prompt": False})
+    raw = c.completions.create(model="m", prompt=cut, max_tokens=12, seed=9)
+    assert r.choices[0].message.content == raw.choices[0].text
+    assert r.usage.prompt_tokens == raw.usage.prompt_tokens
+    for extra, msg in (({"continue_final_message": True}, "add_generation_prompt: false"),
+                       ({"continue_final_message": True, "add_generation_prompt": False,
+                         "messages": [{"role": "user", "content": "Hi"}]}, "assistant message")):
+        body = {"messages": msgs, "max_tokens": 2, **extra}
+        status, data = server.request("POST", "/v1/chat/completions", json.dumps(body).encode(),
+                                      {"Content-Type": "application/json",
+                                       "Authorization": f"Bearer {KEY}"})
+        err = json.loads(data)["error"]
+        assert status == 400 and msg in err["message"]
+        assert err["param"] == "continue_final_message"

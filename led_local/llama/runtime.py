@@ -255,11 +255,13 @@ class Runtime:
 
     def apply_chat_template(self, messages: Sequence[dict[str, str]],
                             variables: dict | None = None,
-                            tools: list[dict] | None = None) -> str:
+                            tools: list[dict] | None = None, *,
+                            add_generation_prompt: bool = True) -> str:
         """Render messages with the model's chat template (GGUF metadata, or the one a
         ``--chat-template`` file put in ``info``), in a time- and size-limited worker, with
         the template variables of ``info.chat_vars`` (the thinking switches), updated by
-        ``variables``, and the OpenAI ``tools`` list (None: no tools)."""
+        ``variables``, the OpenAI ``tools`` list (None: no tools), and the assistant's
+        opening unless ``add_generation_prompt`` is False."""
         from led_local.llama.template import render_chat_template
 
         template = self.info.chat_template
@@ -270,7 +272,8 @@ class Runtime:
             template, list(messages),
             eos_token=self.token_text(llama_cpp.llama_vocab_eos(self.vocab)),
             bos_token=self.token_text(llama_cpp.llama_vocab_bos(self.vocab)),
-            variables={**self.info.chat_vars, **(variables or {})}, tools=tools)
+            variables={**self.info.chat_vars, **(variables or {})}, tools=tools,
+            add_generation_prompt=add_generation_prompt)
 
     # -- decoding -------------------------------------------------------------------------
     def seq_rm(self, seq: int, p0: int = -1, p1: int = -1) -> bool:

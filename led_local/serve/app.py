@@ -378,7 +378,8 @@ def _work(state: ServerState, req: P.CommonRequest, chat: bool) -> Work:
     rt = engine.rt
     grammar = req.constraint()
     if grammar is not None:
-        param = "grammar" if grammar.source == "grammar" else "response_format"
+        param = ("grammar" if req.grammar is not None else
+                 "json_schema" if req.json_schema is not None else "response_format")
         try:
             grammar.check(rt.vocab, param=param)
         except ConfigError as e:
@@ -395,7 +396,10 @@ def _work(state: ServerState, req: P.CommonRequest, chat: bool) -> Work:
         if chat:
             messages = [m.for_template(state.format) for m in req.messages]
             tools = [{"type": "function", "function": f} for f in functions] or None
-            prompt = rt.apply_chat_template(messages, variables=variables, tools=tools)
+            prompt = rt.apply_chat_template(messages, variables=variables, tools=tools,
+                                            add_generation_prompt=req.add_generation_prompt)
+            if req.continuation():
+                prompt = _continued(prompt, req.messages[-1].text())
             scope = fmt.prompt_scope(prompt)
             tokens = rt.tokenize(prompt)
         elif isinstance(req.prompt, list) and req.prompt and isinstance(req.prompt[0], int):
@@ -428,6 +432,17 @@ def _work(state: ServerState, req: P.CommonRequest, chat: bool) -> Work:
                 format=fmt, scope=scope,
                 cache_prompt=req.cache_prompt, led_tokens=req.led_tokens(), grammar=grammar,
                 tools=state.tool_syntax if choice is not None else None)
+
+
+def _continued(prompt: str, final: str) -> str:
+    """The rendered ``prompt`` cut right after the final message's text ``final``, so that
+    the reply continues it (what the template writes after it, its end of turn, goes)."""
+    final = final if final in prompt else final.strip()  # templates that trim content
+    at = prompt.rfind(final) if final else -1
+    if at < 0:
+        raise P.APIError(400, "continue_final_message: the chat template does not write the "
+                         "final message's text as it is", param="continue_final_message")
+    return prompt[:at + len(final)]
 
 
 def _check_tools(state: ServerState) -> None:

@@ -323,6 +323,23 @@ class ChatRequest(CommonRequest):
     parallel_tool_calls: bool | None = None
     functions: list[FunctionDef] | None = None  # the legacy form of tools
     function_call: Literal["none", "auto"] | FunctionName | None = None
+    # vLLM's (and llama-server's): continue the final assistant message (a prefill) instead of
+    # starting a new reply after it; or render without the assistant's opening
+    continue_final_message: bool = False
+    add_generation_prompt: bool = True
+
+    def continuation(self) -> bool:
+        """Whether the reply continues the final (assistant) message; a 400 where that
+        cannot be."""
+        if not self.continue_final_message:
+            return False
+        if self.add_generation_prompt:
+            raise APIError(400, "continue_final_message needs add_generation_prompt: false",
+                           param="continue_final_message")
+        if self.messages[-1].role != "assistant":
+            raise APIError(400, "continue_final_message needs an assistant message last",
+                           param="continue_final_message")
+        return True
 
     def tool_request(self) -> tuple[list[dict], str | None]:
         """The functions the reply may call ({name, parameters, description}) and how:
