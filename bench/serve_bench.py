@@ -163,6 +163,9 @@ LONG = ("A farmer keeps a ledger of every sale at the market, noting the weight,
         "kilogram and the buyer's name, and at the end of each week adds the totals. ") * 40
 
 
+STORY = "Write a long story about a dragon who learns to cook."
+
+
 def _fair_run(port: int, *, long_prompts: int, tokens: int) -> tuple[list[float], float, int]:
     """One running stream of ``tokens`` tokens; after its 20th chunk, ``long_prompts``
     requests with ~1,500-token prompts arrive at once. Returns the stream's gaps between
@@ -177,8 +180,10 @@ def _fair_run(port: int, *, long_prompts: int, tokens: int) -> tuple[list[float]
 
     others = [threading.Thread(target=long, args=(i,)) for i in range(long_prompts)]
 
+    finished = threading.Event()
+
     def watch() -> None:
-        while len(arrivals) < 20:
+        while len(arrivals) < 20 and not finished.is_set():
             time.sleep(0.005)
         for t in others:
             t.start()
@@ -186,9 +191,11 @@ def _fair_run(port: int, *, long_prompts: int, tokens: int) -> tuple[list[float]
     watcher = threading.Thread(target=watch)
     watcher.start()
     t0 = time.perf_counter()
-    _, n_stream, _ = _stream(port, {"messages": [{"role": "user", "content": "Count from one "
-                                                  "to two hundred in words."}],
-                                    "max_tokens": tokens, "seed": 7}, arrivals)
+    # a prompt and seed on which the bundled model writes its whole ``tokens`` (400)
+    _, n_stream, _ = _stream(port, {"messages": [{"role": "user", "content": STORY}],
+                                    "max_tokens": tokens, "seed": 7, "method": "sample",
+                                    "temperature": 1.0}, arrivals)
+    finished.set()
     watcher.join()
     for t in others:
         t.join()

@@ -145,7 +145,7 @@ def stream_text(server: Server, body: dict, key: str | None = None) -> tuple[str
         for line in r.read().decode().splitlines():
             if line.startswith("data: {"):
                 chunks.append(json.loads(line[6:]))
-    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
     return text, chunks
 
 
