@@ -205,10 +205,10 @@ def _fair_run(port: int, *, long_prompts: int, tokens: int) -> tuple[list[float]
 
 
 def bench_fairness(model: str, *, threads: int | None, chunks: tuple[int | None, ...] = (
-        64, 128, 256, 2048), src: Path = ROOT, repeats: int = 2) -> None:
+        None, 16, 64, 256), src: Path = ROOT, repeats: int = 2) -> None:
     """The inter-chunk gap of a running stream while 3 long prompts arrive, per
-    ``--prefill-chunk`` (None: the server's own default, for a source tree without the
-    option): idle p99, loaded p50/p99/max, and the aggregate tokens/s."""
+    ``--prefill-chunk`` (None: the server's own default, auto here, or whatever a source
+    tree from before the option did): idle p99, loaded p50/p99/max, and the aggregate tokens/s."""
     print(f"fair scheduling: {Path(model).name}, --parallel 4, a 400-token stream, 3 prompts "
           f"of ~1,500 tokens arriving at its 20th chunk, {repeats} runs each, source {src}")
     print(f"{'chunk':>6} {'idle p99':>9} {'p50':>7} {'p99':>7} {'max':>7} {'p99/idle':>9} "
@@ -230,6 +230,7 @@ def bench_fairness(model: str, *, threads: int | None, chunks: tuple[int | None,
             proc.send_signal(signal.SIGTERM)
             proc.wait(60)
         i99, l99 = _pct(idle, 0.99), _pct(loaded, 0.99)
-        print(f"{chunk or 'default':>6} {i99 * 1000:7.0f}ms {_pct(loaded, 0.5) * 1000:5.0f}ms "
+        label = chunk or ("auto" if src == ROOT else "none")
+        print(f"{label:>6} {i99 * 1000:7.0f}ms {_pct(loaded, 0.5) * 1000:5.0f}ms "
               f"{l99 * 1000:5.0f}ms {max(loaded) * 1000:5.0f}ms {l99 / i99:9.1f} "
               f"{statistics.median(rates):9.1f}", flush=True)

@@ -23,8 +23,7 @@ LONG = "The quick brown fox jumps over the lazy dog. " * 120  # ~1,200 tokens
 
 @pytest.fixture(scope="module")
 def server(smollm2):
-    s = Server(smollm2, "--parallel", "4", "--ctx", "2048", "--api-key", KEY, "--threads", "1",
-               "--prefill-chunk", "64")
+    s = Server(smollm2, "--parallel", "4", "--ctx", "2048", "--api-key", KEY, "--threads", "1")
     yield s
     assert s.stop() == 0
 
@@ -119,7 +118,8 @@ def test_cached_tokens_on_a_shared_prefix(server):
 
 def test_stream_keeps_going_while_a_long_prompt_is_prefilled(server):
     """Chunks of a running stream arrive between the chunks of a long prompt's evaluation
-    (counted, not timed): with --prefill-chunk 64 a 1,200-token prompt takes ~19 chunks."""
+    (counted, not timed): with --prefill-chunk auto (chunks of ~50 ms) a 1,200-token prompt
+    takes several chunks on any CPU."""
     client = server.client()
     stream = client.completions.create(model="m", prompt="Count: 1, 2, 3,", max_tokens=150,
                                        seed=1, stream=True, extra_body={"method": "greedy"})
@@ -156,13 +156,39 @@ def test_chunked_prefill_gives_the_same_logits(smollm2):
                 batch_invariant=True) as e:
         tokens = e.rt.tokenize(LONG[:1800])
         rows = []
-        for limit in (None, 64):
+        for limit in (None, 64, 7, 333):
             e.free(0)
             fill = e.begin_fill(0, tokens, logits=True)
             while not fill.advance(limit):
                 pass
             rows.append(e.rt.logits(e._prompt_row))
     assert np.array_equal(rows[0], rows[1])
+
+
+def test_auto_prefill_chunks_follow_the_measured_speed():
+    """--prefill-chunk auto: the whole batch while nothing streams; with a stream waiting,
+    PREFILL_LEAST tokens until a chunk has been timed, then what takes PREFILL_SECONDS at the
+    recent speed, never fewer than PREFILL_LEAST nor more than twice the chunk before; a
+    number is taken as given."""
+    from led_local.serve import scheduler as sch
+    from led_local.serve.metrics import Metrics
+
+    least, budget = sch.PREFILL_LEAST, sch.PREFILL_SECONDS
+    s = sch.Scheduler(None, parallel=2, max_queue=4, metrics=Metrics())
+    assert s.prefill_chunk is None and s._chunk() is None
+    s.running[0] = object()
+    assert s._chunk() == least
+    s._per_token = budget / (16 * least + 3.5)
+    assert [s._chunk() for _ in range(6)] == [2 * least, 4 * least, 8 * least, 16 * least,
+                                              16 * least + 3, 16 * least + 3]
+    s._per_token = budget / (least - 1) if least > 1 else 2 * budget
+    assert s._chunk() == least
+    s._per_token = budget / 100
+    assert s._chunk() == 2 * least
+    fixed = sch.Scheduler(None, parallel=2, max_queue=4, metrics=Metrics(), prefill_chunk=64)
+    assert fixed._chunk() == 64
+    fixed.running[0] = object()
+    assert fixed._chunk() == 64
 
 
 def test_generate_and_solve_take_a_json_schema(smollm2, tmp_path, capsys):

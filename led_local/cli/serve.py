@@ -14,6 +14,25 @@ from led_local.cli.common import (
 )
 
 
+class PrefillChunk(click.ParamType):
+    """A number of tokens >= 1, or ``auto`` (None)."""
+
+    name = "N|auto"
+
+    def convert(self, value, param, ctx):
+        if value is None or isinstance(value, int):
+            return value
+        if value == "auto":
+            return None
+        try:
+            n = int(value)
+        except ValueError:
+            self.fail(f"{value!r} is neither a number of tokens nor auto", param, ctx)
+        if n < 1:
+            self.fail(f"must be >= 1, got {n}", param, ctx)
+        return n
+
+
 @main.command()
 @model_argument
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
@@ -36,9 +55,10 @@ from led_local.cli.common import (
 @click.option("--request-timeout", type=float, default=30.0, show_default=True,
               help="Seconds a connection has to send a whole request (headers and body).")
 @click.option("--alias", default=None, help="Model name in the API [default: the file's name].")
-@click.option("--prefill-chunk", type=int, default=256, show_default=True,
+@click.option("--prefill-chunk", type=PrefillChunk(), default="auto", show_default=True,
               help="Prompt tokens evaluated between two decode steps, so that a long prompt "
-              "does not stall the running streams.")
+              "does not stall the running streams; auto: what takes ~35 ms at the measured "
+              "speed (the whole batch while no stream waits).")
 @click.option("-n", "--max-tokens", type=int, default=None,
               help="Most tokens of a reply whose request sets no max_tokens [default: until "
               "the slot's context is full].")
@@ -50,7 +70,7 @@ from led_local.cli.common import (
 def serve(ctx: click.Context, model: str, host: str, port: int, parallel: int, max_queue: int,
           api_key_file: str | None, api_key: str | None, allowed_hosts: tuple[str, ...],
           cors_origins: tuple[str, ...], request_timeout: float,
-          alias: str | None, prefill_chunk: int, max_tokens: int | None, seed: int | None,
+          alias: str | None, prefill_chunk: int | None, max_tokens: int | None, seed: int | None,
           **kw) -> None:
     """Serve MODEL over the OpenAI HTTP API (chat/completions, completions, models).
 

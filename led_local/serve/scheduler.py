@@ -43,8 +43,12 @@ def _finite(logprob: float) -> float:
 
 # how many of the final layer's top candidates a ``led_tokens`` entry lists
 LED_TOP = 3
-# prompt tokens evaluated between two decode steps (serve --prefill-chunk)
-PREFILL_CHUNK = 256
+# prompt tokens evaluated between two decode steps (serve --prefill-chunk N); None: as many
+# as take about PREFILL_SECONDS by the measured speed of earlier chunks, the whole batch
+# while no stream waits (serve --prefill-chunk auto, the default)
+PREFILL_CHUNK: int | None = None
+PREFILL_SECONDS = 0.035
+PREFILL_LEAST = 2  # also the first auto chunk, before any has been timed
 
 
 class QueueFull(Exception):
@@ -141,11 +145,13 @@ class Scheduler:
     """Continuous batching across requests on one engine with ``parallel`` slots."""
 
     def __init__(self, engine: ServeEngine, *, parallel: int, max_queue: int,
-                 metrics: Metrics, prefill_chunk: int = PREFILL_CHUNK) -> None:
-        if prefill_chunk < 1:
+                 metrics: Metrics, prefill_chunk: int | None = PREFILL_CHUNK) -> None:
+        if prefill_chunk is not None and prefill_chunk < 1:
             raise LedError(f"`prefill_chunk` must be >= 1, got {prefill_chunk}")
         self.engine = engine
         self.prefill_chunk = prefill_chunk
+        self._per_token: float | None = None  # seconds a prompt token took in recent chunks
+        self._last_chunk = PREFILL_LEAST  # the auto chunk of the turn before
         self.parallel = parallel
         self.max_queue = max_queue
         self.metrics = metrics
@@ -325,15 +331,38 @@ class Scheduler:
         if work.cancelled:
             self._drop_fill()
             return
+        size = self._chunk()
+        start, t0 = fill.done, time.perf_counter()
         try:
-            done = fill.advance(self.prefill_chunk)
+            done = fill.advance(size)
         except Exception as e:  # a failed decode: this request, never the server
             self._drop_fill()
             work.emit({"error": f"evaluating the prompt failed: {e}"})
             return
+        if fill.done > start:
+            per = (time.perf_counter() - t0) / (fill.done - start)
+            self._per_token = per if self._per_token is None else 0.5 * (self._per_token + per)
         if done:
             self._fill = None
             self._start(work, first)
+
+    def _chunk(self) -> int | None:
+        """Prompt tokens to evaluate this turn: ``prefill_chunk``, or (auto) the whole batch
+        when no stream is waiting for its next token, otherwise as many as the recent speed
+        of prompt evaluation gets through in PREFILL_SECONDS (at least PREFILL_LEAST, at most
+    twice the chunk before). The
+        logits are the same whatever the chunks (tested), so timing never changes a reply."""
+        if self.prefill_chunk is not None:
+            return self.prefill_chunk
+        if not self.running:
+            return None
+        if self._per_token is None:
+            return PREFILL_LEAST
+        # at most twice the chunk before: a speed measured on the whole batch (cheaper per
+        # token than a small chunk) or while the machine was idle must not overshoot at once
+        n = min(2 * self._last_chunk, max(PREFILL_LEAST, int(PREFILL_SECONDS / self._per_token)))
+        self._last_chunk = n
+        return n
 
     def _begin(self, work: Work) -> None:
         """Reserve the free slot that caches most of ``work``'s prompt and start loading the

@@ -100,7 +100,7 @@ def serve(model, cfg: DecodeConfig, *, host: str = "127.0.0.1", port: int = 8080
           verbose: bool = False,
           allowed_hosts: tuple[str, ...] = (), cors_origins: tuple[str, ...] = (),
           request_timeout: float = REQUEST_TIMEOUT_S,
-          prefill_chunk: int = PREFILL_CHUNK, max_tokens: int | None = None,
+          prefill_chunk: int | None = PREFILL_CHUNK, max_tokens: int | None = None,
           seed: int | None = None) -> None:
     """Serve ``model`` until interrupted; ``ctx`` is each slot's context (tokens),
     ``model``: a path, or a ModelInfo (with the chat template to use); ``reasoning_format``: a
@@ -108,7 +108,7 @@ def serve(model, cfg: DecodeConfig, *, host: str = "127.0.0.1", port: int = 8080
     ``cors_origins``: see ``access.Access``; ``request_timeout``: see ``connections``;
     ``prefill_chunk``: prompt tokens evaluated between two decode steps; ``max_tokens`` and
     ``seed``: what a request that sets none gets (None: the slot's room, a random seed)."""
-    if prefill_chunk < 1:
+    if prefill_chunk is not None and prefill_chunk < 1:
         raise LedError(f"`prefill_chunk` must be >= 1, got {prefill_chunk}")
     if max_tokens is not None and max_tokens < 1:
         raise LedError(f"`max_tokens` must be >= 1, got {max_tokens}")
@@ -142,7 +142,7 @@ def serve(model, cfg: DecodeConfig, *, host: str = "127.0.0.1", port: int = 8080
 def _serve(sock: socket.socket, model, cfg: DecodeConfig, *, host: str, parallel: int,
            ctx: int, max_queue: int, api_key: str | None, reasoning_format: str | None,
            alias: str | None, threads: int | None, capture: str, projection: str, verbose: bool,
-           access: Access, request_timeout: float, prefill_chunk: int,
+           access: Access, request_timeout: float, prefill_chunk: int | None,
            defaults: RequestDefaults) -> None:
     import uvicorn
 
