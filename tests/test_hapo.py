@@ -222,3 +222,136 @@ def test_batched_entropies_are_the_single_row_ones_to_rounding():
         # p itself is softmax64's, bit for bit (the sampled token depends on it)
         assert np.array_equal(softmax_rows(z[r])[0], softmax64(z[r]))
     assert np.isfinite(h).all()
+
+
+# -- T0 != 1: the statistics at the sampling temperature, the rule as the released sampler ---
+
+T0 = 0.6
+
+
+def _entropy(row, t: float) -> float:
+    """H of softmax(row / t) in plain Python."""
+    z = [x / t for x in row]
+    top = max(z)
+    e = [math.exp(x - top) for x in z]
+    s = sum(e)
+    return -sum(x / s * math.log(x / s) for x in e)
+
+
+def _stats(entropies, pivot):
+    """HAPO's compute_entropy_h in plain Python: nearest-rank pivot, RMS about it, one-sided
+    scales."""
+    ell = sorted(math.log(max(h, 1e-8)) for h in entropies)
+    mu = ell[round(pivot * (len(ell) - 1))]
+    sigma = math.sqrt(max(sum((x - mu) ** 2 for x in ell) / len(ell), 1e-8))
+    z = [(x - mu) / sigma for x in ell]
+    return mu, sigma, 1 / max(max([x for x in z if x > 0], default=0.0), 1e-8), \
+        1 / min(min([x for x in z if x < 0], default=0.0), -1e-8)
+
+
+def _released_temperature(row, stats, *, t0: float, tau: float) -> float:
+    """compute_entropy_based_temperature of the released sampler (vllm/v1/sample/sampler.py):
+    the entropy of the raw logits, h_hat = h s_pos or h s_neg, clamped, T0 (1 + h_hat tau)."""
+    mu, sigma, s_pos, s_neg = stats
+    h = (math.log(max(_entropy(row, 1.0), 1e-6)) - mu) / (sigma + 1e-6)
+    return t0 * (1.0 + max(-1.0, min(1.0, h * s_pos if h > 0 else h * s_neg)) * tau)
+
+
+def test_pivot_rank_is_rounded_not_floored():
+    # 12 entropies: rank 0.8 x 11 = 8.8 rounds to 9 (floor: 8); 6 at pivot 0.5: 2.5 -> 2
+    h = [0.05 * (i + 1) ** 2 for i in range(12)]
+    assert compute_stats(h, pivot=0.8).mu == math.log(h[9])
+    assert compute_stats(h[:6], pivot=0.5).mu == math.log(h[2])  # half to even
+    assert compute_stats(h[:8], pivot=0.5).mu == math.log(h[4])  # 3.5 -> 4
+
+
+@pytest.mark.parametrize("h_t", sorted(TABLE))
+def test_temperature_table_at_t0_06(h_t):
+    """T = T0 (1 + tau h_hat), not T0 + tau h_hat: at T0 = 0.6 the table's T0 = 1 values
+    scale by 0.6."""
+    s = compute_stats(CALIBRATION, pivot=0.8)
+    _, tc, _, ts = TABLE[h_t]
+    assert adaptive_temperature(h_t, s, t0=T0, tau=0.05, variant="code") == \
+        pytest.approx(T0 * tc, abs=1e-6)
+    assert adaptive_temperature(h_t, s, t0=T0, tau=0.05, variant="signed") == \
+        pytest.approx(T0 * ts, abs=1e-6)
+
+
+def test_code_variant_is_the_released_sampler_at_t0_06():
+    """Statistics from the calibration rows' entropies at T0 (the authors' trainer), each
+    token's temperature from its raw entropy (their sampler), then vLLM's filters at that
+    temperature: token by token, against a plain-Python oracle."""
+    from led_local.decoding.hapo import HAPOConfig, HAPOTrace, hapo_pick, tempered_entropies
+
+    rng = np.random.default_rng(11)
+    calib = rng.normal(0, 1, (40, 30)) * rng.uniform(0.3, 4.0, (40, 1))
+    temp = [_entropy(r, T0) for r in calib]
+    np.testing.assert_allclose(tempered_entropies(calib, T0), temp, rtol=1e-10)
+    assert max(abs(a - _entropy(r, 1.0)) for a, r in zip(temp, calib)) > 0.1  # it matters
+    stats = compute_stats(tempered_entropies(calib, T0), pivot=0.8)
+    oracle = _stats(temp, 0.8)
+    assert (stats.mu, stats.sigma, stats.s_pos, stats.s_neg) == pytest.approx(oracle,
+                                                                               rel=1e-9)
+    cfg = HAPOConfig(tau=0.3, variant="code", stats=stats)
+    trace = HAPOTrace(stats, [], [])
+    rows = rng.normal(0, 1, (60, 30)) * rng.uniform(0.3, 4.0, (60, 1))
+    for i, row in enumerate(rows):
+        t = _released_temperature(row, oracle, t0=T0, tau=0.3)
+        idx, p = filtered_probs(row, temperature=t, top_k=10, top_p=0.9, min_p=0.05)
+        u = np.random.default_rng(i).random()
+        want = int(idx[min(int(np.searchsorted(np.cumsum(p), u * p.sum(), side="right")),
+                           len(p) - 1)])
+        got = hapo_pick(row, t0=T0, cfg=cfg, trace=trace, rng=np.random.default_rng(i),
+                        top_k=10, top_p=0.9, min_p=0.05)
+        assert got == want
+        assert trace.temperatures[-1] == pytest.approx(t, rel=1e-9)
+        assert trace.entropies[-1] == pytest.approx(_entropy(row, T0), rel=1e-9)
+    assert len(set(np.round(trace.temperatures, 6))) > 10
+
+
+def _stats_file(path: Path, temperature: float | None) -> Path:
+    data = {"format": "led-local-hapo-entropies/1", "entropies": CALIBRATION}
+    if temperature is not None:
+        data["temperature"] = temperature
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.mark.parametrize(("made", "run_t0", "ok"), [
+    (0.6, 0.6, True), (0.6, 1.0, False), (None, 1.0, True), (None, 0.6, False),
+    (1.0, 0.7, False), (0.6, 0.0, True),  # greedy: the statistics are never used
+])
+def test_a_statistics_file_at_another_temperature_is_refused(tmp_path, made, run_t0, ok):
+    from led_local.decoding.methods import build_config
+    from led_local.errors import ConfigError
+
+    f = _stats_file(tmp_path / "s.json", made)
+    given = {"hapo_stats": str(f), "temperature": run_t0}
+    if ok:
+        assert build_config("hapo", given).hapo.stats == compute_stats(CALIBRATION)
+        return
+    with pytest.raises(ConfigError) as e:
+        build_config("hapo", given)
+    assert e.value.option == "hapo_stats" and "calibrate at `temperature`" in e.value.message
+
+
+def test_params_carry_the_statistics_temperature_only_when_it_is_not_1(tmp_path):
+    from led_local.decoding.methods import build_config
+
+    at1 = build_config("hapo", {"hapo_stats": str(_stats_file(tmp_path / "a.json", None))})
+    assert "hapo_stats_temperature" not in at1.params()
+    at06 = build_config("hapo", {"hapo_stats": str(_stats_file(tmp_path / "b.json", 0.6)),
+                                 "temperature": 0.6})
+    assert at06.params()["hapo_stats_temperature"] == 0.6
+
+
+def test_a_request_may_not_change_the_temperature_of_the_servers_statistics(tmp_path):
+    from led_local.decoding.methods import build_config
+    from led_local.errors import ConfigError
+
+    server = build_config("hapo", {"hapo_stats": str(_stats_file(tmp_path / "s.json", 0.6)),
+                                   "temperature": 0.6})
+    assert build_config("hapo", {"temperature": 0.6}, base=server).hapo == server.hapo
+    with pytest.raises(ConfigError) as e:
+        build_config("hapo", {"temperature": 0.9}, base=server)
+    assert e.value.option == "temperature"
