@@ -238,3 +238,133 @@ def test_dola_layers_follow_transformers_rule(tied, which):
 ])
 def test_dola_layers_hand_examples(n, tied, which, expected):
     assert model_info(n, tied).dola_hidden_indices(which) == expected
+
+
+# -- ties, the repetition penalty, the LED paper's variant ------------------------------------
+
+def hf_repetition_penalty(scores: np.ndarray, context: list[int], penalty: float) -> np.ndarray:
+    """transformers' RepetitionPenaltyLogitsProcessor on one row, in plain Python."""
+    out = [float(x) for x in scores]
+    for t in set(context):
+        out[t] = out[t] * penalty if out[t] < 0 else out[t] / penalty
+    return np.array(out)
+
+
+def test_top_k_keeps_the_tokens_tied_at_the_kth_score():
+    # equal final logits against a uniform premature layer: the first three scores are equal
+    # bit for bit (log 0.3/0.25), the fourth lower (log 0.1/0.25): k = 1 keeps the three
+    final = np.log(np.array([0.3, 0.3, 0.3, 0.1]))
+    premature = np.zeros((1, 4))
+    scores = dola.contrast(final, premature)
+    assert scores[0] == scores[1] == scores[2] > scores[3] > -np.inf
+    picks = {dola.pick(final, premature, config(temperature=1.0, top_k=1),
+                       np.random.default_rng(s)) for s in range(200)}
+    assert picks == {0, 1, 2}
+
+
+@pytest.mark.parametrize("penalty", [1.2, 0.8])
+def test_repetition_penalty_is_transformers_processor_before_the_warpers(penalty):
+    final, premature = random_case(4, 3, v=30)
+    scores = reference(final, premature)[0]
+    kept = np.flatnonzero(np.isfinite(scores))
+    context = [int(kept[0]), int(kept[1]), int(kept[1]), 29, 0]
+    want = hf_repetition_penalty(scores, context, penalty)
+    assert not np.array_equal(want, scores)
+    got = dola.penalize(dola.contrast(final, premature), np.array(context), penalty)
+    assert_same_scores(got, want)
+    # greedy: the argmax of the penalised scores, no draw
+    assert dola.pick(final, premature, config(), np.random.default_rng(0), penalty=penalty,
+                     context=np.array(context)) == int(np.argmax(want))
+    # sampled: the warped penalised distribution, draw for draw
+    cfg = config(temperature=0.8, top_k=5)
+    probs = hf_warped_probs(want, cfg)
+    order = np.argsort(-probs, kind="stable")[: int((probs > 0).sum())]
+    for seed in range(100):
+        u = np.random.default_rng(seed).random()
+        i = min(int(np.searchsorted(np.cumsum(probs[order]), u, side="right")),
+                len(order) - 1)
+        got = dola.pick(final, premature, cfg, np.random.default_rng(seed), penalty=penalty,
+                        context=np.array(context))
+        assert got == int(order[i])
+
+
+def led_paper_reference(final, premature, t, u):
+    """The LED paper's dola_decoding (led/decoding.py) on one row: every layer / T unless
+    greedy, transformers' contrast, then multinomial over softmax(contrast) (the draw with u)."""
+    if t > 0:
+        final, premature = final / t, premature / t
+    scores = reference(final, premature)[0]
+    if t <= 0:
+        return int(np.argmax(scores))
+    p = np.exp(scores - scores[np.isfinite(scores)].max())
+    p = np.where(np.isfinite(scores), p, 0.0)
+    p /= p.sum()
+    return int(np.searchsorted(np.cumsum(p), u, side="right"))
+
+
+@pytest.mark.parametrize("t", [0.6, 0.0, 1.3])
+def test_led_paper_variant_is_the_papers_baseline(t):
+    for case in range(6):
+        final, premature = random_case(case, 4, v=40)
+        for seed in range(40):
+            u = np.random.default_rng(seed).random()
+            got = dola.pick(final, premature, config(temperature=t),
+                            np.random.default_rng(seed), variant="led-paper")
+            assert got == led_paper_reference(final, premature, t, u)
+    # the division by T changes the contrast itself, not only the sampling temperature
+    final, premature = random_case(2, 4, v=40)
+    assert not np.array_equal(np.isfinite(dola.contrast(final / 0.3, premature / 0.3)),
+                              np.isfinite(dola.contrast(final, premature)))
+
+
+@pytest.mark.parametrize(("n", "tied", "expected"), [
+    (32, True, [1, 3, 5, 7, 9, 11, 13]),  # transformers' 2, 4, ..., 14, each read one lower
+    (32, False, [0, 1, 3, 5, 7, 9, 11, 13]),  # layer 0 (the embeddings) stays 0
+    (4, True, [1]),
+])
+def test_led_paper_reads_layer_c_from_the_hidden_state_before_it(n, tied, expected):
+    from led_local.decoding.methods import build_config
+
+    cfg = build_config("dola", {"dola_variant": "led-paper"})
+    assert cfg.dola_layers == "low"
+    assert dola.METHOD.layers(model_info(n, tied), cfg) == expected
+    hf = build_config("dola", {})
+    assert dola.METHOD.layers(model_info(n, tied), hf) == hf_candidate_layers(n, tied, "low")
+
+
+@pytest.mark.parametrize(("option", "value"), [("top_k", 20), ("top_p", 0.9), ("min_p", 0.1),
+                                                ("repetition_penalty", 1.2)])
+def test_led_paper_refuses_filters_and_the_penalty(option, value):
+    from led_local.decoding.methods import build_config
+    from led_local.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        build_config("dola", {"dola_variant": "led-paper", option: value})
+    assert e.value.option == option and "led-paper" in e.value.message
+    build_config("dola", {option: value})  # hf applies them
+
+
+def test_premature_logits_leave_out_the_heads_extras_and_the_graph_says_so():
+    from dataclasses import replace
+
+    from led_local.decoding.methods import build_config
+    from led_local.errors import LedError
+    from led_local.llama import native, projection
+
+    hf, paper = build_config("dola", {}), build_config("dola", {"dola_variant": "led-paper"})
+    assert not dola.METHOD.head_extras(hf) and dola.METHOD.head_extras(paper)
+    plain = model_info(8, True)
+    capped = replace(plain, final_softcap=30.0)
+    assert dola.METHOD.graph_refusal(plain, hf) is None
+    assert dola.METHOD.graph_refusal(capped, paper) is None
+    refusal = dola.METHOD.graph_refusal(capped, hf)
+    assert "soft-capping" in refusal
+    saved = native.projection_patch_version, projection.offloaded
+    try:
+        native.projection_patch_version, projection.offloaded = (lambda: 2), (lambda: True)
+        assert projection.resolve_projection("auto", capped, refusal) == "host"
+        assert projection.resolve_projection("auto", capped, None) == "graph"
+        with pytest.raises(LedError, match="use projection host"):
+            projection.resolve_projection("graph", capped, refusal)
+    finally:
+        native.projection_patch_version, projection.offloaded = saved
