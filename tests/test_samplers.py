@@ -124,6 +124,30 @@ def test_probability_floor_decides_the_depth():
     assert reference(z.tolist(), 0.0, 2, floor=0.0).j == 0  # without the floor: depth 0
 
 
+# d = 4: the most uncertain depth is j* = 1, not the last one, and S_1 and S_3 disagree on
+# which candidate is likeliest (found by search, checked by the plain-Python reference)
+Z_MID = [
+    [-0.7, -0.1, -2.2, -0.2, 0.3],
+    [0.0, -1.8, -0.5, -1.0, -1.9],
+    [-2.0, -0.1, -1.1, 3.0, 0.2],
+    [0.4, -0.1, -1.0, 1.2, 0.8],
+]
+
+
+@pytest.mark.parametrize("t", [0.6, 0.0])
+def test_exploration_draws_from_the_max_entropy_depth_not_the_last(t):
+    ref = reference(Z_MID, t, 3)
+    assert ref.j == 1 and np.argmax(ref.s[1]) != np.argmax(ref.s[3])
+    cand = np.array(ref.cand)
+    for seed in range(200):
+        step = led_explore(np.array(Z_MID), cand, temperature=t,
+                           rng=np.random.default_rng(seed))
+        u = np.random.default_rng(seed).random()
+        want = inverse_cdf(ref.s[1], u) if t > 0 else int(np.argmax(ref.s[1]))
+        assert (step.depth, step.token) == (1, ref.cand[want])
+        assert step.posteriors[1].tolist() == pytest.approx(ref.s[1], rel=1e-6)
+
+
 def test_base_token_sampled_proportionally_to_q():
     rng, n = np.random.default_rng(1), 20000
     tokens = [base(0.6, in_scope=False, rng=rng).base for _ in range(n)]

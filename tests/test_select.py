@@ -143,3 +143,15 @@ def test_embedding_round_trip_and_bad_inputs():
         greedy_orders(H, lam=0.0)
     with pytest.raises(LedError, match="dim must be"):
         prepare(H, dim=-1)
+
+
+def test_ties_go_to_the_lowest_index():
+    """Orthogonal unit features: after any first pick every other answer has the same bonus,
+    bit for bit, so the order is the remaining indices in increasing order."""
+    orders, bonuses = greedy_orders(np.eye(5), lam=2.0)
+    for first in range(5):
+        assert orders[first].tolist() == [first] + [i for i in range(5) if i != first]
+    np.testing.assert_array_equal(bonuses, np.full((5, 5), 0.5))
+    # a tie that appears later: 3 and 1 tie after 0 and 2 are chosen
+    g = np.array([[1.0, 0, 0], [0, 1.0, 0], [2.0, 0, 0], [0, 1.0, 0]])
+    assert greedy_orders(g, lam=1.0, firsts=[2])[0][0].tolist() == [2, 1, 3, 0]

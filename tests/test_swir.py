@@ -118,6 +118,61 @@ def test_scenario_b_locks_on_a_sampled_end_of_thinking():
     assert out[6][2] is None
 
 
+def _oracle_modes(script, *, temperature_of_entropy: float, window: int):
+    """Steps 1 and 5 of docs/SWIR.md in plain Python: the entropy of softmax(z / t) (t = 1:
+    the untempered distribution the rule reads) and the modes it drives, no switch control,
+    nothing locked."""
+    mode, stay, ref, out = LATENT, 0, None, []
+    for s, z in enumerate(script):
+        zt = [x / temperature_of_entropy for x in z]
+        top = max(zt)
+        e = [math.exp(x - top) for x in zt]
+        h = -sum(x / sum(e) * math.log(max(x / sum(e), 1e-12)) for x in e)
+        if s == 0:
+            ref = h
+        else:
+            stay += 1
+            to_e = mode == LATENT and h < ref
+            to_l = mode == EXPLICIT and h > ref and stay >= window
+            if to_e or to_l:
+                mode, stay, ref = (EXPLICIT if to_e else LATENT), 0, h
+        out.append((round(h, 12), mode))
+    return out
+
+
+def test_sampled_trace_reads_the_untempered_entropy_and_draws_from_the_filtered_tempered():
+    """At T = 0.6 with top-k and top-p: the entropies, modes and switches follow the
+    untempered distribution (the tempered one would switch elsewhere on this script), and each
+    emitted token is the inverse-CDF draw of the step's generator from the tempered, top-k,
+    then top-p (mass above <= p) distribution."""
+    rng = np.random.default_rng(0)
+    script = (rng.normal(0, 1, (30, 8)) * rng.uniform(0.2, 3.0, (30, 1))).astype(
+        np.float32).tolist()
+    want = _oracle_modes(script, temperature_of_entropy=1.0, window=2)
+    tempered = _oracle_modes(script, temperature_of_entropy=0.6, window=2)
+    assert [m for _, m in want] != [m for _, m in tempered]
+    vocab = SwirVocab(None, None, 7, frozenset(), (), (7,))
+    cfg, state = SwirConfig(window=2), SwirState()
+    for s, z in enumerate(script):
+        z = np.array(z, np.float32)
+        step, p = swir_pick(z, state, closes=lambda x: False, cfg=cfg, vocab=vocab,
+                            max_new=S_MAX, temperature=0.6, rng=np.random.default_rng(s),
+                            top_k=5, top_p=0.8)
+        assert (round(step.entropy, 12), state.mode) == pytest.approx(want[s], abs=1e-9), s
+        # the sampled token, by hand: z / T, the 5 largest, then top-p 0.8 with <=
+        zt = z.astype(np.float64) / 0.6
+        order = sorted(range(8), key=lambda i: (-zt[i], i))[:5]
+        e = np.exp(zt[order] - zt[order].max())
+        pk = e / e.sum()
+        before = np.concatenate([[0.0], np.cumsum(pk)[:-1]])
+        keep = sorted(order[i] for i in range(5) if before[i] <= 0.8)
+        ek = np.exp(zt[keep] - zt[keep].max())
+        u = np.random.default_rng(s).random()
+        cdf = np.cumsum(ek / ek.sum())
+        assert step.token == keep[min(int(np.searchsorted(cdf, u * cdf[-1], side="right")),
+                                      len(keep) - 1)], s
+
+
 def test_without_delimiters_the_blends_are_skipped():
     vocab = SwirVocab(None, None, 7, frozenset({4}), (), (7, 1))
     state = SwirState()
