@@ -207,9 +207,11 @@ def main() -> None:
         scratch = Path(tmp)
         shutil.copytree(ROOT / "led_local", scratch / "led_local",
                         ignore=shutil.ignore_patterns("__pycache__"))
-        shutil.copytree(ROOT / "tests", scratch / "tests",
-                        ignore=shutil.ignore_patterns("__pycache__"))
-        shutil.copy(ROOT / "pyproject.toml", scratch / "pyproject.toml")
+        for folder in ("tests", "docs"):
+            shutil.copytree(ROOT / folder, scratch / folder,
+                            ignore=shutil.ignore_patterns("__pycache__"))
+        for name in ("pyproject.toml", "README.md"):
+            shutil.copy(ROOT / name, scratch / name)
         for p in paths:  # the unmutated tests must pass first
             ok = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p",
                                  "no:cacheprovider", "-m", "not slow", *TARGETS[p]],

@@ -368,3 +368,96 @@ def test_premature_logits_leave_out_the_heads_extras_and_the_graph_says_so():
             projection.resolve_projection("graph", capped, refusal)
     finally:
         native.projection_patch_version, projection.offloaded = saved
+
+
+# -- what mutation testing found untested (bench/mutate.py) ---------------------------------
+
+def test_contrast_and_divergences_stay_finite_for_huge_or_vanishing_logits():
+    """log-softmax shifts by the maximum (logits of 1000 would overflow otherwise), and a
+    token whose probability underflows to 0 in both layers adds nothing to the divergence."""
+    final = np.array([1000.0, 999.0, -2000.0, 990.0])
+    premature = np.array([[1000.0, 1000.0, -3000.0, 980.0], [500.0, 400.0, -900.0, 0.0]])
+    js = dola.js_divergences(final, premature)
+    assert np.isfinite(js).all() and js[1] > js[0] > 0
+    assert_same_scores(dola.contrast(final, premature), reference(final, premature)[0])
+
+
+def test_a_token_exactly_a_tenth_of_the_top_stays_in_the_contrast():
+    # log p = z - lse bit for bit: token 1's log-probability equals the threshold
+    # log p_max + log 0.1 exactly, and transformers filters only what is below it
+    final = np.array([0.0, np.log(0.1), -5.0])
+    lf = final - np.log(np.exp(final).sum())
+    assert lf[1] == lf[0] + np.log(0.1)
+    scores = dola.contrast(final, np.zeros((1, 3)))
+    assert np.isfinite(scores[:2]).all() and np.isneginf(scores[2])
+
+
+@pytest.mark.parametrize("penalty", [2.0, 1.5])
+def test_repetition_penalty_on_every_kind_of_score(penalty):
+    """Positive scores divided, negative ones multiplied (a score in (0, 1) too), token 0 and
+    a context of one token included; -1 (a fed vector) and the rest untouched."""
+    scores = np.array([0.5, -0.4, 2.0, -np.inf, 3.0, -1.5])
+    got = dola.penalize(scores, np.array([0, 1, 2, 3, -1, 0]), penalty)
+    np.testing.assert_allclose(got, [0.5 / penalty, -0.4 * penalty, 2.0 / penalty, -np.inf,
+                                     3.0, -1.5], rtol=1e-15)
+    one = dola.penalize(scores, np.array([4]), penalty)
+    assert one[4] == 3.0 / penalty and np.array_equal(np.delete(one, 4), np.delete(scores, 4))
+    assert np.array_equal(dola.penalize(scores, np.array([], np.int64), penalty), scores)
+    assert np.array_equal(dola.penalize(scores, np.array([0, 1]), 1.0), scores)
+
+
+@pytest.mark.parametrize("t", [0.002, 0.01])
+def test_tiny_temperatures_do_not_overflow(t):
+    """At a tiny T the tempered contrast spans thousands of nats: both variants shift by the
+    maximum before exponentiating, and draw what the reference draws."""
+    final, premature = random_case(1, 3, v=30)
+    for seed in range(20):
+        u = np.random.default_rng(seed).random()
+        got = dola.pick(final, premature, config(temperature=t), np.random.default_rng(seed),
+                        variant="led-paper")
+        assert got == led_paper_reference(final, premature, t, u)
+        probs = hf_warped_probs(reference(final, premature)[0], config(temperature=t))
+        order = np.argsort(-probs, kind="stable")[: int((probs > 0).sum())]
+        want = order[min(int(np.searchsorted(np.cumsum(probs[order]), u, side="right")),
+                         len(order) - 1)]
+        assert dola.pick(final, premature, config(temperature=t),
+                         np.random.default_rng(seed)) == want
+
+
+def test_dola_reads_states_every_step_and_runs_in_the_engine(tmp_path):
+    """The unit asks for hidden states at every step and picks from them on the host (a tiny
+    generated model, greedy and sampled, both variants)."""
+    from tinymodel import write_tiny_llama
+
+    from led_local.decoding.engine import Engine
+    from led_local.decoding.methods import build_config
+    from led_local.eval.planning import SolveOptions, fingerprint
+
+    tiny = write_tiny_llama(tmp_path / "tiny.gguf", n_layer=3, seed=4)
+    for given in ({"temperature": 0.0}, {"dola_variant": "led-paper"},
+                  {"repetition_penalty": 1.3, "top_k": 5}):
+        cfg = build_config("dola", given)
+        assert dola.METHOD.reads_states and dola.METHOD.wants_states(None, cfg)
+        assert "depth_logits" in fingerprint(tiny.path, cfg, SolveOptions(samples=1), "{q}")
+        with Engine(tiny.path, cfg, n_ctx=64, projection="host") as engine:
+            assert engine.graph is None and engine.layers
+            prompt = engine.rt.tokenize("the answer is")
+            engine.prefill(0, prompt)
+            seq = engine.new_sequence(0, seed=(1,), max_tokens=6)
+            engine.start(seq, len(prompt))
+            while not seq.done:
+                engine.step([seq])
+            assert seq.tokens and all(0 <= t < engine.info.n_vocab for t in seq.tokens)
+            assert engine.context(seq)[:len(prompt)] == prompt
+    assert "depth_logits" not in fingerprint(tiny.path, build_config("sample", {}),
+                                             SolveOptions(samples=1), "{q}")
+
+
+def test_a_request_at_the_neutral_penalty_is_no_dola_request():
+    from led_local.decoding.methods import build_config
+    from led_local.serve.protocol import APIError, CompletionRequest
+
+    base = build_config("led", {})
+    assert CompletionRequest(prompt="hi", repetition_penalty=1.0).decode_config(base) == base
+    with pytest.raises(APIError):
+        CompletionRequest(prompt="hi", repetition_penalty=2.0).decode_config(base)

@@ -70,3 +70,50 @@ def test_sample_token_is_an_inverse_cdf_draw_over_the_survivors():
         got = sample_token(z, temperature=0.7, top_k=3, rng=np.random.default_rng(seed),
                            convention="hf")
         assert got == want
+
+
+# -- what mutation testing found untested (bench/mutate.py) ---------------------------------
+
+def test_vllm_min_p_reads_the_tempered_distribution():
+    # at T = 0.5, p is proportional to (16, 4, 1, 1): min-p 0.2 keeps p >= 0.2 x 16/22
+    z = np.log(np.array([4.0, 2.0, 1.0, 1.0]))
+    idx, p = filtered_probs(z, temperature=0.5, min_p=0.2, convention="vllm")
+    assert idx.tolist() == [0, 1]
+    np.testing.assert_allclose(p, [0.8, 0.2], rtol=1e-12)
+
+
+@pytest.mark.parametrize("convention", ["vllm", "hf"])
+def test_top_k_of_one_keeps_only_the_top_token(convention):
+    z = np.array([1.0, 3.0, 2.0], np.float32)
+    assert filtered_probs(z, temperature=1.0, top_k=1, convention=convention)[0].tolist() == [1]
+
+
+@pytest.mark.parametrize("convention", ["vllm", "hf"])
+def test_top_p_of_one_keeps_a_token_whose_mass_rounds_away(convention):
+    # the mass above token 1 rounds to exactly 1.0 in float64: top-p 1 must still keep it
+    z = np.array([0.0, -50.0])
+    idx, p = filtered_probs(z, temperature=1.0, top_p=1.0, convention=convention)
+    assert idx.tolist() == [0, 1] and p[1] > 0
+
+
+@pytest.mark.parametrize(("convention", "min_p"), [("hf", 0.25), ("vllm", 0.5)])
+def test_min_p_keeps_a_token_exactly_at_the_threshold(convention, min_p):
+    # p = (0.5, 0.25, 0.25) exactly; the threshold is 0.25 (absolute) or 0.5 x 0.5 (relative)
+    z = np.log(np.array([2.0, 1.0, 1.0]))
+    idx, p = filtered_probs(z, temperature=1.0, min_p=min_p, convention=convention)
+    assert idx.tolist() == [0, 1, 2] and p.tolist() == [0.5, 0.25, 0.25]
+
+
+def test_defaults_are_vllm_and_no_floor():
+    from led_local.decoding.filters import entropy_rows, softmax_rows
+
+    z = np.zeros(4, np.float32)  # mass above token 2 is 0.5: vLLM keeps 2 tokens, HF 3
+    for seed in range(50):
+        want = sample_token(z, temperature=1.0, top_p=0.5, rng=np.random.default_rng(seed),
+                            convention="vllm")
+        assert sample_token(z, temperature=1.0, top_p=0.5,
+                            rng=np.random.default_rng(seed)) == want
+    assert filtered_probs(z, temperature=1.0, top_p=0.5)[0].tolist() == [0, 1]
+    p, logp = softmax_rows(np.array([0.0, -40.0]))
+    assert entropy_rows(p, logp) == pytest.approx(-(p * logp).sum(), rel=1e-15)
+    assert entropy_rows(p, logp) != entropy_rows(p, logp, floor=1.0)

@@ -355,3 +355,133 @@ def test_a_request_may_not_change_the_temperature_of_the_servers_statistics(tmp_
     with pytest.raises(ConfigError) as e:
         build_config("hapo", {"temperature": 0.9}, base=server)
     assert e.value.option == "temperature"
+
+
+# -- what mutation testing found untested (bench/mutate.py) ---------------------------------
+
+def test_degenerate_statistics_use_the_authors_floors():
+    """Entropies of 0 are floored at 1e-8 before the log; equal log-entropies give sigma
+    sqrt(1e-8) = 1e-4; a side without values counts as 0 before its 1e-8 floor."""
+    s = compute_stats([0.5] * 5, pivot=0.8)
+    assert (s.mu, s.sigma, s.s_pos, s.s_neg) == (math.log(0.5), math.sqrt(1e-8), 1e8, -1e8)
+    h = [0.0, 1.0, 2.0]
+    s = compute_stats(h, pivot=0.5)
+    ell = [math.log(1e-8), 0.0, math.log(2.0)]
+    sigma = math.sqrt(sum(x * x for x in ell) / 3)
+    assert s.mu == 0.0 and s.sigma == pytest.approx(sigma, rel=1e-12)
+    assert s.s_pos == pytest.approx(sigma / math.log(2.0), rel=1e-12)
+    assert s.s_neg == pytest.approx(sigma / math.log(1e-8), rel=1e-12)
+
+
+def test_configurations_are_frozen_and_default_to_the_options():
+    from dataclasses import FrozenInstanceError
+
+    from led_local.decoding import hapo
+
+    cfg = hapo.HAPOConfig()
+    assert (cfg.tau, cfg.pivot, cfg.variant) == (hapo.TAU.default, hapo.PIVOT.default,
+                                                 hapo.VARIANT.default)
+    stats = compute_stats(CALIBRATION)
+    assert hash(hapo.HAPOConfig(stats=stats)) == hash(hapo.HAPOConfig(stats=stats))
+    for obj, field in ((cfg, "tau"), (stats, "mu")):
+        with pytest.raises(FrozenInstanceError):
+            setattr(obj, field, 0.1)
+
+
+def test_unfiltered_pick_samples_the_whole_tempered_distribution():
+    from led_local.decoding.hapo import HAPOConfig, HAPOTrace, hapo_pick
+
+    z = np.array([1.0, 0.5, 0.0, -0.5, -4.0])
+    cfg = HAPOConfig()
+    for seed in range(60):
+        trace = HAPOTrace(None, [], [])
+        got = hapo_pick(z, t0=0.8, cfg=cfg, trace=trace, rng=np.random.default_rng(seed))
+        want = sample_token(z, temperature=0.8, rng=np.random.default_rng(seed))
+        assert got == want
+    assert trace.summary() == {"stats": None, "t_mean": 0.8, "t_min": 0.8, "t_max": 0.8}
+
+
+def test_greedy_records_the_raw_entropy():
+    from led_local.decoding.hapo import (
+        HAPOConfig,
+        HAPOTrace,
+        hapo_pick,
+        stats_temperature,
+        tempered_entropies,
+        token_entropies,
+    )
+
+    z = np.array([2.0, 1.0, 0.0])
+    trace = HAPOTrace(compute_stats(CALIBRATION), [], [])
+    assert hapo_pick(z, t0=0.0, cfg=HAPOConfig(), trace=trace, rng=None) == 0
+    assert trace.entropies == [pytest.approx(float(token_entropies(z)), rel=1e-12)]
+    assert trace.temperatures == [0.0]
+    assert stats_temperature(0.0) == 1.0 and stats_temperature(0.7) == 0.7
+    np.testing.assert_array_equal(tempered_entropies(z, 1.0), token_entropies(z))
+    assert tempered_entropies(z, 2.0) > tempered_entropies(z, 1.0)
+
+
+def test_frozen_and_rolling_runs_record_their_own_parameters_and_lists():
+    from led_local.decoding import hapo
+    from led_local.decoding.hapo import HAPOTrace
+    from led_local.decoding.methods import DecodeConfig
+    from led_local.decoding.methods import build_config as build
+
+    rolling = build("hapo", {"hapo_rolling": 4})
+    frozen = DecodeConfig(method="hapo", temperature=1.0,
+                          hapo=hapo.HAPOConfig(stats=compute_stats(CALIBRATION)))
+    assert rolling.params()["hapo_rolling"] == 4 and "hapo_stats" not in rolling.params()
+    assert frozen.params()["hapo_stats"] == compute_stats(CALIBRATION).to_json()
+    assert "hapo_rolling" not in frozen.params()
+    assert hapo.METHOD.full_records(rolling) and not hapo.METHOD.full_records(frozen)
+    seq = type("Seq", (), {"trace": HAPOTrace(None, [0.5], [1.0])})()
+    assert "entropies" not in hapo.METHOD.record(seq, frozen)["hapo"]
+    assert hapo.METHOD.record(seq, rolling, full=True)["hapo"]["entropies"] == [0.5]
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ("[1, 2]", "is not a led-local hapo-calibrate file"),
+    ('{"format": "other", "entropies": [0.5]}', "is not a led-local hapo-calibrate file"),
+    ('{"format": "led-local-hapo-entropies/1", "entropies": []}', "is not a led-local"),
+    ('{"format": "led-local-hapo-entropies/1", "entropies": {"a": 1}}', "is not a led-local"),
+    ('{"format": "led-local-hapo-entropies/1", "entropies": [true]}', "entropy 0 must be"),
+    ('{"format": "led-local-hapo-entropies/1", "entropies": [0.5, -0.0001]}', "entropy 1"),
+    ('{"format": "led-local-hapo-entropies/1", "entropies": [1e999]}', "entropy 0 must be"),
+    ('{"format": "led-local-hapo-entropies/1", "entropies": [0.5], "temperature": 0}',
+     "temperature must be a number > 0"),
+    ('{"format": "led-local-hapo-entropies/1", "entropies": [0.5], "temperature": true}',
+     "temperature must be a number > 0"),
+    ('{"format": "led-local-hapo-entropies/1", "entropies": [0.5], "temperature": "1"}',
+     "temperature must be a number > 0"),
+])
+def test_statistics_files_are_checked(tmp_path, content, message):
+    from led_local.decoding.hapo import load_entropies
+    from led_local.errors import ConfigError
+
+    f = tmp_path / "s.json"
+    f.write_text(content)
+    with pytest.raises(ConfigError) as e:
+        load_entropies(f)
+    assert message in e.value.message and e.value.option == "hapo_stats"
+
+
+def test_a_statistics_file_may_hold_zero_entropies_and_be_exactly_the_size_limit(
+        tmp_path, monkeypatch):
+    from led_local.decoding import hapo
+    from led_local.errors import ConfigError
+
+    f = tmp_path / "s.json"
+    f.write_text('{"format": "led-local-hapo-entropies/1", "entropies": [0, 0.0, 2]}')
+    assert hapo.load_entropies(f) == [0.0, 0.0, 2.0]
+    monkeypatch.setattr(hapo, "MAX_STATS_BYTES", f.stat().st_size)
+    assert hapo.load_entropies(f) == [0.0, 0.0, 2.0]
+    monkeypatch.setattr(hapo, "MAX_STATS_BYTES", f.stat().st_size - 1)
+    with pytest.raises(ConfigError, match="larger than"):
+        hapo.load_entropies(f)
+
+
+def test_the_size_limit_is_the_documented_256_mib():
+    from led_local.decoding import hapo
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "HAPO.md").read_text()
+    assert "at most 256 MiB" in doc and hapo.MAX_STATS_BYTES == 256 * 2 ** 20
