@@ -461,3 +461,61 @@ def test_a_request_at_the_neutral_penalty_is_no_dola_request():
     assert CompletionRequest(prompt="hi", repetition_penalty=1.0).decode_config(base) == base
     with pytest.raises(APIError):
         CompletionRequest(prompt="hi", repetition_penalty=2.0).decode_config(base)
+
+
+class Fixed(np.random.Generator):
+    """A Generator whose every ``random()`` is ``u``."""
+
+    def __init__(self, u: float) -> None:
+        super().__init__(np.random.PCG64(0))
+        self.u = u
+
+    def random(self, *args, **kwargs):
+        return self.u
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p_as_transformers():
+    """Four equal scores: top-p 0.5 keeps two tokens (transformers removes those whose
+    ascending cumulative mass is <= 1 - p), and a draw on the boundary takes the next one."""
+    final, premature = np.zeros(4), np.zeros((1, 4))
+    cfg = config(temperature=1.0, top_p=0.5)
+    probs = hf_warped_probs(dola.contrast(final, premature), cfg)
+    assert (probs > 0).sum() == 2
+    picks = {dola.pick(final, premature, cfg, np.random.default_rng(s)) for s in range(100)}
+    assert picks == {0, 1}  # which of equal scores survive: ours by lower id
+    assert dola.pick(final, premature, config(temperature=1.0), Fixed(0.5)) == 2
+
+
+def test_min_p_keeps_at_least_the_top_token():
+    final, premature = np.array([5.0, 0.0, 0.0]), np.zeros((1, 3))
+    picks = {dola.pick(final, premature, config(temperature=1.0, min_p=0.999),
+                       np.random.default_rng(s)) for s in range(50)}
+    assert picks == {0}
+
+
+def test_the_engine_hands_the_penalty_the_prompt_and_response(tmp_path, monkeypatch):
+    from tinymodel import write_tiny_llama
+
+    from led_local.decoding.engine import Engine
+    from led_local.decoding.methods import build_config
+
+    calls = []
+    original = dola.penalize
+
+    def spy(scores, context, penalty):
+        calls.append((None if context is None else list(context), penalty))
+        return original(scores, context, penalty)
+
+    monkeypatch.setattr(dola, "penalize", spy)
+    tiny = write_tiny_llama(tmp_path / "tiny.gguf", n_layer=3, seed=4)
+    cfg = build_config("dola", {"repetition_penalty": 2.0, "temperature": 0.0})
+    with Engine(tiny.path, cfg, n_ctx=64, projection="host") as engine:
+        prompt = engine.rt.tokenize("the answer is")
+        engine.prefill(0, prompt)
+        seq = engine.new_sequence(0, seed=(1,), max_tokens=3)
+        engine.start(seq, len(prompt))
+        while not seq.done:
+            engine.step([seq])
+    assert calls and all(p == 2.0 for _, p in calls)
+    assert calls[0][0] == prompt and calls[-1][0][:len(prompt)] == prompt
+    assert len(calls[-1][0]) == len(prompt) + len(calls) - 1

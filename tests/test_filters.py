@@ -117,3 +117,27 @@ def test_defaults_are_vllm_and_no_floor():
     p, logp = softmax_rows(np.array([0.0, -40.0]))
     assert entropy_rows(p, logp) == pytest.approx(-(p * logp).sum(), rel=1e-15)
     assert entropy_rows(p, logp) != entropy_rows(p, logp, floor=1.0)
+
+
+def test_vllm_top_k_applies_to_the_min_p_survivors():
+    # min-p 0.4 keeps p >= 0.2 (tokens 0 and 1); a top-k of 3 then has nothing left to cut
+    z = np.log(np.array([0.5, 0.3, 0.15, 0.05]))
+    for dtype in (np.float64, np.float32):
+        idx, p = filtered_probs(z.astype(dtype), temperature=1.0, min_p=0.4, top_k=3)
+        assert idx.tolist() == [0, 1]
+        np.testing.assert_allclose(p, [0.625, 0.375], rtol=1e-6)
+
+
+def test_float64_logits_with_top_k_are_divided_by_the_temperature():
+    z = np.array([2.0, 1.0, 0.0, -1.0])
+    idx, p = filtered_probs(z, temperature=0.5, top_k=2, convention="hf")
+    assert idx.tolist() == [0, 1]
+    np.testing.assert_allclose(p, [np.e ** 2 / (np.e ** 2 + 1), 1 / (np.e ** 2 + 1)],
+                               rtol=1e-12)
+
+
+def test_entropy_rows_ignore_impossible_tokens():
+    from led_local.decoding.filters import entropy_rows, softmax_rows
+
+    p, logp = softmax_rows(np.array([[0.0, 0.0, -np.inf]]))
+    assert entropy_rows(p, logp).tolist() == [pytest.approx(np.log(2), rel=1e-15)]

@@ -485,3 +485,23 @@ def test_the_size_limit_is_the_documented_256_mib():
 
     doc = (Path(__file__).resolve().parent.parent / "docs" / "HAPO.md").read_text()
     assert "at most 256 MiB" in doc and hapo.MAX_STATS_BYTES == 256 * 2 ** 20
+
+
+def test_the_rule_floors_the_token_entropy_at_1e_6_and_sigma_by_1e_6():
+    from led_local.decoding.hapo import HAPOStats
+
+    stats = HAPOStats(mu=0.0, sigma=100.0, s_pos=1.0, s_neg=-1.0, pivot=0.8, n=1)
+    want = math.log(1e-6) / (100.0 + 1e-6)  # far from the clamp: the floors show
+    assert scaled_entropy(0.0, stats, variant="signed") == pytest.approx(want, rel=1e-13)
+    assert scaled_entropy(1e-7, stats, variant="code") == pytest.approx(-want, rel=1e-13)
+
+
+def test_the_summary_reports_the_range_of_temperatures_to_six_places():
+    from led_local.decoding.hapo import HAPOTrace, recorded_entropies
+
+    trace = HAPOTrace(None, [0.0, 1.5], [0.612345678, 0.598765432, 0.6])
+    assert trace.summary(with_entropies=True) == {
+        "stats": None, "t_mean": 0.603704, "t_min": 0.598765, "t_max": 0.612346,
+        "entropies": [0.0, 1.5]}
+    rec = {"problem_id": "p", "sample": 0, "hapo": trace.summary(with_entropies=True)}
+    assert recorded_entropies(rec, where="run.jsonl") == [0.0, 1.5]  # zero is an entropy

@@ -521,3 +521,45 @@ def test_the_latent_blend_marker_follows_the_chat_format():
     assert think_start(fmt, "</seed:think>") == "<seed:think>"
     assert think_start(fmt, "</done>") == "<think>"  # another end marker: the default
     assert think_start(SimpleNamespace(think_start=None, think_end=None), None) == "<think>"
+
+
+def test_switch_control_ranges_scale_with_max_switch():
+    """max_switch 2: the latent -> explicit switches 2..4 queue the convergence text, the
+    fifth the termination text and starts the answer budget."""
+    from led_local.decoding.swir import swir_step
+
+    vocab = SwirVocab(5, 6, 7, frozenset(), converge=(6,), terminate=(6, 7, 1))
+    cfg = SwirConfig(window=0, max_switch=2, budget=50)
+    state, low, high = SwirState(), np.full(8, 1 / 8), np.array([0.9] + [0.1 / 7] * 7)
+    events = {}
+    for s in range(10):  # flat, peaked, flat, ...: a switch either way at every step
+        step = swir_step(state, low if s % 2 == 0 else high, 1, closes=False, cfg=cfg,
+                         vocab=vocab, max_new=100)
+        if step.to_explicit:
+            events[state.count] = (list(state.queue), state.budget)
+    assert events == {1: ([], -1), 2: ([6], -1), 3: ([6], -1), 4: ([6], -1),
+                      5: ([6, 7, 1], 49)}
+
+
+def test_a_swir_engine_holds_the_exact_embeddings_and_decodes(tmp_path):
+    """The engine's own setup: the float32 input rows (resident) for the exact soft token,
+    the model's ids for the state machine, a few sampled steps with latent ones among them."""
+    from tinymodel import write_tiny_llama
+
+    from led_local.decoding import swir
+    from led_local.decoding.engine import Engine
+    from led_local.decoding.methods import build_config
+
+    tiny = write_tiny_llama(tmp_path / "tiny.gguf", n_layer=2, seed=3)
+    cfg = build_config("swir", {"swir_window": 1, "think_end": ""})
+    with Engine(tiny.path, cfg, n_ctx=96) as engine:
+        assert isinstance(engine.embeddings, np.ndarray)
+        assert swir.NAME in engine.shared
+        prompt = engine.rt.tokenize("the answer is")
+        engine.prefill(0, prompt)
+        seq = engine.new_sequence(0, seed=(2,), max_tokens=12)
+        engine.start(seq, len(prompt))
+        while not seq.done:
+            engine.step([seq])
+        report = swir.METHOD.record(seq, engine.cfg, full=True)["swir"]
+        assert seq.tokens and report
