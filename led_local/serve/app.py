@@ -422,8 +422,9 @@ def _check_tools(state: ServerState) -> None:
     name = state.model_name
     if not state.renders_tools:
         raise P.APIError(400, f"tools: the chat template of {name} does not take tools (it "
-                         "writes no tool list into the prompt); use a model or --chat-template "
-                         "with tool support", param="tools", code="tools_not_supported")
+                         "writes no tool list into the prompt); serve a model, or a "
+                         "`chat_template`, with tool support", param="tools",
+                         code="tools_not_supported")
     if state.tool_syntax is None:
         raise P.APIError(400, f"tools: led-local does not know how {name}'s template writes "
                          "tool calls (hermes <tool_call>, Llama 3 JSON, Mistral [TOOL_CALLS], "
