@@ -519,3 +519,38 @@ def test_the_engine_hands_the_penalty_the_prompt_and_response(tmp_path, monkeypa
     assert calls and all(p == 2.0 for _, p in calls)
     assert calls[0][0] == prompt and calls[-1][0][:len(prompt)] == prompt
     assert len(calls[-1][0]) == len(prompt) + len(calls) - 1
+
+
+def test_two_kept_tokens_far_apart_at_a_tiny_temperature():
+    """Both top tokens pass the relative-top filter at any T, while the premature layer
+    separates them by thousands of nats at T = 0.01: both variants shift by the maximum and
+    always pick token 0."""
+    final = np.array([5.0, 5.0, 0.0, 0.0])
+    premature = np.array([[-10.0, 0.0, 10.0, 10.0]])
+    for variant in ("hf", "led-paper"):
+        picks = {dola.pick(final, premature, config(temperature=0.01),
+                           np.random.default_rng(s), variant=variant) for s in range(30)}
+        assert picks == {0}, variant
+
+
+def test_min_p_keeps_the_top_token_and_every_token_tied_with_it():
+    # two kept tokens with p = (0.62, 0.38): min-p 0.9 leaves the first
+    final, premature = np.array([1.0, 0.5, -9.0]), np.zeros((1, 3))
+    picks = {dola.pick(final, premature, config(temperature=1.0, min_p=0.9),
+                       np.random.default_rng(s)) for s in range(60)}
+    assert picks == {0}
+    # two equal top tokens: min-p 1 keeps both (p >= 1 x the top)
+    final = np.array([0.0, 0.0, -9.0])
+    picks = {dola.pick(final, premature, config(temperature=1.0, min_p=1.0),
+                       np.random.default_rng(s)) for s in range(60)}
+    assert picks == {0, 1}
+
+
+def test_pick_defaults_are_transformers_without_a_penalty():
+    final, premature = random_case(3, 3, v=20)
+    context = np.arange(20)
+    for seed in range(20):
+        cfg = config(temperature=0.9)
+        assert dola.pick(final, premature, cfg, np.random.default_rng(seed), context=context) \
+            == dola.pick(final, premature, cfg, np.random.default_rng(seed), variant="hf",
+                         penalty=1.0)
