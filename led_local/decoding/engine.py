@@ -159,7 +159,8 @@ class Engine:
         unit = cfg.unit
         unit.check_model(self.info, cfg)
         self.layers: list[int] = unit.layers(self.info, cfg)
-        if self.layers and resolve_projection(projection, self.info) == "graph":
+        if self.layers and resolve_projection(projection, self.info,
+                                              unit.graph_refusal(self.info, cfg)) == "graph":
             self.graph = GraphProjection(self.info, self.layers, norm=unit.norm(cfg),
                                          temperature=cfg.temperature,
                                          candidates=unit.graph_candidates(cfg))
@@ -256,11 +257,18 @@ class Engine:
         """Which captured states (columns of ``capture.collect()``) hold hidden ``hidden``."""
         return [self.layers.index(h) for h in hidden]
 
-    def project(self, states: np.ndarray, *, norm: bool) -> np.ndarray:
-        """(R, m, n_embd) captured states -> (R, m, V) logits in one ggml product."""
+    def project(self, states: np.ndarray, *, norm: bool, extras: bool = True) -> np.ndarray:
+        """(R, m, n_embd) captured states -> (R, m, V) logits in one ggml product, exact
+        (``head.LMHead.project``); ``extras``: with the logit scale and soft-capping that
+        follow the model's head."""
         r, m, n = states.shape
-        out = self.head.project(states.reshape(r * m, n), norm=norm)
+        out = self.head.project(states.reshape(r * m, n), norm=norm, extras=extras)
         return out.reshape(r, m, -1)
+
+    def context(self, seq: Sequence) -> list[int]:
+        """The token ids in ``seq``'s KV slot: its prompt and the response fed so far (-1
+        where a vector was fed), what the step being picked was computed after."""
+        return self._cached.get(seq.slot, [])
 
     def check_config(self, cfg: DecodeConfig) -> None:
         """Refuse a per-sequence method this engine cannot run: hidden states it does not
