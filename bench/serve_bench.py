@@ -257,7 +257,7 @@ def chat_rate(port: int, questions: list[str], n: int, tokens: int, extra: dict)
         for r in range(2):
             q = questions[(2 * i + r) % len(questions)]
             body = {"messages": [{"role": "user", "content": q}], "max_tokens": tokens,
-                    "seed": 100 * i + r, **SAMPLING, **extra}
+                    "seed": 100 * i + r, **extra}
             _, _, n_tok = _post_stream(port, "/v1/chat/completions", body)
             with lock:
                 total[0] += n_tok
@@ -290,7 +290,7 @@ def long_text(model: str, n_tokens: int) -> str:
 def long_case(port: int, prompt: str, tokens: int, extra: dict,
               seed: int) -> tuple[float, float, int]:
     """The long context: (prompt time = TTFT s, generation tokens/s after it, tokens)."""
-    body = {"prompt": prompt, "max_tokens": tokens, "seed": seed, **SAMPLING, **extra}
+    body = {"prompt": prompt, "max_tokens": tokens, "seed": seed, **extra}
     ttft, total, n_tok = _post_stream(port, "/v1/completions", body)
     return ttft, (n_tok - 1) / max(total - ttft, 1e-9), n_tok
 
@@ -303,8 +303,10 @@ def bench_against_llama_server(model: str, *, binary: Path, threads: int, parall
     questions = [p.question for p in load_problems("gsm8k")[:16]]
     texts = [long_text(model, long_prompt) + f"\n\n({i})" for i in range(2 * repeats)]
     ctx = max(2048, long_prompt + long_tokens + 256)
-    systems = {"llama-server": [("plain", {})],
-               "led-local": [("plain", {"method": "sample"}), ("led", {"method": "led"})]}
+    # LED takes the temperature alone (it refuses top-k/top-p/min-p, which it does not use)
+    systems = {"llama-server": [("plain", SAMPLING)],
+               "led-local": [("plain", {"method": "sample", **SAMPLING}),
+                             ("led", {"method": "led", "temperature": SAMPLING["temperature"]})]}
     res: dict[tuple[str, str, str], list[float]] = {}
     for r in range(repeats):
         order = list(systems) if r % 2 == 0 else list(reversed(systems))
