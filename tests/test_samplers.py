@@ -393,3 +393,31 @@ def test_exploring_the_final_layer_itself_counts_as_explored_at_depth_0():
     out = led_sample(z, config=LEDConfig(depths=3, candidates=2, exploit=False),
                      rngs=[np.random.default_rng(0)])
     assert out.explored.tolist() == [True] and out.depths.tolist() == [0]
+
+
+def _top_by_full_selection(z: np.ndarray, k: int) -> list[int]:
+    """The definition: sort by value (descending), ties by lower id, keep k."""
+    return sorted(range(len(z)), key=lambda i: (-z[i], i))[:k]
+
+
+@pytest.mark.parametrize("kind", ["normal", "ties", "masked", "one-left", "sorted", "flat"])
+def test_top_candidates_on_large_rows_is_the_full_selection(kind):
+    """Rows past 64 k values go through the strided-sample threshold: same ids as sorting
+    the whole row, ties to the lower id included, -inf (a grammar's mask) included."""
+    rng = np.random.default_rng(len(kind))
+    for trial in range(40):
+        v = int(rng.integers(600, 5000))
+        z = rng.normal(size=v).astype(np.float32) * 4
+        if kind == "ties":
+            z = rng.integers(-2, 3, size=v).astype(np.float32)
+        elif kind == "masked":
+            z[rng.random(v) < 0.98] = -np.inf
+        elif kind == "one-left":
+            z[:] = -np.inf
+            z[rng.integers(0, v)] = 2.0
+        elif kind == "sorted":
+            z = np.sort(z)
+        elif kind == "flat":
+            z[:] = 1.5
+        k = int(rng.integers(1, 9))
+        assert top_candidates(z, k).tolist() == _top_by_full_selection(z, k), (trial, v, k)

@@ -437,9 +437,10 @@ class Engine:
                 s.grammar.mask(self.rt.logits_view(r))
         cfgs = [self._cfg(s) for s in seqs]
         units = [c.unit for c in cfgs]
+        scored = [self.wants_logprobs(s) for s in seqs]
         # llama.cpp's own sampler reads the logits in place; copy them only when needed
         final = None
-        if self.logprobs or any(u.reads_logits for u in units):
+        if any(scored) or any(u.reads_logits for u in units):
             final = np.stack([self.rt.logits(r) for r in rows])
         batch = Batch(seqs, cfgs, rows, final, states, [0] * len(seqs), [None] * len(seqs))
         groups: dict = {}
@@ -449,8 +450,13 @@ class Engine:
             u.pick(self, batch, idx)
         for i, (s, cfg, u) in enumerate(zip(seqs, cfgs, units)):
             self._accept(s, batch.tokens[i], batch.depths[i],
-                         final[i] if self.logprobs else None, u.logprob_temperature(cfg))
+                         final[i] if scored[i] else None, u.logprob_temperature(cfg))
             u.after_accept(self, s)
+
+    def wants_logprobs(self, s: Sequence) -> bool:
+        """Whether ``s``'s tokens get their log-probabilities (the engine's ``logprobs``; a
+        subclass may ask for them per sequence: a full-vocabulary softmax per token)."""
+        return self.logprobs
 
     def _accept(self, s: Sequence, tok: int, depth: int | None, final: np.ndarray | None,
                 temperature: float) -> None:

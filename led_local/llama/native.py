@@ -14,6 +14,8 @@
   buffer types (through ``ggml_backend_reg_get_proc_address``).
 - patches/0002-led-depth-logits.patch: ``llama_led_set_projection`` and its getters (C names),
   LED's depth logits computed inside llama.cpp's graph; absent from older builds.
+- patches/0003-fa-batch-invariant.patch: ``ggml_cpu_led_fa_invariant_version`` (ggml-cpu, C
+  name), present where the CPU flash attention is batch-invariant.
 """
 
 from __future__ import annotations
@@ -324,6 +326,16 @@ _reg_proc = _bind("ggml_backend_reg_get_proc_address", [_vp, _str], _vp)
 _buft_name = _bind("ggml_backend_buft_name", [_vp], _str)
 # typedef ggml_backend_buffer_type_t * (*ggml_backend_dev_get_extra_bufts_t)(ggml_backend_dev_t)
 _GetExtraBufts = ctypes.CFUNCTYPE(ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p)
+
+
+# patches/0003-fa-batch-invariant.patch (ggml-cpu, C name): the CPU flash attention computes
+# each query row by one arithmetic, whatever else shares its batch
+_fa_invariant = _optional("ggml_cpu_led_fa_invariant_version", [], ctypes.c_int)
+
+
+def fa_invariant_patch_version() -> int | None:
+    """The batch-invariant flash-attention patch's version in the loaded ggml, or None."""
+    return int(_fa_invariant()) if _fa_invariant is not None else None
 
 
 def ggml_version() -> str | None:
