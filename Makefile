@@ -3,6 +3,9 @@
 #   make test       set everything up and run the whole test suite (as CI does), Chromium
 #                   for the chat page's browser test included (Debian/Ubuntu, with apt-get)
 #   make test-fast  the tests that need no real model (run it before every commit)
+#   make llama-server  llama.cpp's own server and llama-batched-bench, built from the same
+#                   patched sources into build/llama-tools/bin (for bench/serve_bench.py
+#                   --against; not part of make test)
 # BACKEND=cpu | cuda | metal picks the llama.cpp backend of the build (default: metal on Apple
 # silicon, cpu elsewhere).
 # CUDA_ARCHITECTURES=native (default: the GPUs of the machine that builds) | e.g. 90 or 86;89.
@@ -64,7 +67,7 @@ SMOLLM2 := models/SmolLM2-135M-Instruct.Q4_1.gguf
 GEMMA3  := models/gemma-3-270m-q4_k_m.gguf
 MODEL   ?= $(SMOLLM2)
 
-.PHONY: install models browser demo test test-fast bench lint clean build-flags
+.PHONY: install models browser demo test test-fast bench lint clean build-flags llama-server
 
 install: $(VENV)/.led-local
 
@@ -155,6 +158,24 @@ test-fast: install
 
 bench: install models
 	$(PY) bench/bench.py $(MODEL)
+
+# llama.cpp's llama-server and llama-batched-bench from the tree `make install` patched and
+# built, with the same backend, AMX choice and compiler flags (GGML_NATIVE, Release), so that a
+# comparison measures the serving code and not the kernels. No web UI (nothing is downloaded)
+# and no OpenSSL. Rebuilt when the patched tree is.
+TOOLS        := $(BUILD)/llama-tools
+LLAMA_SERVER := $(TOOLS)/bin/llama-server
+TOOLS_CMAKE  := $(BACKEND_CMAKE) -DCMAKE_BUILD_TYPE=Release -DLLAMA_BUILD_TESTS=OFF \
+                -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=ON \
+                -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF \
+                $(if $(NO_AMX_FLAGS),-DCMAKE_C_FLAGS='$(NO_AMX_FLAGS)' -DCMAKE_CXX_FLAGS='$(NO_AMX_FLAGS)')
+
+llama-server: $(LLAMA_SERVER)
+
+$(LLAMA_SERVER): $(VENV)/.llama-built
+	cmake -S $(SRC)/vendor/llama.cpp -B $(TOOLS) $(TOOLS_CMAKE)
+	cmake --build $(TOOLS) -j $(NPROC) --target llama-server llama-batched-bench
+	touch $@
 
 # The CMake arguments of the llama.cpp build (a test checks the AMX protection in them).
 build-flags:

@@ -1,8 +1,9 @@
 """led-local benchmarks (``make bench``): ratios measured side by side in one run.
 
 decode: one prompt decoded with --method sample and with LED (gated, always-exploring, both
-capture paths, and the in-graph projection where the build has it), rounds interleaved so
-machine noise hits every variant alike.
+capture paths, and the in-graph projection where the build has it; and with the depth logits'
+8-bit rounding left in, as before they were exact), rounds interleaved so machine noise hits
+every variant alike.
 batch: generated tokens/s of ``solve`` with --parallel 16 versus --parallel 1, for sample and
 LED (host projection, and in-graph where the build has it), on the same GSM8K problems.
 bufts: the build's default (CPU extra buffer types on: the repack kernels; AMX is not compiled
@@ -51,23 +52,44 @@ PROMPT = ("Please reason step by step, and put your final answer within \\boxed{
           "of all his sheep. How many sheep does he have left?")
 
 
+EIGHT_BIT = " 8-bit"  # a variant whose depth logits keep ggml's 8-bit rounding of the states
+
+
 def decode_variants() -> dict[str, tuple[DecodeConfig, str, str]]:
-    """name -> (config, capture, projection)."""
+    """name -> (config, capture, projection). A name with EIGHT_BIT projects as led-local did
+    before its depth logits were exact (``eight_bit``): the cost of exactness, in one run."""
     # think_end "": the whole response in LED's scope, as for a model that never closes it
     led = DecodeConfig(method="led", think_end="")
     always = DecodeConfig(method="led", led=LEDConfig(exploit=False), think_end="")
     variants = {
         "sample": (DecodeConfig(method="sample", think_end=""), "auto", "host"),
         "led (callback)": (led, "callback", "host"),
+        f"led{EIGHT_BIT} (callback)": (led, "callback", "host"),
         "led no-exploit (callback)": (always, "callback", "host"),
     }
     if native.layer_inp_patch_version() is not None:
         variants["led (layer-inp)"] = (led, "layer-inp", "host")
+        variants[f"led{EIGHT_BIT} (layer-inp)"] = (led, "layer-inp", "host")
         variants["led no-exploit (layer-inp)"] = (always, "layer-inp", "host")
+        variants[f"led no-exploit{EIGHT_BIT} (layer-inp)"] = (always, "layer-inp", "host")
     if graph_available():
         variants["led (graph)"] = (led, "auto", "graph")
         variants["led no-exploit (graph)"] = (always, "auto", "graph")
+        variants[f"led no-exploit{EIGHT_BIT} (graph)"] = (always, "auto", "graph")
     return variants
+
+
+def eight_bit(engine: Engine) -> Engine:
+    """``engine`` projecting its depth logits with ggml's 8-bit rounding of the states left in
+    (led-local's projection before it was exact), host or graph."""
+    if engine.head is not None:
+        project = engine.head.project
+        engine.head.project = lambda states, *, norm: project(states, norm=norm, exact=False)
+    if engine.graph is not None:
+        engine.graph.round_type = None
+        engine.graph._on = None
+        engine.graph.enable(True)
+    return engine
 
 
 def bench_decode(model: str, *, tokens: int, rounds: int, threads: int | None) -> None:
@@ -75,6 +97,9 @@ def bench_decode(model: str, *, tokens: int, rounds: int, threads: int | None) -
     engines = {name: Engine(model, cfg, n_ctx=1024, threads=threads, capture=cap,
                             projection=proj)
                for name, (cfg, cap, proj) in variants.items()}
+    for name, engine in engines.items():
+        if EIGHT_BIT in name:
+            eight_bit(engine)
     rates: dict[str, list[float]] = {name: [] for name in variants}
     explored: dict[str, int] = {}
     generated: dict[str, int] = {}
@@ -92,11 +117,11 @@ def bench_decode(model: str, *, tokens: int, rounds: int, threads: int | None) -
     base = statistics.median(rates["sample"])
     print(f"decode benchmark: {Path(model).name}, {tokens} tokens x {rounds} rounds, "
           f"threads={threads or 'default'}")
-    print(f"{'variant':28} {'tokens/s':>9} {'x sample':>9} {'explored/token':>15}")
+    print(f"{'variant':34} {'tokens/s':>9} {'x sample':>9} {'explored/token':>15}")
     for name, rs in rates.items():
         med = statistics.median(rs)
         frac = explored[name] / max(1, generated[name])
-        print(f"{name:28} {med:9.1f} {med / base:9.2f} {frac:15.2f}")
+        print(f"{name:34} {med:9.1f} {med / base:9.2f} {frac:15.2f}")
 
 
 def bench_bufts(model: str, *, tokens: int, rounds: int, threads: int | None) -> None:

@@ -6,6 +6,9 @@
 #   bench  bench/bench.py on both models: plain, LED gated and gate-off with host and graph
 #          projection, and solve at --parallel 16 and 1
 #   all    the three in order
+#   fa     issue 26: solve at a 3,000-token prompt, --parallel 1 against 6, with the default
+#          attention (flash attention off on a GPU build) and with CUDA's flash attention
+#          forced on (bench/gpu_fa.py; needs build)
 # Logs and results go to $OUT (the device tool brings them back).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -68,5 +71,6 @@ case "${1:-all}" in
     test) test_suite ;;
     bench) bench ;;
     all) build && test_suite; bench ;;
-    *) echo "usage: $0 build|test|bench|all" >&2; exit 2 ;;
+    fa) .venv/bin/python bench/gpu_fa.py 2>&1 | tee "$OUT/fa.txt" ;;
+    *) echo "usage: $0 build|test|bench|all|fa" >&2; exit 2 ;;
 esac

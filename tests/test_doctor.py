@@ -18,7 +18,8 @@ from led_local.diagnostics import build
 from led_local.llama import gguf_info, native
 
 ROOT = Path(__file__).resolve().parent.parent
-BUILD_CHECKS = ["versions", "backend", "cpu-features", "patch", "amx", "extra-buffer-types"]
+BUILD_CHECKS = ["versions", "backend", "cpu-features", "patch", "attention", "amx",
+                "extra-buffer-types"]
 MODEL_CHECKS = ["model", "led-depths", "head", "chat", "capture", "decode", "projection"]
 
 
@@ -154,3 +155,11 @@ def test_the_expected_patch_version_is_the_one_the_patch_exports():
     exported = re.search(r"llama_led_layer_inp_patch_version\(void\) \{\n\+\s+return (\d+);",
                          patch)
     assert exported and int(exported.group(1)) == native.LAYER_INP_PATCH_VERSION
+
+
+def test_attention_verdicts():
+    flash = build.attention_check(1, False)
+    assert flash.ok and flash.value == "flash" and "patch 0003" in flash.detail
+    assert build.attention_check(1, True).value == "plain"  # GPU kernels are not covered
+    stock = build.attention_check(None, False)
+    assert stock.ok and stock.value == "plain" and "make install" in stock.detail

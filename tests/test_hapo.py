@@ -259,3 +259,286 @@ def test_unfiltered_sampling_and_entropies_are_the_same_with_work_arrays():
         h = entropy_rows(*ref)
         assert np.array_equal(token_entropies(rows, scratch=scratch), h)
         assert np.array_equal(token_entropies(rows), h)
+
+
+# -- T0 != 1: the statistics at the sampling temperature, the rule as the released sampler ---
+
+T0 = 0.6
+
+
+def _entropy(row, t: float) -> float:
+    """H of softmax(row / t) in plain Python."""
+    z = [x / t for x in row]
+    top = max(z)
+    e = [math.exp(x - top) for x in z]
+    s = sum(e)
+    return -sum(x / s * math.log(x / s) for x in e)
+
+
+def _stats(entropies, pivot):
+    """HAPO's compute_entropy_h in plain Python: nearest-rank pivot, RMS about it, one-sided
+    scales."""
+    ell = sorted(math.log(max(h, 1e-8)) for h in entropies)
+    mu = ell[round(pivot * (len(ell) - 1))]
+    sigma = math.sqrt(max(sum((x - mu) ** 2 for x in ell) / len(ell), 1e-8))
+    z = [(x - mu) / sigma for x in ell]
+    return mu, sigma, 1 / max(max([x for x in z if x > 0], default=0.0), 1e-8), \
+        1 / min(min([x for x in z if x < 0], default=0.0), -1e-8)
+
+
+def _released_temperature(row, stats, *, t0: float, tau: float) -> float:
+    """compute_entropy_based_temperature of the released sampler (vllm/v1/sample/sampler.py):
+    the entropy of the raw logits, h_hat = h s_pos or h s_neg, clamped, T0 (1 + h_hat tau)."""
+    mu, sigma, s_pos, s_neg = stats
+    h = (math.log(max(_entropy(row, 1.0), 1e-6)) - mu) / (sigma + 1e-6)
+    return t0 * (1.0 + max(-1.0, min(1.0, h * s_pos if h > 0 else h * s_neg)) * tau)
+
+
+def test_pivot_rank_is_rounded_not_floored():
+    # 12 entropies: rank 0.8 x 11 = 8.8 rounds to 9 (floor: 8); 6 at pivot 0.5: 2.5 -> 2
+    h = [0.05 * (i + 1) ** 2 for i in range(12)]
+    assert compute_stats(h, pivot=0.8).mu == math.log(h[9])
+    assert compute_stats(h[:6], pivot=0.5).mu == math.log(h[2])  # half to even
+    assert compute_stats(h[:8], pivot=0.5).mu == math.log(h[4])  # 3.5 -> 4
+
+
+@pytest.mark.parametrize("h_t", sorted(TABLE))
+def test_temperature_table_at_t0_06(h_t):
+    """T = T0 (1 + tau h_hat), not T0 + tau h_hat: at T0 = 0.6 the table's T0 = 1 values
+    scale by 0.6."""
+    s = compute_stats(CALIBRATION, pivot=0.8)
+    _, tc, _, ts = TABLE[h_t]
+    assert adaptive_temperature(h_t, s, t0=T0, tau=0.05, variant="code") == \
+        pytest.approx(T0 * tc, abs=1e-6)
+    assert adaptive_temperature(h_t, s, t0=T0, tau=0.05, variant="signed") == \
+        pytest.approx(T0 * ts, abs=1e-6)
+
+
+def test_code_variant_is_the_released_sampler_at_t0_06():
+    """Statistics from the calibration rows' entropies at T0 (the authors' trainer), each
+    token's temperature from its raw entropy (their sampler), then vLLM's filters at that
+    temperature: token by token, against a plain-Python oracle."""
+    from led_local.decoding.hapo import HAPOConfig, HAPOTrace, hapo_pick, tempered_entropies
+
+    rng = np.random.default_rng(11)
+    calib = rng.normal(0, 1, (40, 30)) * rng.uniform(0.3, 4.0, (40, 1))
+    temp = [_entropy(r, T0) for r in calib]
+    np.testing.assert_allclose(tempered_entropies(calib, T0), temp, rtol=1e-10)
+    assert max(abs(a - _entropy(r, 1.0)) for a, r in zip(temp, calib)) > 0.1  # it matters
+    stats = compute_stats(tempered_entropies(calib, T0), pivot=0.8)
+    oracle = _stats(temp, 0.8)
+    assert (stats.mu, stats.sigma, stats.s_pos, stats.s_neg) == pytest.approx(oracle,
+                                                                               rel=1e-9)
+    cfg = HAPOConfig(tau=0.3, variant="code", stats=stats)
+    trace = HAPOTrace(stats, [], [])
+    rows = rng.normal(0, 1, (60, 30)) * rng.uniform(0.3, 4.0, (60, 1))
+    for i, row in enumerate(rows):
+        t = _released_temperature(row, oracle, t0=T0, tau=0.3)
+        idx, p = filtered_probs(row, temperature=t, top_k=10, top_p=0.9, min_p=0.05)
+        u = np.random.default_rng(i).random()
+        want = int(idx[min(int(np.searchsorted(np.cumsum(p), u * p.sum(), side="right")),
+                           len(p) - 1)])
+        got = hapo_pick(row, t0=T0, cfg=cfg, trace=trace, rng=np.random.default_rng(i),
+                        top_k=10, top_p=0.9, min_p=0.05)
+        assert got == want
+        assert trace.temperatures[-1] == pytest.approx(t, rel=1e-9)
+        assert trace.entropies[-1] == pytest.approx(_entropy(row, T0), rel=1e-9)
+    assert len(set(np.round(trace.temperatures, 6))) > 10
+
+
+def _stats_file(path: Path, temperature: float | None) -> Path:
+    data = {"format": "led-local-hapo-entropies/1", "entropies": CALIBRATION}
+    if temperature is not None:
+        data["temperature"] = temperature
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.mark.parametrize(("made", "run_t0", "ok"), [
+    (0.6, 0.6, True), (0.6, 1.0, False), (None, 1.0, True), (None, 0.6, False),
+    (1.0, 0.7, False), (0.6, 0.0, True),  # greedy: the statistics are never used
+])
+def test_a_statistics_file_at_another_temperature_is_refused(tmp_path, made, run_t0, ok):
+    from led_local.decoding.methods import build_config
+    from led_local.errors import ConfigError
+
+    f = _stats_file(tmp_path / "s.json", made)
+    given = {"hapo_stats": str(f), "temperature": run_t0}
+    if ok:
+        assert build_config("hapo", given).hapo.stats == compute_stats(CALIBRATION)
+        return
+    with pytest.raises(ConfigError) as e:
+        build_config("hapo", given)
+    assert e.value.option == "hapo_stats" and "calibrate at `temperature`" in e.value.message
+
+
+def test_params_carry_the_statistics_temperature_only_when_it_is_not_1(tmp_path):
+    from led_local.decoding.methods import build_config
+
+    at1 = build_config("hapo", {"hapo_stats": str(_stats_file(tmp_path / "a.json", None))})
+    assert "hapo_stats_temperature" not in at1.params()
+    at06 = build_config("hapo", {"hapo_stats": str(_stats_file(tmp_path / "b.json", 0.6)),
+                                 "temperature": 0.6})
+    assert at06.params()["hapo_stats_temperature"] == 0.6
+
+
+def test_a_request_may_not_change_the_temperature_of_the_servers_statistics(tmp_path):
+    from led_local.decoding.methods import build_config
+    from led_local.errors import ConfigError
+
+    server = build_config("hapo", {"hapo_stats": str(_stats_file(tmp_path / "s.json", 0.6)),
+                                   "temperature": 0.6})
+    assert build_config("hapo", {"temperature": 0.6}, base=server).hapo == server.hapo
+    with pytest.raises(ConfigError) as e:
+        build_config("hapo", {"temperature": 0.9}, base=server)
+    assert e.value.option == "temperature"
+
+
+# -- what mutation testing found untested (bench/mutate.py) ---------------------------------
+
+def test_degenerate_statistics_use_the_authors_floors():
+    """Entropies of 0 are floored at 1e-8 before the log; equal log-entropies give sigma
+    sqrt(1e-8) = 1e-4; a side without values counts as 0 before its 1e-8 floor."""
+    s = compute_stats([0.5] * 5, pivot=0.8)
+    assert (s.mu, s.sigma, s.s_pos, s.s_neg) == (math.log(0.5), math.sqrt(1e-8), 1e8, -1e8)
+    h = [0.0, 1.0, 2.0]
+    s = compute_stats(h, pivot=0.5)
+    ell = [math.log(1e-8), 0.0, math.log(2.0)]
+    sigma = math.sqrt(sum(x * x for x in ell) / 3)
+    assert s.mu == 0.0 and s.sigma == pytest.approx(sigma, rel=1e-12)
+    assert s.s_pos == pytest.approx(sigma / math.log(2.0), rel=1e-12)
+    assert s.s_neg == pytest.approx(sigma / math.log(1e-8), rel=1e-12)
+
+
+def test_configurations_are_frozen_and_default_to_the_options():
+    from dataclasses import FrozenInstanceError
+
+    from led_local.decoding import hapo
+
+    cfg = hapo.HAPOConfig()
+    assert (cfg.tau, cfg.pivot, cfg.variant) == (hapo.TAU.default, hapo.PIVOT.default,
+                                                 hapo.VARIANT.default)
+    stats = compute_stats(CALIBRATION)
+    assert hash(hapo.HAPOConfig(stats=stats)) == hash(hapo.HAPOConfig(stats=stats))
+    for obj, field in ((cfg, "tau"), (stats, "mu")):
+        with pytest.raises(FrozenInstanceError):
+            setattr(obj, field, 0.1)
+
+
+def test_unfiltered_pick_samples_the_whole_tempered_distribution():
+    from led_local.decoding.hapo import HAPOConfig, HAPOTrace, hapo_pick
+
+    z = np.array([1.0, 0.5, 0.0, -0.5, -4.0])
+    cfg = HAPOConfig()
+    for seed in range(60):
+        trace = HAPOTrace(None, [], [])
+        got = hapo_pick(z, t0=0.8, cfg=cfg, trace=trace, rng=np.random.default_rng(seed))
+        want = sample_token(z, temperature=0.8, rng=np.random.default_rng(seed))
+        assert got == want
+    assert trace.summary() == {"stats": None, "t_mean": 0.8, "t_min": 0.8, "t_max": 0.8}
+
+
+def test_greedy_records_the_raw_entropy():
+    from led_local.decoding.hapo import (
+        HAPOConfig,
+        HAPOTrace,
+        hapo_pick,
+        stats_temperature,
+        tempered_entropies,
+        token_entropies,
+    )
+
+    z = np.array([2.0, 1.0, 0.0])
+    trace = HAPOTrace(compute_stats(CALIBRATION), [], [])
+    assert hapo_pick(z, t0=0.0, cfg=HAPOConfig(), trace=trace, rng=None) == 0
+    assert trace.entropies == [pytest.approx(float(token_entropies(z)), rel=1e-12)]
+    assert trace.temperatures == [0.0]
+    assert stats_temperature(0.0) == 1.0 and stats_temperature(0.7) == 0.7
+    np.testing.assert_array_equal(tempered_entropies(z, 1.0), token_entropies(z))
+    assert tempered_entropies(z, 2.0) > tempered_entropies(z, 1.0)
+
+
+def test_frozen_and_rolling_runs_record_their_own_parameters_and_lists():
+    from led_local.decoding import hapo
+    from led_local.decoding.hapo import HAPOTrace
+    from led_local.decoding.methods import DecodeConfig
+    from led_local.decoding.methods import build_config as build
+
+    rolling = build("hapo", {"hapo_rolling": 4})
+    frozen = DecodeConfig(method="hapo", temperature=1.0,
+                          hapo=hapo.HAPOConfig(stats=compute_stats(CALIBRATION)))
+    assert rolling.params()["hapo_rolling"] == 4 and "hapo_stats" not in rolling.params()
+    assert frozen.params()["hapo_stats"] == compute_stats(CALIBRATION).to_json()
+    assert "hapo_rolling" not in frozen.params()
+    assert hapo.METHOD.full_records(rolling) and not hapo.METHOD.full_records(frozen)
+    seq = type("Seq", (), {"trace": HAPOTrace(None, [0.5], [1.0])})()
+    assert "entropies" not in hapo.METHOD.record(seq, frozen)["hapo"]
+    assert hapo.METHOD.record(seq, rolling, full=True)["hapo"]["entropies"] == [0.5]
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ("[1, 2]", "is not a led-local hapo-calibrate file"),
+    ('{"format": "other", "entropies": [0.5]}', "is not a led-local hapo-calibrate file"),
+    ('{"format": "led-local-hapo-entropies/1", "entropies": []}', "is not a led-local"),
+    ('{"format": "led-local-hapo-entropies/1", "entropies": {"a": 1}}', "is not a led-local"),
+    ('{"format": "led-local-hapo-entropies/1", "entropies": [true]}', "entropy 0 must be"),
+    ('{"format": "led-local-hapo-entropies/1", "entropies": [0.5, -0.0001]}', "entropy 1"),
+    ('{"format": "led-local-hapo-entropies/1", "entropies": [1e999]}', "entropy 0 must be"),
+    ('{"format": "led-local-hapo-entropies/1", "entropies": [0.5], "temperature": 0}',
+     "temperature must be a number > 0"),
+    ('{"format": "led-local-hapo-entropies/1", "entropies": [0.5], "temperature": true}',
+     "temperature must be a number > 0"),
+    ('{"format": "led-local-hapo-entropies/1", "entropies": [0.5], "temperature": "1"}',
+     "temperature must be a number > 0"),
+])
+def test_statistics_files_are_checked(tmp_path, content, message):
+    from led_local.decoding.hapo import load_entropies
+    from led_local.errors import ConfigError
+
+    f = tmp_path / "s.json"
+    f.write_text(content)
+    with pytest.raises(ConfigError) as e:
+        load_entropies(f)
+    assert message in e.value.message and e.value.option == "hapo_stats"
+
+
+def test_a_statistics_file_may_hold_zero_entropies_and_be_exactly_the_size_limit(
+        tmp_path, monkeypatch):
+    from led_local.decoding import hapo
+    from led_local.errors import ConfigError
+
+    f = tmp_path / "s.json"
+    f.write_text('{"format": "led-local-hapo-entropies/1", "entropies": [0, 0.0, 2]}')
+    assert hapo.load_entropies(f) == [0.0, 0.0, 2.0]
+    monkeypatch.setattr(hapo, "MAX_STATS_BYTES", f.stat().st_size)
+    assert hapo.load_entropies(f) == [0.0, 0.0, 2.0]
+    monkeypatch.setattr(hapo, "MAX_STATS_BYTES", f.stat().st_size - 1)
+    with pytest.raises(ConfigError, match="larger than"):
+        hapo.load_entropies(f)
+
+
+def test_the_size_limit_is_the_documented_256_mib():
+    from led_local.decoding import hapo
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "HAPO.md").read_text()
+    assert "at most 256 MiB" in doc and hapo.MAX_STATS_BYTES == 256 * 2 ** 20
+
+
+def test_the_rule_floors_the_token_entropy_at_1e_6_and_sigma_by_1e_6():
+    from led_local.decoding.hapo import HAPOStats
+
+    stats = HAPOStats(mu=0.0, sigma=100.0, s_pos=1.0, s_neg=-1.0, pivot=0.8, n=1)
+    want = math.log(1e-6) / (100.0 + 1e-6)  # far from the clamp: the floors show
+    assert scaled_entropy(0.0, stats, variant="signed") == pytest.approx(want, rel=1e-13)
+    assert scaled_entropy(1e-7, stats, variant="code") == pytest.approx(-want, rel=1e-13)
+
+
+def test_the_summary_reports_the_range_of_temperatures_to_six_places():
+    from led_local.decoding.hapo import HAPOTrace, recorded_entropies
+
+    trace = HAPOTrace(None, [0.0, 1.5], [0.612345678, 0.598765432, 0.6])
+    assert trace.summary(with_entropies=True) == {
+        "stats": None, "t_mean": 0.603704, "t_min": 0.598765, "t_max": 0.612346,
+        "entropies": [0.0, 1.5]}
+    rec = {"problem_id": "p", "sample": 0, "hapo": trace.summary(with_entropies=True)}
+    assert recorded_entropies(rec, where="run.jsonl") == [0.0, 1.5]  # zero is an entropy

@@ -34,7 +34,7 @@ def _final_states_and_logits(path, cls=CallbackCapture):
 @pytest.mark.parametrize("model", ["smollm2", "gemma3"])
 def test_projecting_the_final_normed_state_reproduces_llama_cpp_logits(model, request):
     info, states, logits = _final_states_and_logits(request.getfixturevalue(model))
-    ours = LMHead(info).project(states, norm=True)
+    ours = LMHead(info).project(states, norm=True, exact=False)
     assert ours.shape == logits.shape
     # the same quantized head and the same ggml kernels: equal up to the norm's rounding,
     # except that the norm's float32 rounding (its summation order depends on the CPU's

@@ -4,10 +4,9 @@ The oracle below recomputes LED's quantities from scratch in float64 (its own so
 candidates, posteriors, entropies and distances; nothing from led_local's samplers): on the
 tiny generated model from the numpy forward pass over its exact weights, on the bundled
 models from hidden states captured in a separate llama.cpp decode and the LM head dequantised
-to float32 by gguf, the projected states rounded through Q8_0 as ggml's CPU product does for a
-Q8_0 head (without that rounding, SmolLM2's raw residual stream, whose largest entries reach
-~470, moves ln0 entropies by up to 0.6 nats: that is the precision of LED's projection here,
-which inspect reports as it is).
+to float32 by gguf, the states multiplied without any rounding (led-local's projection undoes
+the 8-bit rounding of ggml's product, which moved SmolLM2's ln0 entropies by up to 0.6 nats:
+tests/test_exact_depths.py).
 """
 
 from __future__ import annotations
@@ -17,8 +16,6 @@ from pathlib import Path
 
 import numpy as np
 from click.testing import CliRunner
-from gguf.constants import GGMLQuantizationType
-from gguf.quants import dequantize, quantize
 from tinymodel import forward, rms_norm, write_tiny_llama
 
 from led_local.cli import main
@@ -65,8 +62,8 @@ def oracle(final: np.ndarray, shallow: np.ndarray, k: int) -> dict:
 def check_agreement(steps: list[dict], expected: list[dict], *, layers: list[dict] | None = None,
                     tol: float = 0.02) -> dict:
     """Entropies and TVs within ``tol`` at every position, j* equal at >= 90% of them (the
-    bundled models agree to ~1e-5 nats with the Q8_0 rounding modelled, the tiny model to
-    ~4e-3 through llama.cpp's F16 KV cache);
+    bundled models agree to ~3e-3 nats, the tiny model to ~4e-3 through llama.cpp's F16 KV
+    cache);
     returns the largest deviation of each value and the fraction of equal j*."""
     same_j = {"ln0": 0, "ln1": 0}
     worst: dict = {}
@@ -148,16 +145,10 @@ def _captured(path: Path, prompt_text: str, response_text: str, *, raw: bool, d:
     return info, prompt, response, logits, states
 
 
-def _q8_0(x: np.ndarray) -> np.ndarray:
-    """x rounded through Q8_0, as ggml's CPU product quantizes its activations for a Q8_0
-    weight (gguf's quantizer is bit-exact with ggml's reference)."""
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    q = quantize(x, GGMLQuantizationType.Q8_0)
-    return dequantize(q, GGMLQuantizationType.Q8_0).reshape(x.shape)
-
-
 def _bundled(path: Path, prompt_text: str, response_text: str, *, raw: bool, d: int = 8,
-             k: int = 8, tol: float = 1e-3) -> None:
+             k: int = 8, tol: float = 5e-3) -> None:
+    """inspect's values against the oracle; ``tol``: what the projection leaves of the
+    states' 8-bit rounding (the rounding of the remainder, measured up to ~3e-3 nats)."""
     info, prompt, response, logits, states = _captured(path, prompt_text, response_text,
                                                        raw=raw, d=d)
     args = ["inspect", path, "-p", prompt_text, "--response", response_text, "--json"]
@@ -165,12 +156,11 @@ def _bundled(path: Path, prompt_text: str, response_text: str, *, raw: bool, d: 
     assert r.exit_code == 0, r.output
     resp = json.loads(r.stdout)["responses"][0]
     assert resp["tokens"] == response and resp["prompt_tokens"] == len(prompt)
-    assert info.head_type == "Q8_0"  # the activation rounding below is Q8_0's
     t = read_tensors(info.gguf, [info.head_tensor, "output_norm.weight"])
     head, w = t[info.head_tensor], t["output_norm.weight"].astype(np.float64)
 
     def lens(x: np.ndarray) -> np.ndarray:
-        z = (_q8_0(x) @ head.T).astype(np.float64)
+        z = x @ head.astype(np.float64).T
         if info.final_softcap:
             z = np.tanh(z / info.final_softcap) * info.final_softcap
         return z
@@ -189,8 +179,4 @@ def test_smollm2_matches_a_float32_dequantised_head(smollm2):
 
 
 def test_gemma3_matches_a_float32_dequantised_head(gemma3):
-    # float64 here, float32 in the engine: an activation at a Q8_0 rounding boundary may round
-    # the other way (machine-dependent summation order), which moves one depth's entropy by up
-    # to ~6e-3 nats at one position (seen on an AVX-512 machine)
-    _bundled(gemma3, "Question: what is 17 times 3?\nAnswer:", " 17 times 3 is 51.", raw=True,
-             tol=1e-2)
+    _bundled(gemma3, "Question: what is 17 times 3?\nAnswer:", " 17 times 3 is 51.", raw=True)

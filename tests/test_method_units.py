@@ -114,6 +114,10 @@ def test_build_config_defaults_match_the_dataclass(method):
         assert (cfg.temperature, cfg.top_k, cfg.top_p) == (1.0, 0, 1.0)
         return
     cfg = build_config(method, {})
+    if method == "dola":  # no filters but the contrast's own
+        assert (cfg.top_k, cfg.top_p) == (0, 1.0)
+        assert cfg.params() == DecodeConfig(method=method, top_k=0, top_p=1.0).params()
+        return
     assert cfg.params() == DecodeConfig(method=method).params()
 
 
@@ -125,7 +129,7 @@ def test_a_request_starts_from_the_servers_configuration():
     # the command line's, not a request's)
     dola = build_config("dola", {"top_k": 4}, base=base)
     assert (dola.temperature, dola.top_k, dola.dola_layers, dola.led.depths) == \
-        (0.9, 4, "high", 4)
+        (0.9, 4, "low", 4)
     with pytest.raises(LedError, match="^dola_layers must be low or high, got 'mid'$"):
         build_config("dola", {"dola_layers": "mid"}, base=base)
 

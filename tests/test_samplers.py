@@ -124,6 +124,30 @@ def test_probability_floor_decides_the_depth():
     assert reference(z.tolist(), 0.0, 2, floor=0.0).j == 0  # without the floor: depth 0
 
 
+# d = 4: the most uncertain depth is j* = 1, not the last one, and S_1 and S_3 disagree on
+# which candidate is likeliest (found by search, checked by the plain-Python reference)
+Z_MID = [
+    [-0.7, -0.1, -2.2, -0.2, 0.3],
+    [0.0, -1.8, -0.5, -1.0, -1.9],
+    [-2.0, -0.1, -1.1, 3.0, 0.2],
+    [0.4, -0.1, -1.0, 1.2, 0.8],
+]
+
+
+@pytest.mark.parametrize("t", [0.6, 0.0])
+def test_exploration_draws_from_the_max_entropy_depth_not_the_last(t):
+    ref = reference(Z_MID, t, 3)
+    assert ref.j == 1 and np.argmax(ref.s[1]) != np.argmax(ref.s[3])
+    cand = np.array(ref.cand)
+    for seed in range(200):
+        step = led_explore(np.array(Z_MID), cand, temperature=t,
+                           rng=np.random.default_rng(seed))
+        u = np.random.default_rng(seed).random()
+        want = inverse_cdf(ref.s[1], u) if t > 0 else int(np.argmax(ref.s[1]))
+        assert (step.depth, step.token) == (1, ref.cand[want])
+        assert step.posteriors[1].tolist() == pytest.approx(ref.s[1], rel=1e-6)
+
+
 def test_base_token_sampled_proportionally_to_q():
     rng, n = np.random.default_rng(1), 20000
     tokens = [base(0.6, in_scope=False, rng=rng).base for _ in range(n)]
@@ -292,3 +316,108 @@ def test_token_logprob_finite_for_very_unlikely_token():
 def test_token_logprob_rejects_out_of_range_token():
     with pytest.raises((ValueError, IndexError, LedError)):
         token_logprob(np.array(Z[0]), -1, temperature=0.6)
+
+
+# -- what mutation testing found untested (bench/mutate.py) ---------------------------------
+
+class Fixed(np.random.Generator):
+    """A Generator whose every ``random()`` is ``u``: for the boundaries of a draw."""
+
+    def __init__(self, u: float) -> None:
+        super().__init__(np.random.PCG64(0))
+        self.u = u
+
+    def random(self, *args, **kwargs):
+        return self.u
+
+
+def test_config_is_immutable_and_hashable():
+    """Configurations key the engine's per-step groups (one projection per configuration)."""
+    from dataclasses import FrozenInstanceError
+
+    cfg = LEDConfig()
+    assert hash(cfg) == hash(LEDConfig()) and {cfg: 1}[LEDConfig()] == 1
+    with pytest.raises(FrozenInstanceError):
+        cfg.depths = 4
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_candidates_are_a_stable_sort_on_large_rows_with_ties(seed):
+    rng = np.random.default_rng(seed)
+    z = np.round(rng.normal(0, 2, 3000), 1).astype(np.float32)  # many exact ties
+    order = sorted(range(len(z)), key=lambda i: (-z[i], i))
+    for k in (1, 2, 7, 20, 64, 2999, 3000):
+        assert top_candidates(z, k).tolist() == order[:k], k
+
+
+def test_a_draw_takes_the_first_index_whose_cumulative_weight_exceeds_u():
+    from led_local.decoding.samplers import draw
+
+    assert draw(np.array([0.0, 1.0]), Fixed(0.0)) == 1  # a zero weight is never drawn
+    assert draw(np.array([1.0, 1.0]), Fixed(0.5)) == 1  # u x total on a boundary: the next
+    assert draw(np.array([1.0, 1.0]), Fixed(0.4999)) == 0
+
+
+def test_a_certain_final_layer_never_explores():
+    """The gate fires with probability 1 - max(q): never when max(q) = 1, even on a draw of
+    exactly 0 (the authors' bernoulli(1 - p))."""
+    z = np.array([0.0, -1e4, -1e4, -1e4])
+    step = led_base(z, temperature=0.6, k=2, exploit=True, in_scope=True, rng=Fixed(0.0))
+    assert step.q.max() == 1.0 and not step.explore
+
+
+def test_forbidden_candidates_are_left_out_of_both_draws():
+    """-inf final logits (a grammar's mask) among the top k: neither the base token nor the
+    exploration token may be one of them, although the deeper depths favour them."""
+    from led_local.decoding.samplers import allowed
+
+    final = np.array([2.0, -np.inf, 1.0, -np.inf, -5.0])
+    assert allowed(final, np.array([0, 2, 1, 3])).tolist() == [0, 2]
+    assert allowed(final, np.array([0, 2])).tolist() == [0, 2]
+    nothing = np.full(3, -np.inf)
+    assert allowed(nothing, np.array([0, 1])).tolist() == [0, 1]  # no choice left: as given
+    deeper = np.array([[-9.0, 5.0, -9.0, 5.0, -9.0]] * 2)
+    z = np.vstack([final, deeper])
+    for seed in range(100):
+        b = led_base(final, temperature=1.0, k=4, exploit=False, in_scope=True,
+                     rng=np.random.default_rng(seed))
+        assert b.candidates.tolist() == [0, 2, 4] and b.base in (0, 2, 4)
+        e = led_explore(z, b.candidates, temperature=1.0, rng=np.random.default_rng(seed))
+        assert e.token in (0, 2, 4)
+
+
+def test_exploring_the_final_layer_itself_counts_as_explored_at_depth_0():
+    # every deeper depth is certain of candidate 0, so S_0 (the final layer) is the most
+    # uncertain: j* = 0, and with exploitation off the step still explores
+    z = np.array([[[0.0, 0.0, -9.0], [9.0, -9.0, -9.0], [9.0, -9.0, -9.0]]])
+    out = led_sample(z, config=LEDConfig(depths=3, candidates=2, exploit=False),
+                     rngs=[np.random.default_rng(0)])
+    assert out.explored.tolist() == [True] and out.depths.tolist() == [0]
+
+
+def _top_by_full_selection(z: np.ndarray, k: int) -> list[int]:
+    """The definition: sort by value (descending), ties by lower id, keep k."""
+    return sorted(range(len(z)), key=lambda i: (-z[i], i))[:k]
+
+
+@pytest.mark.parametrize("kind", ["normal", "ties", "masked", "one-left", "sorted", "flat"])
+def test_top_candidates_on_large_rows_is_the_full_selection(kind):
+    """Rows past 64 k values go through the strided-sample threshold: same ids as sorting
+    the whole row, ties to the lower id included, -inf (a grammar's mask) included."""
+    rng = np.random.default_rng(len(kind))
+    for trial in range(40):
+        v = int(rng.integers(600, 5000))
+        z = rng.normal(size=v).astype(np.float32) * 4
+        if kind == "ties":
+            z = rng.integers(-2, 3, size=v).astype(np.float32)
+        elif kind == "masked":
+            z[rng.random(v) < 0.98] = -np.inf
+        elif kind == "one-left":
+            z[:] = -np.inf
+            z[rng.integers(0, v)] = 2.0
+        elif kind == "sorted":
+            z = np.sort(z)
+        elif kind == "flat":
+            z[:] = 1.5
+        k = int(rng.integers(1, 9))
+        assert top_candidates(z, k).tolist() == _top_by_full_selection(z, k), (trial, v, k)

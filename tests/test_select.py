@@ -143,3 +143,37 @@ def test_embedding_round_trip_and_bad_inputs():
         greedy_orders(H, lam=0.0)
     with pytest.raises(LedError, match="dim must be"):
         prepare(H, dim=-1)
+
+
+def test_ties_go_to_the_lowest_index():
+    """Orthogonal unit features: after any first pick every other answer has the same bonus,
+    bit for bit, so the order is the remaining indices in increasing order."""
+    orders, bonuses = greedy_orders(np.eye(5), lam=2.0)
+    for first in range(5):
+        assert orders[first].tolist() == [first] + [i for i in range(5) if i != first]
+    np.testing.assert_array_equal(bonuses, np.full((5, 5), 0.5))
+    # a tie that appears later: 3 and 1 tie after 0 and 2 are chosen
+    g = np.array([[1.0, 0, 0], [0, 1.0, 0], [2.0, 0, 0], [0, 1.0, 0]])
+    assert greedy_orders(g, lam=1.0, firsts=[2])[0][0].tolist() == [2, 1, 3, 0]
+
+
+def test_first_correct_is_one_based_and_n_plus_1_without_a_hit():
+    orders = np.array([[2, 0, 1], [1, 2, 0], [0, 1, 2]])
+    correct = np.array([False, False, True])
+    assert first_correct(orders, correct).tolist() == [1, 2, 3]
+    assert first_correct(orders, np.zeros(3, bool)).tolist() == [4, 4, 4]
+
+
+def test_smallest_sizes_are_valid_and_empty_ones_refused():
+    rng = np.random.default_rng(0)
+    assert sparse_projection(1, 1, rng).shape == (1, 1)
+    for d, m in ((0, 3), (3, 0)):
+        with pytest.raises(LedError, match="projection sizes"):
+            sparse_projection(d, m, rng)
+    assert prepare(np.ones((1, 4)), dim=1, rng=rng).shape == (1, 1)  # dim 1 projects
+    assert prepare(np.arange(8.0).reshape(2, 4), dim=0).shape == (2, 4)
+    for bad in (np.ones(4), np.ones((0, 4)), np.ones((2, 2, 2))):
+        with pytest.raises(LedError, match="non-empty"):
+            prepare(bad, dim=0)
+    orders, bonuses = greedy_orders(np.eye(3), k=1)
+    assert orders.tolist() == [[0], [1], [2]] and bonuses.shape == (3, 1)

@@ -50,6 +50,26 @@ def test_parallel_1_and_16_give_identical_records(smollm2, problems, tmp_path, m
     assert _strip(a) == _strip(b)
 
 
+def test_parallel_1_and_6_give_identical_records_at_a_long_context(smollm2, tmp_path):
+    """A prompt of ~3,000 tokens: each decode step attends over a dozen chunks of the KV, split
+    across threads for a lone sequence and not among six (flash attention, patch 0003); the
+    mean final-norm states (--embed) compare every step's output bit for bit."""
+    lines = GSM8K.read_text().splitlines()
+    words = " ".join(json.loads(line)["question"] for line in lines) + " "
+    question = (words * 40)[:11500] + "\nWhat is 2 + 3?"
+    path = tmp_path / "long.jsonl"
+    path.write_text(json.dumps({"id": "long", "question": question, "answer": "5"}) + "\n")
+    runs = []
+    for parallel in ("1", "6"):
+        out = tmp_path / f"p{parallel}.jsonl"
+        r = run("solve", smollm2, path, "-o", out, "-n", "6", "--max-tokens", "12", "-m",
+                "sample", "--parallel", parallel, "--embed", "--logprobs")
+        assert r.exit_code == 0, r.output
+        runs.append([json.loads(line) for line in out.read_text().splitlines()])
+    assert len(runs[0]) == 6 and all(rec["n_tokens"] > 0 for rec in runs[0])
+    assert _strip(runs[0]) == _strip(runs[1])
+
+
 def test_records_have_every_field(smollm2, problems, tmp_path):
     recs = solve(smollm2, problems, tmp_path / "r.jsonl", "--logprobs")
     for r in recs:

@@ -118,6 +118,61 @@ def test_scenario_b_locks_on_a_sampled_end_of_thinking():
     assert out[6][2] is None
 
 
+def _oracle_modes(script, *, temperature_of_entropy: float, window: int):
+    """Steps 1 and 5 of docs/SWIR.md in plain Python: the entropy of softmax(z / t) (t = 1:
+    the untempered distribution the rule reads) and the modes it drives, no switch control,
+    nothing locked."""
+    mode, stay, ref, out = LATENT, 0, None, []
+    for s, z in enumerate(script):
+        zt = [x / temperature_of_entropy for x in z]
+        top = max(zt)
+        e = [math.exp(x - top) for x in zt]
+        h = -sum(x / sum(e) * math.log(max(x / sum(e), 1e-12)) for x in e)
+        if s == 0:
+            ref = h
+        else:
+            stay += 1
+            to_e = mode == LATENT and h < ref
+            to_l = mode == EXPLICIT and h > ref and stay >= window
+            if to_e or to_l:
+                mode, stay, ref = (EXPLICIT if to_e else LATENT), 0, h
+        out.append((round(h, 12), mode))
+    return out
+
+
+def test_sampled_trace_reads_the_untempered_entropy_and_draws_from_the_filtered_tempered():
+    """At T = 0.6 with top-k and top-p: the entropies, modes and switches follow the
+    untempered distribution (the tempered one would switch elsewhere on this script), and each
+    emitted token is the inverse-CDF draw of the step's generator from the tempered, top-k,
+    then top-p (mass above <= p) distribution."""
+    rng = np.random.default_rng(0)
+    script = (rng.normal(0, 1, (30, 8)) * rng.uniform(0.2, 3.0, (30, 1))).astype(
+        np.float32).tolist()
+    want = _oracle_modes(script, temperature_of_entropy=1.0, window=2)
+    tempered = _oracle_modes(script, temperature_of_entropy=0.6, window=2)
+    assert [m for _, m in want] != [m for _, m in tempered]
+    vocab = SwirVocab(None, None, 7, frozenset(), (), (7,))
+    cfg, state = SwirConfig(window=2), SwirState()
+    for s, z in enumerate(script):
+        z = np.array(z, np.float32)
+        step, p = swir_pick(z, state, closes=lambda x: False, cfg=cfg, vocab=vocab,
+                            max_new=S_MAX, temperature=0.6, rng=np.random.default_rng(s),
+                            top_k=5, top_p=0.8)
+        assert (round(step.entropy, 12), state.mode) == pytest.approx(want[s], abs=1e-9), s
+        # the sampled token, by hand: z / T, the 5 largest, then top-p 0.8 with <=
+        zt = z.astype(np.float64) / 0.6
+        order = sorted(range(8), key=lambda i: (-zt[i], i))[:5]
+        e = np.exp(zt[order] - zt[order].max())
+        pk = e / e.sum()
+        before = np.concatenate([[0.0], np.cumsum(pk)[:-1]])
+        keep = sorted(order[i] for i in range(5) if before[i] <= 0.8)
+        ek = np.exp(zt[keep] - zt[keep].max())
+        u = np.random.default_rng(s).random()
+        cdf = np.cumsum(ek / ek.sum())
+        assert step.token == keep[min(int(np.searchsorted(cdf, u * cdf[-1], side="right")),
+                                      len(keep) - 1)], s
+
+
 def test_without_delimiters_the_blends_are_skipped():
     vocab = SwirVocab(None, None, 7, frozenset({4}), (), (7, 1))
     state = SwirState()
@@ -308,3 +363,203 @@ def test_generate_with_top_mass_holds_no_matrix_and_says_so(smollm2):
         assert r.exit_code == 2 and "--swir-top-mass" in r.output
     r = run("generate", smollm2, "-p", "x", "-m", "sample", "--swir-top-mass", "0.9")
     assert r.exit_code == 2 and "applies to --method swir" in r.output
+
+
+# -- what mutation testing found untested (bench/mutate.py) ---------------------------------
+
+def test_sampling_uses_transformers_top_p_at_its_boundary():
+    """Equal logits: the mass above token i is exactly i/8, and top-p 0.25 keeps three tokens
+    under transformers' rule (mass above <= p), two under vLLM's: the draws come from three."""
+    from led_local.decoding.filters import filtered_probs
+
+    idx, p = filtered_probs(np.zeros(8, np.float32), temperature=0.6, top_p=0.25,
+                            convention="hf")
+    assert idx.tolist() == [0, 1, 2]
+    got = set()
+    for seed in range(60):
+        step, _ = swir_pick(np.zeros(8, np.float32), SwirState(), closes=lambda x: False,
+                            cfg=SwirConfig(), vocab=VOCAB, max_new=S_MAX, temperature=0.6,
+                            rng=np.random.default_rng(seed), top_p=0.25)
+        u = np.random.default_rng(seed).random()
+        assert step.token == idx[min(int(np.searchsorted(np.cumsum(p), u, side="right")), 2)]
+        got.add(step.token)
+    assert got == {0, 1, 2}
+
+
+def test_unfiltered_sampled_pick_draws_from_the_whole_tempered_distribution():
+    from led_local.decoding.filters import sample_token
+
+    z = np.array([1.0, 0.5, 0.0, -0.5, -1.0, -2.0, -3.0, -4.0], np.float32)
+    for seed in range(40):
+        step, _ = swir_pick(z, SwirState(), closes=lambda x: False, cfg=SwirConfig(),
+                            vocab=VOCAB, max_new=S_MAX, temperature=1.3,
+                            rng=np.random.default_rng(seed))
+        assert step.token == sample_token(z, temperature=1.3, rng=np.random.default_rng(seed),
+                                          convention="hf")
+
+
+def test_entropy_floor_is_1e_12():
+    from led_local.decoding.swir import swir_entropy
+
+    p = np.full(2002, 1.5e-12)
+    p[:2] = (1.0 - p[2:].sum()) / 2
+    want = -sum(float(x) * math.log(max(float(x), 1e-12)) for x in p)
+    assert swir_entropy(p) == pytest.approx(want, rel=1e-14, abs=0)
+    assert swir_entropy(p) != pytest.approx(-sum(float(x) * math.log(max(float(x), 2e-12))
+                                                 for x in p), rel=1e-14, abs=0)
+
+
+def test_step_without_a_precomputed_entropy_computes_it():
+    from led_local.decoding.swir import swir_entropy, swir_step
+
+    p = np.array([0.5, 0.25, 0.25, 0, 0, 0, 0, 0])
+    step = swir_step(SwirState(), p, 1, closes=False, cfg=SwirConfig(), vocab=VOCAB,
+                     max_new=S_MAX)
+    assert step.entropy == swir_entropy(p) == pytest.approx(1.5 * math.log(2))
+
+
+def test_equal_entropy_does_not_leave_explicit_mode():
+    """explicit -> latent needs H > ref, strictly: after the window, the same entropy as at the
+    switch keeps the sequence explicit; a higher one switches."""
+    cfg = SwirConfig(window=1)
+    out = list(_drive([(1, 2.0), (2, 3.0), (2, 3.0), (2, 3.0), (3, 1.0)], cfg))
+    modes = [state[0] for _, state, _ in out]
+    assert modes == [LATENT, EXPLICIT, EXPLICIT, EXPLICIT, LATENT]
+
+
+def test_switch_control_counts_a_switch_at_step_one():
+    """With max_switch 1 the first latent -> explicit switch already queues the convergence
+    text, at whatever step it happens (here step 1), from the next step on."""
+    cfg = SwirConfig(window=3, max_switch=1)
+    out = list(_drive([(1, 2.0), (2, 3.0), (3, 3.0)], cfg))
+    assert out[1][0].to_explicit and [st.token for st, _, _ in out] == [1, 2, 6]
+
+
+def test_feed_token_only_for_one_whole_token_row():
+    from led_local.decoding.swir import Feed
+
+    assert Feed(0.0, ((3, 1.0),)).token == 3
+    assert Feed(0.5, ((3, 1.0),)).token is None
+    assert Feed(0.0, ((3, 0.5),)).token is None
+    assert Feed(0.0, ((3, 0.5), (4, 0.5))).token is None
+    assert Feed(1.0, ()).token is None
+
+
+def test_configuration_defaults_and_checks():
+    from dataclasses import FrozenInstanceError
+
+    from led_local.decoding import swir
+    from led_local.decoding.methods import DecodeConfig
+
+    cfg = SwirConfig()
+    assert cfg.budget == 32  # docs/SWIR.md: "a budget of 32 tokens"
+    assert "budget of 32 tokens" in (Path(__file__).resolve().parent.parent / "docs"
+                                     / "SWIR.md").read_text()
+    assert SwirConfig(budget=1).budget == 1
+    with pytest.raises(LedError):
+        SwirConfig(budget=0)
+    assert hash(cfg) == hash(SwirConfig()) and hash(VOCAB) == hash(VOCAB)
+    with pytest.raises(FrozenInstanceError):
+        cfg.window = 3
+    exact = DecodeConfig(method="swir")
+    approx = DecodeConfig(method="swir", swir=SwirConfig(top_mass=0.9))
+    assert "swir_top_mass" not in exact.params()
+    assert approx.params()["swir_top_mass"] == 0.9
+    assert swir.METHOD.full_records(exact)
+
+
+def test_the_exact_soft_token_refuses_rows_read_on_demand():
+    from led_local.errors import ConfigError
+
+    class Rows:  # rows read from a file: not a matrix
+        shape = (8, 8)
+
+        def __getitem__(self, ids):
+            return E[ids]
+
+    p = np.full((1, 8), 1 / 8, np.float32)
+    with pytest.raises(ConfigError):
+        soft_vectors(p, Rows(), top_mass=1.0)
+    np.testing.assert_allclose(soft_vectors(p, Rows(), top_mass=0.99), p, atol=1e-6)
+
+
+def test_per_request_checks_and_the_end_of_a_forced_answer():
+    from types import SimpleNamespace
+
+    from led_local.decoding import swir
+    from led_local.decoding.methods import DecodeConfig
+    from led_local.errors import ConfigError
+
+    mine = DecodeConfig(method="swir")
+    engine = SimpleNamespace(shared={}, cfg=mine)
+    with pytest.raises(LedError, match="needs the input embeddings"):
+        swir.METHOD.check(engine, mine)
+    engine.shared[swir.NAME] = object()
+    swir.METHOD.check(engine, mine)  # the engine's own settings pass
+    with pytest.raises(ConfigError):
+        swir.METHOD.check(engine, DecodeConfig(method="swir", swir=SwirConfig(top_mass=0.5)))
+
+    def seq(stop, reason):
+        return SimpleNamespace(trace=SimpleNamespace(stop=stop), finish_reason=reason,
+                               done=reason is not None)
+
+    for stop, reason, want in ((True, None, "stop"), (False, None, None),
+                               (True, "length", "length")):
+        s = seq(stop, reason)
+        swir.METHOD.after_accept(None, s)
+        assert s.finish_reason == want
+    trace = SimpleNamespace(report=lambda full: {"full": full})
+    assert swir.METHOD.record(SimpleNamespace(trace=trace), mine) == {"swir": {"full": False}}
+
+
+def test_the_latent_blend_marker_follows_the_chat_format():
+    from types import SimpleNamespace
+
+    from led_local.decoding.swir import think_start
+
+    fmt = SimpleNamespace(think_start="<seed:think>", think_end="</seed:think>")
+    assert think_start(fmt, "</seed:think>") == "<seed:think>"
+    assert think_start(fmt, "</done>") == "<think>"  # another end marker: the default
+    assert think_start(SimpleNamespace(think_start=None, think_end=None), None) == "<think>"
+
+
+def test_switch_control_ranges_scale_with_max_switch():
+    """max_switch 2: the latent -> explicit switches 2..4 queue the convergence text, the
+    fifth the termination text and starts the answer budget."""
+    from led_local.decoding.swir import swir_step
+
+    vocab = SwirVocab(5, 6, 7, frozenset(), converge=(6,), terminate=(6, 7, 1))
+    cfg = SwirConfig(window=0, max_switch=2, budget=50)
+    state, low, high = SwirState(), np.full(8, 1 / 8), np.array([0.9] + [0.1 / 7] * 7)
+    events = {}
+    for s in range(10):  # flat, peaked, flat, ...: a switch either way at every step
+        step = swir_step(state, low if s % 2 == 0 else high, 1, closes=False, cfg=cfg,
+                         vocab=vocab, max_new=100)
+        if step.to_explicit:
+            events[state.count] = (list(state.queue), state.budget)
+    assert events == {1: ([], -1), 2: ([6], -1), 3: ([6], -1), 4: ([6], -1),
+                      5: ([6, 7, 1], 49)}
+
+
+def test_a_swir_engine_holds_the_exact_embeddings_and_decodes(tmp_path):
+    """The engine's own setup: the float32 input rows (resident) for the exact soft token,
+    the model's ids for the state machine, a few sampled steps with latent ones among them."""
+    from tinymodel import write_tiny_llama
+
+    from led_local.decoding import swir
+    from led_local.decoding.engine import Engine
+    from led_local.decoding.methods import build_config
+
+    tiny = write_tiny_llama(tmp_path / "tiny.gguf", n_layer=2, seed=3)
+    cfg = build_config("swir", {"swir_window": 1, "think_end": ""})
+    with Engine(tiny.path, cfg, n_ctx=96) as engine:
+        assert isinstance(engine.embeddings, np.ndarray)
+        assert swir.NAME in engine.shared
+        prompt = engine.rt.tokenize("the answer is")
+        engine.prefill(0, prompt)
+        seq = engine.new_sequence(0, seed=(2,), max_tokens=12)
+        engine.start(seq, len(prompt))
+        while not seq.done:
+            engine.step([seq])
+        report = swir.METHOD.record(seq, engine.cfg, full=True)["swir"]
+        assert seq.tokens and report

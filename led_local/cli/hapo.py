@@ -97,6 +97,7 @@ def hapo_calibrate(model: str, problems: str, output: str, samples: int, paralle
         "model": info.path.name, "problems": str(problems), "n_problems": len(items),
         "samples": samples, "max_tokens": max_tokens, "seed": seed,
         "params": cfg.params() | {"hapo_pivot": hapo_pivot},
+        "temperature": hapo.stats_temperature(temperature),  # the entropies' (softmax(z / T0))
         "stats": stats.to_json(),
     })
     click.echo(f"{len(ent)} token entropies written to {output}; at pivot {hapo_pivot}: "

@@ -18,7 +18,7 @@ def info(model: str, as_json: bool) -> None:
     from led_local.decoding.chatformat import describe
     from led_local.llama.capture import capture_path
     from led_local.llama.gguf_info import inspect_model
-    from led_local.llama.projection import projection_path
+    from led_local.llama.projection import depth_precision, projection_path
 
     m = inspect_model(model)
     record = {
@@ -27,7 +27,7 @@ def info(model: str, as_json: bool) -> None:
         "vocabulary": m.n_vocab, "lm_head": m.head_tensor, "lm_head_type": m.head_type,
         "tied": m.tied, "chat_template": bool(m.chat_template), "led_supported": m.led_supported,
         "led_depths": _depths(m), "capture": capture_path(m),
-        "projection": projection_path(m),
+        "projection": projection_path(m), "depth_precision": depth_precision(m),
         "final_softcap": m.final_softcap or None,
         "head_memory_mb": round(m.gguf.tensors[m.head_tensor].n_bytes / 1e6, 1),  # as stored
         **describe(m),  # reasoning_format, thinking, thinking_switch

@@ -159,7 +159,8 @@ class Engine:
         unit = cfg.unit
         unit.check_model(self.info, cfg)
         self.layers: list[int] = unit.layers(self.info, cfg)
-        if self.layers and resolve_projection(projection, self.info) == "graph":
+        if self.layers and resolve_projection(projection, self.info,
+                                              unit.graph_refusal(self.info, cfg)) == "graph":
             self.graph = GraphProjection(self.info, self.layers, norm=unit.norm(cfg),
                                          temperature=cfg.temperature,
                                          candidates=unit.graph_candidates(cfg))
@@ -256,11 +257,18 @@ class Engine:
         """Which captured states (columns of ``capture.collect()``) hold hidden ``hidden``."""
         return [self.layers.index(h) for h in hidden]
 
-    def project(self, states: np.ndarray, *, norm: bool) -> np.ndarray:
-        """(R, m, n_embd) captured states -> (R, m, V) logits in one ggml product."""
+    def project(self, states: np.ndarray, *, norm: bool, extras: bool = True) -> np.ndarray:
+        """(R, m, n_embd) captured states -> (R, m, V) logits in one ggml product, exact
+        (``head.LMHead.project``); ``extras``: with the logit scale and soft-capping that
+        follow the model's head."""
         r, m, n = states.shape
-        out = self.head.project(states.reshape(r * m, n), norm=norm)
+        out = self.head.project(states.reshape(r * m, n), norm=norm, extras=extras)
         return out.reshape(r, m, -1)
+
+    def context(self, seq: Sequence) -> list[int]:
+        """The token ids in ``seq``'s KV slot: its prompt and the response fed so far (-1
+        where a vector was fed), what the step being picked was computed after."""
+        return self._cached.get(seq.slot, [])
 
     def check_config(self, cfg: DecodeConfig) -> None:
         """Refuse a per-sequence method this engine cannot run: hidden states it does not
@@ -429,9 +437,10 @@ class Engine:
                 s.grammar.mask(self.rt.logits_view(r))
         cfgs = [self._cfg(s) for s in seqs]
         units = [c.unit for c in cfgs]
+        scored = [self.wants_logprobs(s) for s in seqs]
         # llama.cpp's own sampler reads the logits in place; copy them only when needed
         final = None
-        if self.logprobs or any(u.reads_logits for u in units):
+        if any(scored) or any(u.reads_logits for u in units):
             final = np.stack([self.rt.logits(r) for r in rows])
         batch = Batch(seqs, cfgs, rows, final, states, [0] * len(seqs), [None] * len(seqs))
         groups: dict = {}
@@ -441,8 +450,13 @@ class Engine:
             u.pick(self, batch, idx)
         for i, (s, cfg, u) in enumerate(zip(seqs, cfgs, units)):
             self._accept(s, batch.tokens[i], batch.depths[i],
-                         final[i] if self.logprobs else None, u.logprob_temperature(cfg))
+                         final[i] if scored[i] else None, u.logprob_temperature(cfg))
             u.after_accept(self, s)
+
+    def wants_logprobs(self, s: Sequence) -> bool:
+        """Whether ``s``'s tokens get their log-probabilities (the engine's ``logprobs``; a
+        subclass may ask for them per sequence: a full-vocabulary softmax per token)."""
+        return self.logprobs
 
     def _accept(self, s: Sequence, tok: int, depth: int | None, final: np.ndarray | None,
                 temperature: float) -> None:

@@ -4,7 +4,9 @@ Per token: H = entropy of the untempered, unfiltered distribution; l = ln max(H,
 h = (l - mu) / (sigma + 1e-6); h_hat = h * s_pos above the pivot, h * s_neg below it, clamped
 to [-1, 1]; T = T0 (1 + tau h_hat); then vLLM's sampler (min-p, top-k, top-p) at T.
 
-The statistics (mu, sigma, s_pos, s_neg) come from earlier samples' token entropies:
+The statistics (mu, sigma, s_pos, s_neg) come from earlier samples' token entropies, at the
+sampling temperature (of softmax(z / T0), as the authors' trainer recomputes them from the
+rollouts; the per-token H is the released sampler's, of the raw logits):
 mu = the ``pivot``-quantile of their log-entropies (nearest rank), sigma = the RMS deviation
 about mu, s_pos = 1 / the largest standardised value above mu, s_neg = 1 / the most negative
 one below it (negative). ``signed`` (the default) scales the low side by 1 / |neg_min| so
@@ -40,7 +42,7 @@ ROLLING = Option("hapo_rolling", int, None, "Rolling statistics, each batch of N
                  "using the previous batch's token entropies (the first batch at plain T0).",
                  low=1, note="problem per batch", http="", commands=frozenset({"solve"}),
                  default_help="off")
-STATS_FORMAT = "led-local-hapo-entropies/1"
+STATS_FORMAT = "led-local-hapo-entropies/1"  # "temperature": the entropies' (absent: 1)
 MAX_STATS_BYTES = 256 << 20  # about 20 bytes per token: some 12 million tokens
 
 
@@ -116,7 +118,8 @@ class HAPOConfig:
 
 @dataclass
 class HAPOTrace:
-    """Per-sequence record: the statistics used, each token's entropy and temperature."""
+    """Per-sequence record: the statistics used, each token's entropy at the sampling
+    temperature T0 (what later statistics are computed from) and temperature."""
 
     stats: HAPOStats | None
     entropies: list[float]
@@ -155,18 +158,36 @@ def token_entropies(logits: np.ndarray, *, scratch: Scratch | None = None) -> np
     return -x.sum(axis=-1)
 
 
+def stats_temperature(t0: float) -> float:
+    """The temperature of the entropies HAPO's statistics are computed from: T0 (1 for
+    greedy T0 = 0, where no statistics matter)."""
+    return t0 if t0 > 0 else 1.0
+
+
+def tempered_entropies(logits: np.ndarray, t0: float, raw: np.ndarray | None = None, *,
+                       scratch: Scratch | None = None) -> np.ndarray:
+    """H of softmax(z / T0) of each row of logits (..., V) (``token_entropies``); ``raw``:
+    the untempered ones, which are these at T0 = 1."""
+    t = stats_temperature(t0)
+    if t == 1.0:
+        return token_entropies(logits, scratch=scratch) if raw is None else raw
+    return token_entropies(np.asarray(logits, dtype=np.float64) / t, scratch=scratch)
+
+
 def hapo_pick(logits: np.ndarray, *, t0: float, cfg: HAPOConfig, trace: HAPOTrace,
               rng: np.random.Generator, top_k: int = 0, top_p: float = 1.0,
               min_p: float = 0.0, h_t: float | None = None,
-              scratch: Scratch | None = None) -> int:
+              h_stats: float | None = None, scratch: Scratch | None = None) -> int:
     """One HAPO step on a row of logits (V,): entropy, temperature, vLLM-order sample.
-    Appends the entropy and temperature to ``trace``; T0 = 0 is greedy. ``h_t``: the row's
-    entropy when computed for a whole batch (``token_entropies``); ``scratch``: work arrays
-    to borrow."""
+    Appends the entropy at T0 (``tempered_entropies``) and the temperature to ``trace``;
+    T0 = 0 is greedy. ``h_t``, ``h_stats``: the row's untempered and T0 entropies when
+    computed for a whole batch; ``scratch``: work arrays to borrow."""
     if h_t is None:
         h_t = float(token_entropies(logits, scratch=scratch))
+    if h_stats is None:
+        h_stats = float(tempered_entropies(logits, t0, np.float64(h_t), scratch=scratch))
     t = adaptive_temperature(h_t, trace.stats, t0=t0, tau=cfg.tau, variant=cfg.variant)
-    trace.entropies.append(h_t)
+    trace.entropies.append(h_stats)
     trace.temperatures.append(t)
     return sample_token(logits, temperature=t, rng=rng, top_k=top_k, top_p=top_p, min_p=min_p,
                         convention="vllm", scratch=scratch)
@@ -187,9 +208,11 @@ def save_entropies(path: str | os.PathLike, entropies: list[float], *, meta: dic
         raise OutputError(f"cannot write {p}: {e.strerror}") from None
 
 
-def load_entropies(path: str | os.PathLike) -> list[float]:
+def load_entropies(path: str | os.PathLike, *, temperature: float | None = None) -> list[float]:
     """The entropies of a calibration file written by ``hapo-calibrate``: a list of finite
-    non-negative numbers, at most MAX_STATS_BYTES of file."""
+    non-negative numbers, at most MAX_STATS_BYTES of file. ``temperature``: the run's T0;
+    a file whose entropies were computed at another temperature is refused (a file without
+    one holds entropies of the raw logits, from before they were tempered: temperature 1)."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(STATS.name, f"file not found: {p}")
@@ -207,6 +230,14 @@ def load_entropies(path: str | os.PathLike) -> list[float]:
             or not isinstance(data.get("entropies"), list) or not data["entropies"]:
         raise ConfigError(STATS.name, f"{p} is not a led-local hapo-calibrate file with entropies")
     values = data["entropies"]
+    made = data.get("temperature", 1.0)
+    if isinstance(made, bool) or not isinstance(made, int | float) or not made > 0:
+        raise ConfigError(STATS.name, f"{p}: temperature must be a number > 0, got "
+                          f"{json.dumps(made)[:40]}")
+    if temperature is not None and temperature > 0 and made != stats_temperature(temperature):
+        raise ConfigError(STATS.name, f"{p} holds entropies at temperature {made:g}, this run "
+                          f"samples at {temperature:g}: calibrate at `temperature` "
+                          f"{temperature:g}")
     for i, x in enumerate(values):
         if isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x) \
                 or x < 0:
@@ -226,7 +257,12 @@ class HAPO(DecodingMethod):
     def configure(self, values, base):
         path, rolling = values["hapo_stats"], values["hapo_rolling"]
         if base is not None and path is None and rolling is None:
-            # a request: the statistics are the server's
+            # a request: the statistics are the server's, made at its temperature
+            if base.hapo.stats is not None and stats_temperature(values["temperature"]) \
+                    != stats_temperature(base.temperature):
+                raise ConfigError(TEMPERATURE.name, f"must be the server's "
+                                  f"{base.temperature:g} with its HAPO statistics (entropies "
+                                  f"at that temperature), got {values['temperature']:g}")
             return {"hapo": HAPOConfig(tau=values["hapo_tau"], pivot=base.hapo.pivot,
                                        variant=values["hapo_variant"], stats=base.hapo.stats,
                                        rolling=base.hapo.rolling)}
@@ -235,7 +271,8 @@ class HAPO(DecodingMethod):
                               + " (or `hapo_rolling` N with solve)"
                               + (", not both" if rolling is not None else ""))
         pivot = values["hapo_pivot"]
-        stats = None if path is None else compute_stats(load_entropies(path), pivot=pivot)
+        stats = None if path is None else compute_stats(
+            load_entropies(path, temperature=values["temperature"]), pivot=pivot)
         return {"hapo": HAPOConfig(tau=values["hapo_tau"], pivot=pivot,
                                    variant=values["hapo_variant"], stats=stats, rolling=rolling)}
 
@@ -253,6 +290,8 @@ class HAPO(DecodingMethod):
             p.update(hapo_rolling=h.rolling)
         else:
             p.update(hapo_stats=h.stats.to_json() if h.stats else None)
+        if stats_temperature(cfg.temperature) != 1.0:  # (at 1 the records are as they were)
+            p.update(hapo_stats_temperature=cfg.temperature)
         return p
 
     def setup(self, engine):
@@ -264,13 +303,15 @@ class HAPO(DecodingMethod):
 
     def pick(self, engine, batch, idx):
         # every row's full-vocabulary pass at once, in the engine's work arrays
-        h = token_entropies(batch.final[idx], scratch=engine.scratch)
-        for i, h_t in zip(idx, h):
+        rows = batch.final[idx]
+        h = token_entropies(rows, scratch=engine.scratch)
+        for n, (i, h_t) in enumerate(zip(idx, h)):
             cfg, s = batch.cfgs[i], batch.seqs[i]
+            h_stats = tempered_entropies(rows[n], cfg.temperature, h_t, scratch=engine.scratch)
             batch.tokens[i] = hapo_pick(batch.final[i], t0=cfg.temperature, cfg=cfg.hapo,
                                         trace=s.trace, rng=s.rng, top_k=cfg.top_k,
                                         top_p=cfg.top_p, min_p=cfg.min_p, h_t=float(h_t),
-                                        scratch=engine.scratch)
+                                        h_stats=float(h_stats), scratch=engine.scratch)
 
     def record(self, seq, cfg, *, full=False):
         return {NAME: seq.trace.summary(with_entropies=full)}

@@ -41,7 +41,7 @@ class DecodeConfig:
     top_p: float = 0.95
     min_p: float = 0.0
     led: LEDConfig = field(default_factory=LEDConfig)
-    dola_layers: str = "high"
+    dola_layers: str = "low"
     think_end: str | None = None  # LED's scope ends here (None: the chat format's marker)
     hapo: HAPOConfig = field(default_factory=HAPOConfig)
     swir: SwirConfig = field(default_factory=SwirConfig)

@@ -88,18 +88,35 @@ def probs_at(logits: np.ndarray, tokens: np.ndarray, temperature: float) -> np.n
 
 
 def top_candidates(final_logits: np.ndarray, k: int) -> np.ndarray:
-    """The k most probable token ids of one row (V,), most probable first, ties by lower id."""
+    """The k most probable token ids of one row (V,), most probable first, ties by lower id.
+
+    On a large row the selection runs on the values at or above the k-th largest of an
+    evenly strided sample of about 16 k values: that threshold is at most the row's k-th
+    largest value, so the k largest values and every value tied with the k-th are all kept,
+    in index order, and the result is the whole row's, at a fraction of a full selection's
+    cost (tens of microseconds instead of hundreds on a 50k vocabulary)."""
     z = np.asarray(final_logits)
-    if not 1 <= k <= z.shape[-1]:
+    n = z.shape[-1]
+    if not 1 <= k <= n:
         raise ConfigError(
-            "led_candidates", f"must be between 1 and the vocabulary {z.shape[-1]}, got {k}"
+            "led_candidates", f"must be between 1 and the vocabulary {n}, got {k}"
         )
-    if k < z.shape[-1]:
-        kth = z[np.argpartition(-z, k - 1)[k - 1]]  # the k-th largest value
-        above = np.flatnonzero(z > kth)
-        idx = np.concatenate([above, np.flatnonzero(z == kth)[: k - len(above)]])
+    if k == n:
+        idx = np.arange(n)
+        return idx[np.lexsort((idx, -z[idx]))].astype(np.int64)
+    sub = np.arange(n)
+    if n > 64 * k:
+        sample = z[:: n // (16 * k)]
+        threshold = np.partition(sample, len(sample) - k)[len(sample) - k]
+        sub = np.flatnonzero(z >= threshold)
+    zs = z[sub]
+    if k < len(sub):
+        kth = zs[np.argpartition(-zs, k - 1)[k - 1]]  # the k-th largest value
+        above = np.flatnonzero(zs > kth)
+        pos = np.concatenate([above, np.flatnonzero(zs == kth)[: k - len(above)]])
     else:
-        idx = np.arange(z.shape[-1])
+        pos = np.arange(len(sub))
+    idx = sub[pos]
     return idx[np.lexsort((idx, -z[idx]))].astype(np.int64)
 
 

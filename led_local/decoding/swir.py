@@ -293,6 +293,12 @@ def top_set(p: np.ndarray, mass: float) -> np.ndarray:
     return order[:min(k, len(order))]
 
 
+def think_start(fmt, think_end: str | None) -> str:
+    """The marker whose token a latent stretch blends toward: the chat format's own start
+    marker when the run ends thinking at the format's end marker, else ``<think>``."""
+    return fmt.think_start if fmt.think_start and think_end == fmt.think_end else "<think>"
+
+
 class SwiReasoning(DecodingMethod):
     name = NAME
     help = "SwiReasoning latent/explicit switching"
@@ -326,12 +332,10 @@ class SwiReasoning(DecodingMethod):
 
         cfg = engine.cfg
         engine.embeddings = input_rows(engine.info, resident=cfg.swir.top_mass >= 1)
-        fmt = engine.format
-        start = fmt.think_start if fmt.think_start and cfg.think_end == fmt.think_end \
-            else "<think>"
         engine.shared[NAME] = latent.swir_vocab(engine.rt, think_end=cfg.think_end,
                                                 architecture=engine.info.architecture,
-                                                think_start=start)
+                                                think_start=think_start(engine.format,
+                                                                        cfg.think_end))
 
     def check(self, engine, cfg):
         if NAME not in engine.shared:

@@ -95,6 +95,19 @@ class DecodingMethod:
         depth (None: every token)."""
         return None
 
+    def head_extras(self, cfg: DecodeConfig) -> bool:
+        """Whether the projected states get what follows the model's head (logit scale,
+        soft-capping) like the final logits (docs/LED.md); the output bias always."""
+        return True
+
+    def graph_refusal(self, info: ModelInfo, cfg: DecodeConfig) -> str | None:
+        """Why the in-graph projection cannot serve ``cfg`` on this model (None: it can):
+        it applies the head's extras to every depth."""
+        if not self.head_extras(cfg) and (info.final_softcap or info.logit_scale != 1.0):
+            return (f"applies the logit scale and soft-capping of '{info.architecture}' to "
+                    f"every depth, which {self.describe(cfg)} leaves out")
+        return None
+
     def norm(self, cfg: DecodeConfig) -> bool:
         """Whether shallower states pass through the final norm before the LM head."""
         return cfg.led.norm

@@ -2,7 +2,8 @@
 
 What the installed llama-cpp-python contains: the versions of led-local, llama-cpp-python,
 llama.cpp and ggml; ggml's backend devices and their memory; the instruction sets compiled into
-ggml's CPU backend; led-local's layer-input export patch; AMX and the CPU's extra buffer types.
+ggml's CPU backend; led-local's layer-input export patch; how batch-invariant runs attend
+(flash attention with patch 0003 on the CPU); AMX and the CPU's extra buffer types.
 The verdicts are pure functions of what was read, so each can be checked on any machine.
 """
 
@@ -36,7 +37,8 @@ def to_json(checks: list[Check]) -> dict:
 
 
 def build_checks(*, capture: str = "auto") -> list[Check]:
-    """Versions, backend devices, CPU features, the patch, AMX, extra buffer types."""
+    """Versions, backend devices, CPU features, the patch, attention, AMX, extra buffer
+    types."""
     try:
         import llama_cpp
 
@@ -55,6 +57,8 @@ def build_checks(*, capture: str = "auto") -> list[Check]:
               + (" ".join(k for k, v in features.items() if v) or "none"), features),
         patch_check(native.layer_inp_patch_version(), native.LAYER_INP_PATCH_VERSION,
                     capture=capture),
+        attention_check(native.fa_invariant_patch_version(),
+                        bool(llama_cpp.llama_supports_gpu_offload())),
         amx_check(features.get("amx_int8", False), bufts, host_has_amx()),
         Check("extra-buffer-types", True, f"{', '.join(bufts) or 'none'}; models load "
               + ("with" if llama_cpp.llama_model_default_params().use_extra_bufts else "without")
@@ -114,6 +118,19 @@ def patch_check(version: int | None, expected: int, *, capture: str = "auto") ->
                      "and this one is stock: run make install", None)
     return Check("patch", True, "absent (stock llama.cpp): hidden states go through the eval "
                  "callback; make install builds the patched llama.cpp", None)
+
+
+def attention_check(version: int | None, gpu: bool) -> Check:
+    """How batch-invariant runs (generate, solve, serve) attend: with flash attention where the
+    build's CPU kernel is batch-invariant (patches/0003) and the model runs on the CPU."""
+    if version is not None and not gpu:
+        return Check("attention", True, f"flash attention, batch-invariant (patch 0003 version "
+                     f"{version})", "flash")
+    if gpu:
+        return Check("attention", True, "without flash attention in batch-invariant runs: the "
+                     "GPU backend's flash-attention kernels are not batch-invariant", "plain")
+    return Check("attention", True, "without flash attention in batch-invariant runs (stock "
+                 "llama.cpp; make install builds the batch-invariant kernel)", "plain")
 
 
 def amx_check(compiled: bool, bufts: list[str], host: bool | None) -> Check:

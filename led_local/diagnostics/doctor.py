@@ -189,7 +189,9 @@ def projection_check(info, *, threads: int | None = None) -> Check:
             ref = np.stack([rt.logits(i) for i in range(n)])
         head = LMHead(info, threads=threads or default_threads())
         try:
-            ours = head.project(states, norm=True)
+            # llama.cpp's own product (its 8-bit activation rounding included): the same
+            # bytes through the same kernels must give the same logits
+            ours = head.project(states, norm=True, exact=False)
         finally:
             head.close()
     except (LedError, RuntimeError, ValueError) as e:

@@ -2,8 +2,9 @@
 
 The calibration set is sampled at the plain temperature T0 (HAPO without statistics, as its
 first training batch), with the same filters the HAPO run will use; every generated token's
-entropy of the untempered distribution is kept. ``--hapo-stats`` later turns these into the
-pivot statistics at whatever ``--hapo-pivot`` the run asks for.
+entropy of softmax(z / T0) is kept, as the authors' trainer computes the statistics from the
+rollouts at their temperature. ``--hapo-stats`` later turns these into the pivot statistics at
+whatever ``--hapo-pivot`` the run asks for, for runs at the same T0.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def calibration_entropies(
     on_notice: Callable[[str], None] = lambda message: None,
     verbose: bool = False,
 ) -> list[float]:
-    """Every generated token's entropy (nats, untempered) over ``samples`` plain samples of
+    """Every generated token's entropy (nats, at T0) over ``samples`` plain samples of
     each problem, in (problem, sample) order, whatever the batching. cfg.method must be
     ``hapo`` without statistics (sampling at T0 with its filters). A problem whose prompt
     cannot fit the model's context (judged by its bytes, then its tokens, as ``solve`` does)

@@ -35,10 +35,14 @@ def model_sha256(path: str | os.PathLike) -> str:
 
 
 def build_id() -> str:
-    """led-local's version, llama-cpp-python's version and whether it offloads to a GPU."""
+    """led-local's version, llama-cpp-python's version, whether it offloads to a GPU and, where
+    batch-invariant runs use flash attention (patches/0003), that: its arithmetic differs from
+    the plain attention's, so runs made with and without it are not mixed."""
     import llama_cpp
 
     from led_local import __version__
+    from led_local.llama.runtime import invariant_flash_attention
 
     gpu = "gpu" if llama_cpp.llama_supports_gpu_offload() else "cpu"
-    return f"led-local {__version__}, llama-cpp-python {llama_cpp.__version__}, {gpu}"
+    attention = ", flash attention" if invariant_flash_attention() else ""
+    return f"led-local {__version__}, llama-cpp-python {llama_cpp.__version__}, {gpu}{attention}"

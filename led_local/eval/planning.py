@@ -20,8 +20,9 @@ from led_local.eval import shards
 from led_local.eval.identity import build_id, model_sha256
 from led_local.eval.problems import Problem, render
 from led_local.eval.runfile import RunFile, problem_hash
-from led_local.llama.gguf_info import ModelInfo
+from led_local.llama.gguf_info import ModelInfo, model_info
 from led_local.llama.grammar import Grammar
+from led_local.llama.projection import depth_logits, resolve_projection
 from led_local.llama.runtime import Runtime, context_limit, max_token_bytes
 
 
@@ -95,6 +96,10 @@ def fingerprint(model: str | os.PathLike | ModelInfo, cfg: DecodeConfig, opts: S
         "prompt_template": hashlib.sha256(template.encode()).hexdigest()[:16],
         "logprobs": opts.logprobs,
     }
+    if cfg.unit.reads_states:  # (absent for the others: their records are as they were)
+        info = model_info(model)
+        path = resolve_projection(opts.projection, info, cfg.unit.graph_refusal(info, cfg))
+        fp["depth_logits"] = depth_logits(info, path)
     if opts.embed:
         fp["embed"] = True
     if opts.grammar is not None:

@@ -48,7 +48,7 @@ __all__ = ["FINGERPRINT_KEYS", "RunFile", "RunLock", "RunLockedError", "check_no
 
 FINGERPRINT_KEYS = ("model", "model_sha256", "method", "params", "seed", "max_tokens",
                     "prompt_template", "logprobs", "embed", "chat_template_kwargs", "grammar",
-                    "build")
+                    "build", "depth_logits")
 _write = os.write  # the one syscall that appends records (tests inject failures here)
 
 

@@ -10,6 +10,12 @@ Memory: the head costs what it costs on disk, shared with llama.cpp's own map of
 SmolLM2 (49,152 x 576, Q8_0) 30 MB, Gemma 3 270M (262,144 x 640, Q8_0) 178 MB, a
 151,936 x 4,096 head (Qwen-7B class) 661 MB in Q8_0 or 511 MB in Q6_K. The per-call buffer is
 rows x V x 4 bytes of logits (8 depths of a 150k vocabulary: 4.9 MB a row).
+
+Precision: ggml rounds the activations to 8 bits per block before a quantized product
+(``activations``), which the raw residual stream's massive activations make coarse. The
+projection therefore multiplies each state and what that rounding leaves of it, together, and
+adds the two (twice the rows of one product): depth logits as exact as float32 allows, at
+about the cost of the quantized head. ``exact=False`` gives llama.cpp's own product.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import ctypes
 import numpy as np
 
 from led_local.llama import native
+from led_local.llama.activations import ActivationSplit
 from led_local.llama.gguf_info import LOGIT_SCALE_DIVIDES, ModelInfo, read_tensors
 
 
@@ -34,6 +41,75 @@ def final_norm(states: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, 
     return y if bias is None else y + bias
 
 
+class GGMLMatrix:
+    """A (rows, width) matrix in a ggml type (raw bytes ``data``, kept alive here) multiplied
+    by float32 rows with ggml's CPU kernels. threads: ggml CPU threads (default 1)."""
+
+    def __init__(self, ggml_type: int, data: np.ndarray, rows: int, width: int, *,
+                 threads: int = 1) -> None:
+        self.rows, self.width, self.threads = rows, width, max(1, threads)
+        self._data = data
+        self._wctx = native.ggml_init(native.InitParams(native.ggml_tensor_overhead() * 2,
+                                                        None, True))
+        self._w = native.ggml_new_tensor_2d(self._wctx, ggml_type, width, rows)
+        native.GGMLTensor.from_address(self._w).data = data.ctypes.data
+        self._scratch = np.empty(0, np.uint8)
+        self._work = np.empty(0, np.uint8)
+        self.split = ActivationSplit(ggml_type)
+
+    def close(self) -> None:
+        if self._wctx:
+            native.ggml_free(self._wctx)
+            self._wctx = None
+
+    def __del__(self) -> None:
+        self.close()
+
+    def product(self, x: np.ndarray, *, exact: bool = True) -> np.ndarray:
+        """x (m, width) float32 times the matrix: (m, rows) float32. ``exact``: the product of
+        x and of what ggml's activation rounding leaves of it (``activations``), in one ggml
+        graph of 2m rows, added; else ggml's product of x alone, as llama.cpp computes it.
+        Each row's result depends on that row alone, whatever else is multiplied with it."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if not (exact and self.split.rounds and self.split.known):
+            return self._mul(x)
+        m = x.shape[0]
+        _, rest = self.split.split(x)
+        z = self._mul(np.concatenate([x, rest]))
+        z[:m] += z[m:]
+        return z[:m]
+
+    def _mul(self, x: np.ndarray) -> np.ndarray:
+        """ggml's product of the float32 rows x (m, width): (m, rows) float32, one graph."""
+        m, k = x.shape
+        need = (native.ggml_tensor_overhead() * 8 + native.ggml_graph_overhead()
+                + 4 * m * (self.rows + k) + (1 << 12))
+        if self._scratch.size < need:
+            self._scratch = np.empty(need, np.uint8)
+        ctx = native.ggml_init(native.InitParams(self._scratch.size, self._scratch.ctypes.data,
+                                                 False))
+        try:
+            xt = native.ggml_new_tensor_2d(ctx, native.GGML_TYPE_F32, k, m)
+            ctypes.memmove(native.GGMLTensor.from_address(xt).data, x.ctypes.data, x.nbytes)
+            y = native.ggml_mul_mat(ctx, self._w, xt)
+            graph = native.ggml_new_graph(ctx)
+            native.ggml_build_forward_expand(graph, y)
+            # the work buffer as the plan sizes it (the converted activations; K-quant
+            # kernels add a tile buffer per thread)
+            plan = native.ggml_graph_plan(graph, self.threads, None)
+            if self._work.size < plan.work_size:
+                self._work = np.empty(plan.work_size, np.uint8)
+            plan.work_data = self._work.ctypes.data
+            status = native.ggml_graph_compute(graph, ctypes.byref(plan))
+            if status != 0:
+                raise RuntimeError(f"ggml graph compute failed with status {status}")
+            out = np.empty((m, self.rows), np.float32)
+            ctypes.memmove(out.ctypes.data, native.GGMLTensor.from_address(y).data, out.nbytes)
+            return out
+        finally:
+            native.ggml_free(ctx)
+
+
 class LMHead:
     """Projects hidden states (n, n_embd) to logits (n, V) exactly as the model's graph does
     after its last block: optional final norm, head product, output bias, logit scale and
@@ -44,7 +120,6 @@ class LMHead:
 
     def __init__(self, info: ModelInfo, *, threads: int = 1) -> None:
         self.info = info
-        self.threads = max(1, threads)
         names = [info.norm_tensor]
         names += ["output_norm.bias"] if "output_norm.bias" in info.gguf.tensors else []
         names += ["output.bias"] if info.has_output_bias else []
@@ -57,57 +132,30 @@ class LMHead:
         self.n_vocab, width = head.shape
         if width != info.n_embd:
             raise ValueError(f"head {info.head_tensor} has width {width}, model {info.n_embd}")
-        self._head_bytes = self._file.tensor_bytes(info.head_tensor)
-        self._wctx = native.ggml_init(native.InitParams(native.ggml_tensor_overhead() * 2,
-                                                        None, True))
-        self._w = native.ggml_new_tensor_2d(self._wctx, head.ggml_type, width, self.n_vocab)
-        native.GGMLTensor.from_address(self._w).data = self._head_bytes.ctypes.data
-        self._scratch = np.empty(0, np.uint8)
+        self.matrix = GGMLMatrix(head.ggml_type, self._file.tensor_bytes(info.head_tensor),
+                                 self.n_vocab, width, threads=threads)
 
     def close(self) -> None:
-        if self._wctx:
-            native.ggml_free(self._wctx)
-            self._wctx = None
-
-    def __del__(self) -> None:
-        self.close()
+        self.matrix.close()
 
     def final_norm(self, states: np.ndarray) -> np.ndarray:
         """The model's final norm with its weights (``final_norm``)."""
         return final_norm(states, self.norm_weight, self.norm_bias, eps=self.info.norm_eps,
                           layernorm=self.info.norm_is_layernorm)
 
-    def _product(self, x: np.ndarray) -> np.ndarray:
-        """x (m, n_embd) float32 times the head: (m, V) float32, via one ggml graph."""
-        m, k = x.shape
-        need = (native.ggml_tensor_overhead() * 8 + native.ggml_graph_overhead()
-                + 4 * m * (self.n_vocab + 2 * k) + (1 << 16))
-        if self._scratch.size < need:
-            self._scratch = np.empty(need, np.uint8)
-        ctx = native.ggml_init(native.InitParams(self._scratch.size, self._scratch.ctypes.data,
-                                                 False))
-        try:
-            xt = native.ggml_new_tensor_2d(ctx, native.GGML_TYPE_F32, k, m)
-            ctypes.memmove(native.GGMLTensor.from_address(xt).data, x.ctypes.data, x.nbytes)
-            y = native.ggml_mul_mat(ctx, self._w, xt)
-            graph = native.ggml_new_graph(ctx)
-            native.ggml_build_forward_expand(graph, y)
-            status = native.ggml_graph_compute_with_ctx(ctx, graph, self.threads)
-            if status != 0:
-                raise RuntimeError(f"ggml graph compute failed with status {status}")
-            out = np.empty((m, self.n_vocab), np.float32)
-            ctypes.memmove(out.ctypes.data, native.GGMLTensor.from_address(y).data, out.nbytes)
-            return out
-        finally:
-            native.ggml_free(ctx)
-
-    def project(self, states: np.ndarray, *, norm: bool) -> np.ndarray:
-        """Logits (n, V) float32 of hidden states (n, n_embd); ``norm``: final norm first."""
+    def project(self, states: np.ndarray, *, norm: bool, exact: bool = True,
+                extras: bool = True) -> np.ndarray:
+        """Logits (n, V) float32 of hidden states (n, n_embd); ``norm``: final norm first.
+        ``exact`` (the default): without ggml's 8-bit rounding of the states
+        (``GGMLMatrix.product``); False: the product as llama.cpp computes its own logits.
+        ``extras``: the logit scale and soft-capping after the head (the bias always)."""
         x = self.final_norm(states) if norm else np.asarray(states, dtype=np.float32)
-        out = self._product(np.ascontiguousarray(x, dtype=np.float32))
+        out = self.matrix.product(x, exact=exact)
         info = self.info
         if self.bias is not None:
             out += self.bias
+        if not extras:
+            return out
         if info.logit_scale != 1.0:
             if info.architecture in LOGIT_SCALE_DIVIDES:
                 out *= np.float32(1.0 / info.logit_scale)

@@ -14,6 +14,8 @@
   buffer types (through ``ggml_backend_reg_get_proc_address``).
 - patches/0002-led-depth-logits.patch: ``llama_led_set_projection`` and its getters (C names),
   LED's depth logits computed inside llama.cpp's graph; absent from older builds.
+- patches/0003-fa-batch-invariant.patch: ``ggml_cpu_led_fa_invariant_version`` (ggml-cpu, C
+  name), present where the CPU flash attention is batch-invariant.
 """
 
 from __future__ import annotations
@@ -30,6 +32,11 @@ GGML_MAX_OP_PARAMS = 64
 GGML_MAX_SRC = 10
 GGML_MAX_NAME = 64
 GGML_TYPE_F32 = 0
+GGML_TYPE_F16 = 1
+GGML_TYPE_Q8_0 = 8
+GGML_TYPE_Q8_1 = 9
+GGML_TYPE_Q8_K = 15
+GGML_TYPE_BF16 = 30
 
 
 class GGMLTensor(ctypes.Structure):
@@ -114,10 +121,49 @@ ggml_mul_mat = _bind("ggml_mul_mat", [_vp, _vp, _vp], _vp)
 # struct ggml_cgraph * ggml_new_graph(ctx);  void ggml_build_forward_expand(graph, tensor);
 ggml_new_graph = _bind("ggml_new_graph", [_vp], _vp)
 ggml_build_forward_expand = _bind("ggml_build_forward_expand", [_vp, _vp], None)
-# enum ggml_status ggml_graph_compute_with_ctx(ctx, struct ggml_cgraph * cgraph, int n_threads);
+
+
+class CPlan(ctypes.Structure):
+    """Mirror of ``struct ggml_cplan`` (ggml-cpu.h): the caller allocates ``work_data``."""
+
+    _fields_ = [("work_size", ctypes.c_size_t), ("work_data", _vp), ("n_threads", ctypes.c_int),
+                ("threadpool", _vp), ("abort_callback", _vp), ("abort_callback_data", _vp),
+                ("use_ref", ctypes.c_bool)]
+
+
 # (ggml-cpu.h; the CPU backend is part of every build, GPU ones included)
-ggml_graph_compute_with_ctx = _bind("ggml_graph_compute_with_ctx", [_vp, _vp, ctypes.c_int],
-                                    ctypes.c_int)
+# struct ggml_cplan ggml_graph_plan(const struct ggml_cgraph * cgraph, int n_threads,
+#                                   struct ggml_threadpool * threadpool);
+ggml_graph_plan = _bind("ggml_graph_plan", [_vp, ctypes.c_int, _vp], CPlan)
+# enum ggml_status ggml_graph_compute(struct ggml_cgraph * cgraph, struct ggml_cplan * cplan);
+ggml_graph_compute = _bind("ggml_graph_compute", [_vp, ctypes.POINTER(CPlan)], ctypes.c_int)
+
+
+class TypeTraitsCPU(ctypes.Structure):
+    """Mirror of ``struct ggml_type_traits_cpu`` (ggml-cpu.h)."""
+
+    _fields_ = [("from_float", _vp), ("vec_dot", _vp), ("vec_dot_type", ctypes.c_int),
+                ("nrows", ctypes.c_int64)]
+
+
+# const struct ggml_type_traits_cpu * ggml_get_type_traits_cpu(enum ggml_type type);
+_traits_cpu = _bind("ggml_get_type_traits_cpu", [ctypes.c_int], ctypes.POINTER(TypeTraitsCPU))
+# typedef void (*ggml_from_float_t)(const float * x, void * y, int64_t k);
+FromFloat = ctypes.CFUNCTYPE(None, _vp, _vp, ctypes.c_int64)
+
+
+def cpu_vec_dot_type(ggml_type: int) -> int:
+    """The type ggml's CPU product converts float32 activations to before multiplying them
+    by a matrix of ``ggml_type`` (its ``vec_dot_type``: F32, F16, BF16, Q8_0, Q8_1 or Q8_K)."""
+    return int(_traits_cpu(ggml_type).contents.vec_dot_type)
+
+
+def cpu_from_float(ggml_type: int) -> Callable[[int, int, int], None] | None:
+    """ggml's CPU conversion of k float32 values (a multiple of the block size) at one address
+    into ``ggml_type`` blocks at another, as its product converts activations; None where the
+    type has none (F32)."""
+    ptr = _traits_cpu(ggml_type).contents.from_float
+    return FromFloat(ptr) if ptr else None
 
 
 # void llama_set_embeddings_layer_inp(struct llama_context * ctx, uint32_t lid, bool value);
@@ -175,11 +221,15 @@ _led_candidates = _symbol(llama_cpp.llama_cpp._lib, ["llama_led_get_candidates_i
 if _led_version is not None:
     _led_version.argtypes = []
     _led_version.restype = ctypes.c_int32
+PROJECTION_PATCH_VERSION = 2  # what patches/0002-led-depth-logits.patch exports now
+if _led_version is not None and _led_version() != PROJECTION_PATCH_VERSION:
+    # an older build of the patch: its setter takes other arguments, so none of it is used
+    _led_set = None
 if _led_set is not None:
     # void llama_led_set_projection(ctx, const int32_t * layers, int32_t n_layers, bool norm,
-    #                               float scale, int32_t top_k);
+    #                               float scale, int32_t top_k, int32_t round_type);
     _led_set.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_int32), ctypes.c_int32,
-                         ctypes.c_bool, ctypes.c_float, ctypes.c_int32]
+                         ctypes.c_bool, ctypes.c_float, ctypes.c_int32, ctypes.c_int32]
     _led_set.restype = None
 if _led_values is not None:
     # const float * llama_led_get_values_ith(ctx, int32_t i);
@@ -192,20 +242,23 @@ if _led_candidates is not None:
 
 
 def projection_patch_version() -> int | None:
-    """The in-graph projection patch's version in the loaded llama.cpp, or None without it."""
+    """The in-graph projection patch's version in the loaded llama.cpp, or None without it (or
+    with an older version of it, which ``make install`` replaces)."""
     if None in (_led_version, _led_set, _led_values, _led_candidates):
         return None
     return int(_led_version())
 
 
 def led_set_projection(ctx: int, layers: list[int], *, norm: bool, scale: float,
-                       top_k: int) -> None:
+                       top_k: int, round_type: int | None) -> None:
     """Project the inputs of ``layers`` of every output row in the next decodes (``[]``: off);
-    top_k 0 keeps the full logits, K the values at the final layer's top K tokens."""
+    top_k 0 keeps the full logits, K the values at the final layer's top K tokens;
+    round_type (GGML_TYPE_Q8_0, F16 or BF16; None: none): the activation type of the head's
+    product, whose rounding the graph then undoes (``activations``)."""
     if _led_set is None:
         raise RuntimeError("llama_led_set_projection is missing from this llama.cpp build")
     ids = (ctypes.c_int32 * max(1, len(layers)))(*layers)
-    _led_set(ctx, ids, len(layers), norm, scale, top_k)
+    _led_set(ctx, ids, len(layers), norm, scale, top_k, -1 if round_type is None else round_type)
 
 
 def led_values(ctx: int, i: int) -> Any:
@@ -273,6 +326,16 @@ _reg_proc = _bind("ggml_backend_reg_get_proc_address", [_vp, _str], _vp)
 _buft_name = _bind("ggml_backend_buft_name", [_vp], _str)
 # typedef ggml_backend_buffer_type_t * (*ggml_backend_dev_get_extra_bufts_t)(ggml_backend_dev_t)
 _GetExtraBufts = ctypes.CFUNCTYPE(ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p)
+
+
+# patches/0003-fa-batch-invariant.patch (ggml-cpu, C name): the CPU flash attention computes
+# each query row by one arithmetic, whatever else shares its batch
+_fa_invariant = _optional("ggml_cpu_led_fa_invariant_version", [], ctypes.c_int)
+
+
+def fa_invariant_patch_version() -> int | None:
+    """The batch-invariant flash-attention patch's version in the loaded ggml, or None."""
+    return int(_fa_invariant()) if _fa_invariant is not None else None
 
 
 def ggml_version() -> str | None:

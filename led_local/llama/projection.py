@@ -10,6 +10,12 @@
   log-normaliser follows. With ``candidates=None`` (DoLa, diagnostics) it keeps the full logits.
 - ``auto``: graph when the build has it and the model is offloaded to a GPU, host otherwise
   (on a CPU the host path is cheaper: it projects only the rows that explore).
+
+Both undo the 8-bit rounding that the head's product applies to the states (``activations``):
+the host for every head type, the graph where the backend's rounding is Q8_0's grid (the CPU
+product of Q8_0, Q4_0, Q5_0, Q4_1, Q5_1, IQ4_NL and MXFP4 heads; CUDA's quantized products),
+F16 or BF16, through ``ggml_cast``. A CPU graph with a K-quant or I-quant head (rounded to
+Q8_K, which ggml cannot cast back) keeps the rounding: ``depth_precision`` says so.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import numpy as np
 
 from led_local.errors import LedError
 from led_local.llama import native
+from led_local.llama.activations import ActivationSplit
 from led_local.llama.gguf_info import GRAPH_ARCHITECTURES, ModelInfo
 
 PROJECTIONS = ("auto", "host", "graph")
@@ -43,9 +50,11 @@ def graph_supports(info: ModelInfo | None) -> bool:
     return info is None or info.architecture in GRAPH_ARCHITECTURES
 
 
-def resolve_projection(prefer: str = "auto", info: ModelInfo | None = None) -> str:
+def resolve_projection(prefer: str = "auto", info: ModelInfo | None = None,
+                       refusal: str | None = None) -> str:
     """``host`` or ``graph`` for the choice ``prefer`` (auto, host or graph) and the model
-    ``info`` (auto stays on the host for an architecture the graph path does not handle)."""
+    ``info`` (auto stays on the host for an architecture the graph path does not handle);
+    ``refusal``: why the graph path cannot serve the method (auto then picks the host)."""
     if prefer not in PROJECTIONS:
         raise LedError(f"`projection` must be one of {', '.join(PROJECTIONS)}, got {prefer!r}")
     if prefer == "graph" and not graph_available():
@@ -55,9 +64,49 @@ def resolve_projection(prefer: str = "auto", info: ModelInfo | None = None) -> s
         raise LedError(f"`projection` graph does not handle architecture "
                        f"'{info.architecture}' (its graph does not register its block inputs "
                        "or its head's extras are not in the patch): use `projection` host")
+    if prefer == "graph" and refusal is not None:
+        raise LedError(f"`projection` graph {refusal}: use `projection` host")
     if prefer == "auto":
-        return "graph" if graph_available() and offloaded() and graph_supports(info) else "host"
+        return "graph" if (graph_available() and offloaded() and graph_supports(info)
+                           and refusal is None) else "host"
     return prefer
+
+
+def graph_round_type(info: ModelInfo) -> int | None:
+    """The ggml type whose rounding of the states the in-graph projection undoes (None: none,
+    for an F32 head, or a K-quant or I-quant head on the CPU)."""
+    head = info.gguf.tensors[info.head_tensor].ggml_type
+    if head == native.GGML_TYPE_F32:
+        return None
+    if offloaded():  # CUDA converts activations to q8_1 blocks (Q8_0's grid) or to F16/BF16
+        return head if head in (native.GGML_TYPE_F16, native.GGML_TYPE_BF16) \
+            else native.GGML_TYPE_Q8_0
+    vec = native.cpu_vec_dot_type(head)
+    if vec in (native.GGML_TYPE_Q8_0, native.GGML_TYPE_Q8_1):
+        return native.GGML_TYPE_Q8_0  # the same grid: Q8_1 adds only each block's sum
+    return vec if vec in (native.GGML_TYPE_F16, native.GGML_TYPE_BF16) else None
+
+
+def depth_logits(info: ModelInfo, path: str) -> str:
+    """``exact`` when projection ``path`` (host or graph) undoes the head product's 8-bit
+    rounding of the states for this model's head (or the head rounds nothing), else
+    ``8-bit``: what run fingerprints record, since the two give different tokens."""
+    head = info.gguf.tensors[info.head_tensor].ggml_type
+    if head == native.GGML_TYPE_F32:
+        return "exact"
+    if path == "graph":
+        return "exact" if graph_round_type(info) is not None else "8-bit"
+    return "exact" if ActivationSplit(head).known else "8-bit"
+
+
+def depth_precision(info: ModelInfo) -> str:
+    """How exactly ``--projection auto`` computes the depth logits, for ``info``."""
+    if depth_logits(info, resolve_projection("auto", info)) == "8-bit":
+        return "8-bit states (the in-graph product's rounding is kept for this head type)"
+    if info.gguf.tensors[info.head_tensor].ggml_type == native.GGML_TYPE_F32:
+        return "exact (F32 head)"
+    return ("exact (the states and what the head product's rounding of them leaves, "
+            "projected together)")
 
 
 def projection_path(info: ModelInfo | None = None) -> str:
@@ -83,6 +132,7 @@ class GraphProjection:
 
     def __init__(self, info: ModelInfo, layers: list[int], *, norm: bool, temperature: float,
                  candidates: int | None) -> None:
+        self.round_type = graph_round_type(info)
         self.layers = list(layers)
         self.norm = norm
         self.scale = 1.0 / temperature if temperature > 0 else 1.0
@@ -102,7 +152,8 @@ class GraphProjection:
         if on == self._on:
             return
         native.led_set_projection(self._ctx, self.layers if on else [], norm=self.norm,
-                                  scale=self.scale, top_k=self.top_k)
+                                  scale=self.scale, top_k=self.top_k,
+                                  round_type=self.round_type)
         self._on = on
 
     def _values(self, row: int, n: int) -> np.ndarray:

@@ -87,6 +87,16 @@ def _load_interruptibly(path: os.PathLike, mparams: Any) -> Any:
     return model
 
 
+def invariant_flash_attention() -> bool:
+    """Whether batch-invariant contexts use flash attention: where the build's CPU kernel
+    computes each query row by one arithmetic whatever shares its batch
+    (patches/0003-fa-batch-invariant.patch) and the model runs on the CPU (led-local offloads
+    every layer when a GPU backend is there, and the GPU kernels are not covered: there
+    batch-invariant contexts keep flash attention off)."""
+    return (native.fa_invariant_patch_version() is not None
+            and not llama_cpp.llama_supports_gpu_offload())
+
+
 class Runtime:
     """A loaded model with one context.
 
@@ -98,10 +108,12 @@ class Runtime:
 
     By default the KV cache is unified (one buffer, n_ctx shared by all sequences) and flash
     attention is left to llama.cpp. ``batch_invariant`` instead gives each sequence its own KV
-    stream of n_ctx / n_seq cells and disables flash attention, whose CPU kernel splits the KV
-    differently for one query than for several: then a sequence's logits are bit-identical
-    whatever else shares its batch, provided every batch lists sequences in increasing id
-    order (llama.cpp then keeps the batch order across ubatches, which captures rely on).
+    stream of n_ctx / n_seq cells, and uses flash attention only where its kernel computes a
+    row alike for one query and for many (``invariant_flash_attention``; stock ggml's CPU
+    kernel splits the KV by thread count for a lone query and picks another kernel for many):
+    then a sequence's logits are bit-identical whatever else shares its batch, provided every
+    batch lists sequences in increasing id order (llama.cpp then keeps the batch order across
+    ubatches, which captures rely on).
     """
 
     def __init__(
@@ -159,7 +171,9 @@ class Runtime:
         # unified: one ubatch split that keeps batch order; per-sequence streams: see above
         cparams.kv_unified = not batch_invariant
         if batch_invariant:
-            cparams.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+            cparams.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
+                                       if invariant_flash_attention()
+                                       else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
         cparams.no_perf = True
         self._eval_callback = eval_callback  # referenced for the context's whole life
         if eval_callback is not None:

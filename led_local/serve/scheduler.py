@@ -101,14 +101,20 @@ class ServeEngine(Engine):
     """The engine with the top log-probabilities a request asks for (``top_n[slot]``) and,
     for the slots in ``explain``, each accepted token's exploration facts (``steps[slot]``:
     the chance the step explored, the final layer's top candidates and their probabilities),
-    read from the final logits already at hand: no randomness is drawn, no token changes."""
+    read from the final logits already at hand: no randomness is drawn, no token changes.
+    Tokens get their log-probabilities only in the slots of ``scored`` (requests that asked
+    for logprobs) and ``explain``: the others skip a full-vocabulary softmax per token."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, logprobs=True, batch_invariant=True, **kwargs)
+        self.scored: set[int] = set()
         self.top_n: dict[int, int] = {}
         self.top: dict[int, list[list[tuple[int, float]]]] = {}
         self.explain: set[int] = set()
         self.steps: dict[int, list[tuple[float | None, list[tuple[int, float]]]]] = {}
+
+    def wants_logprobs(self, s: Sequence) -> bool:
+        return s.slot in self.scored or s.slot in self.explain
 
     def _accept(self, s: Sequence, tok: int, depth: int | None, final: np.ndarray | None,
                 temperature: float) -> None:
@@ -414,6 +420,8 @@ class Scheduler:
                                    grammar=work.grammar)
             seq.pending, seq.n_past = work.tokens[-1], len(work.tokens) - 1
             eng.top_n[slot] = work.top_n
+            if work.logprobs or work.top_n:
+                eng.scored.add(slot)
             eng.top[slot] = []
             eng.steps[slot] = []
             if work.led_tokens:
@@ -532,6 +540,7 @@ class Scheduler:
         del self.running[slot]
         self.free.add(slot)
         self.engine.top_n.pop(slot, None)
+        self.engine.scored.discard(slot)
         self.engine.top.pop(slot, None)
         self.engine.steps.pop(slot, None)
         self.engine.explain.discard(slot)
