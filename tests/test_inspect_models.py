@@ -146,9 +146,11 @@ def _captured(path: Path, prompt_text: str, response_text: str, *, raw: bool, d:
 
 
 def _bundled(path: Path, prompt_text: str, response_text: str, *, raw: bool, d: int = 8,
-             k: int = 8, tol: float = 5e-3) -> None:
+             k: int = 8, tol: float = 1e-2) -> None:
     """inspect's values against the oracle; ``tol``: what the projection leaves of the
-    states' 8-bit rounding (the rounding of the remainder, measured up to ~3e-3 nats)."""
+    states' 8-bit rounding (the rounding of the remainder) and the KV cache's F16 attention:
+    measured up to ~3e-3 nats in entropies and 5.1e-3 in one position's ln0 candidate mass
+    on SmolLM2 with flash attention (issue 26), half the issue's 0.02."""
     info, prompt, response, logits, states = _captured(path, prompt_text, response_text,
                                                        raw=raw, d=d)
     args = ["inspect", path, "-p", prompt_text, "--response", response_text, "--json"]

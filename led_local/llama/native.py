@@ -137,6 +137,10 @@ class CPlan(ctypes.Structure):
 ggml_graph_plan = _bind("ggml_graph_plan", [_vp, ctypes.c_int, _vp], CPlan)
 # enum ggml_status ggml_graph_compute(struct ggml_cgraph * cgraph, struct ggml_cplan * cplan);
 ggml_graph_compute = _bind("ggml_graph_compute", [_vp, ctypes.POINTER(CPlan)], ctypes.c_int)
+# enum ggml_status ggml_graph_compute_with_ctx(ctx, struct ggml_cgraph * cgraph, int n_threads);
+# (the work buffer taken from ctx, which must have room for it)
+ggml_graph_compute_with_ctx = _bind("ggml_graph_compute_with_ctx", [_vp, _vp, ctypes.c_int],
+                                    ctypes.c_int)
 
 
 class TypeTraitsCPU(ctypes.Structure):
