@@ -84,7 +84,8 @@ def eight_bit(engine: Engine) -> Engine:
     (led-local's projection before it was exact), host or graph."""
     if engine.head is not None:
         project = engine.head.project
-        engine.head.project = lambda states, *, norm: project(states, norm=norm, exact=False)
+        engine.head.project = lambda states, *, norm, extras=True: project(
+            states, norm=norm, exact=False, extras=extras)
     if engine.graph is not None:
         engine.graph.round_type = None
         engine.graph._on = None
