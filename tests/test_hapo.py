@@ -542,3 +542,20 @@ def test_the_summary_reports_the_range_of_temperatures_to_six_places():
         "entropies": [0.0, 1.5]}
     rec = {"problem_id": "p", "sample": 0, "hapo": trace.summary(with_entropies=True)}
     assert recorded_entropies(rec, where="run.jsonl") == [0.0, 1.5]  # zero is an entropy
+
+
+def test_a_trace_without_entropies_picks_the_same_tokens():
+    """Frozen statistics keep no entropies at T0 (nothing is made from them): the tokens and
+    temperatures are those of a trace that keeps them."""
+    from led_local.decoding.hapo import HAPOConfig, HAPOTrace, hapo_pick
+
+    stats = compute_stats(CALIBRATION)
+    cfg = HAPOConfig(tau=0.3, stats=stats)
+    rows = np.random.default_rng(3).normal(0, 1, (50, 300)) * 3
+    kept, lean = HAPOTrace(stats, [], []), HAPOTrace(stats, None, [])
+    for i, row in enumerate(rows):
+        a = hapo_pick(row, t0=T0, cfg=cfg, trace=kept, rng=np.random.default_rng(i), top_k=20)
+        b = hapo_pick(row, t0=T0, cfg=cfg, trace=lean, rng=np.random.default_rng(i), top_k=20)
+        assert a == b
+    assert kept.temperatures == lean.temperatures and len(kept.entropies) == 50
+    assert lean.entropies is None and lean.summary(with_entropies=True)["entropies"] == []

@@ -421,3 +421,23 @@ def test_top_candidates_on_large_rows_is_the_full_selection(kind):
             z[:] = 1.5
         k = int(rng.integers(1, 9))
         assert top_candidates(z, k).tolist() == _top_by_full_selection(z, k), (trial, v, k)
+
+
+def test_kth_largest_is_a_full_partitions_value():
+    """The strided-sample shortcut gives np.partition's k-th largest on rows with ties,
+    -inf entries, a sorted or constant row, and every k from 1 to the row's length."""
+    from led_local.decoding.samplers import kth_largest
+
+    rng = np.random.default_rng(5)
+    rows = [rng.standard_normal(50_000).astype(np.float32),
+            np.round(rng.standard_normal(50_000), 1),  # many ties
+            np.sort(rng.standard_normal(20_000)),  # ascending: the sample sees the order
+            np.full(10_000, 1.5),
+            np.where(rng.random(30_000) < 0.99, -np.inf, rng.standard_normal(30_000))]
+    for z in rows:
+        n = z.shape[-1]
+        for k in (1, 2, 20, 40, 100, 777, n // 64, n // 64 + 1, n - 1, n):
+            want = np.partition(z, n - k)[n - k]
+            assert kth_largest(z, k) == want, (n, k)
+    small = np.array([3.0, 1.0, 2.0])
+    assert [kth_largest(small, k) for k in (1, 2, 3)] == [3.0, 2.0, 1.0]

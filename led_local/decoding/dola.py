@@ -34,6 +34,7 @@ from led_local.decoding.options import (
     TOP_P,
     Option,
 )
+from led_local.decoding.samplers import kth_largest
 from led_local.decoding.unit import DecodingMethod
 from led_local.errors import ConfigError
 
@@ -122,10 +123,10 @@ def pick(final: np.ndarray, premature: np.ndarray, cfg, rng: np.random.Generator
         return int(np.argmax(scores))
     z = scores / t
     if 0 < cfg.top_k < z.shape[-1]:  # every token tied with the k-th stays, as transformers
-        kth = np.partition(z, z.shape[-1] - cfg.top_k)[z.shape[-1] - cfg.top_k]
+        kth = kth_largest(z, cfg.top_k)
         z = np.where(z >= kth, z, -np.inf)
-    order = np.argsort(-z, kind="stable")
-    order = order[np.isfinite(z[order])]
+    finite = np.flatnonzero(np.isfinite(z))  # (sorting only these: the same stable order)
+    order = finite[np.argsort(-z[finite], kind="stable")]
     zs = z[order]
     p = np.exp(zs - zs[0])
     p /= p.sum()

@@ -441,7 +441,7 @@ class Engine:
         # llama.cpp's own sampler reads the logits in place; copy them only when needed
         final = None
         if any(scored) or any(u.reads_logits for u in units):
-            final = np.stack([self.rt.logits(r) for r in rows])
+            final = np.stack([self.rt.logits_view(r) for r in rows])  # (a copy)
         batch = Batch(seqs, cfgs, rows, final, states, [0] * len(seqs), [None] * len(seqs))
         groups: dict = {}
         for i, u in enumerate(units):

@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 
-from led_local.decoding.samplers import draw
+from led_local.decoding.samplers import draw, kth_largest
 
 
 class Scratch:
@@ -86,8 +86,7 @@ def _top_k_mask(z: np.ndarray, k: int) -> np.ndarray:
     """Logits >= the k-th largest (ties kept, as torch.topk thresholds are)."""
     if k <= 0 or k >= z.shape[-1]:
         return np.ones(z.shape, bool)
-    kth = np.partition(z, z.shape[-1] - k)[z.shape[-1] - k]
-    return z >= kth
+    return z >= kth_largest(z, k)
 
 
 def filtered_probs(

@@ -119,10 +119,12 @@ class HAPOConfig:
 @dataclass
 class HAPOTrace:
     """Per-sequence record: the statistics used, each token's entropy at the sampling
-    temperature T0 (what later statistics are computed from) and temperature."""
+    temperature T0 (what later statistics are computed from; None: not kept, which spares a
+    pass over the vocabulary per token where no statistics are made from them) and
+    temperature."""
 
     stats: HAPOStats | None
-    entropies: list[float]
+    entropies: list[float] | None
     temperatures: list[float]
 
     def summary(self, *, with_entropies: bool = False) -> dict:
@@ -134,7 +136,7 @@ class HAPOTrace:
             "t_max": round(max(t), 6) if t else None,
         }
         if with_entropies:
-            out["entropies"] = list(self.entropies)
+            out["entropies"] = list(self.entropies or ())
         return out
 
 
@@ -179,15 +181,16 @@ def hapo_pick(logits: np.ndarray, *, t0: float, cfg: HAPOConfig, trace: HAPOTrac
               min_p: float = 0.0, h_t: float | None = None,
               h_stats: float | None = None, scratch: Scratch | None = None) -> int:
     """One HAPO step on a row of logits (V,): entropy, temperature, vLLM-order sample.
-    Appends the entropy at T0 (``tempered_entropies``) and the temperature to ``trace``;
-    T0 = 0 is greedy. ``h_t``, ``h_stats``: the row's untempered and T0 entropies when
+    Appends the entropy at T0 (``tempered_entropies``; where ``trace`` keeps them) and the
+    temperature to ``trace``; T0 = 0 is greedy. ``h_t``, ``h_stats``: the row's untempered and T0 entropies when
     computed for a whole batch; ``scratch``: work arrays to borrow."""
     if h_t is None:
         h_t = float(token_entropies(logits, scratch=scratch))
-    if h_stats is None:
-        h_stats = float(tempered_entropies(logits, t0, np.float64(h_t), scratch=scratch))
+    if trace.entropies is not None:
+        if h_stats is None:
+            h_stats = float(tempered_entropies(logits, t0, np.float64(h_t), scratch=scratch))
+        trace.entropies.append(h_stats)
     t = adaptive_temperature(h_t, trace.stats, t0=t0, tau=cfg.tau, variant=cfg.variant)
-    trace.entropies.append(h_stats)
     trace.temperatures.append(t)
     return sample_token(logits, temperature=t, rng=rng, top_k=top_k, top_p=top_p, min_p=min_p,
                         convention="vllm", scratch=scratch)
@@ -299,7 +302,10 @@ class HAPO(DecodingMethod):
 
     def start(self, engine, seq, cfg, seed):
         super().start(engine, seq, cfg, seed)
-        seq.trace = HAPOTrace(engine.shared.get(NAME, cfg.hapo.stats), [], [])
+        stats = engine.shared.get(NAME, cfg.hapo.stats)
+        # the entropies at T0 make statistics (calibration, rolling) and go nowhere else
+        keep = stats is None or cfg.hapo.rolling is not None
+        seq.trace = HAPOTrace(stats, [] if keep else None, [])
 
     def pick(self, engine, batch, idx):
         # every row's full-vocabulary pass at once, in the engine's work arrays
@@ -307,11 +313,12 @@ class HAPO(DecodingMethod):
         h = token_entropies(rows, scratch=engine.scratch)
         for n, (i, h_t) in enumerate(zip(idx, h)):
             cfg, s = batch.cfgs[i], batch.seqs[i]
-            h_stats = tempered_entropies(rows[n], cfg.temperature, h_t, scratch=engine.scratch)
+            h_stats = None if s.trace.entropies is None else float(tempered_entropies(
+                rows[n], cfg.temperature, h_t, scratch=engine.scratch))
             batch.tokens[i] = hapo_pick(batch.final[i], t0=cfg.temperature, cfg=cfg.hapo,
                                         trace=s.trace, rng=s.rng, top_k=cfg.top_k,
                                         top_p=cfg.top_p, min_p=cfg.min_p, h_t=float(h_t),
-                                        h_stats=float(h_stats), scratch=engine.scratch)
+                                        h_stats=h_stats, scratch=engine.scratch)
 
     def record(self, seq, cfg, *, full=False):
         return {NAME: seq.trace.summary(with_entropies=full)}

@@ -87,6 +87,24 @@ def probs_at(logits: np.ndarray, tokens: np.ndarray, temperature: float) -> np.n
     return np.exp(log_probs_at(logits, tokens, temperature))
 
 
+def _sampled_floor(z: np.ndarray, k: int) -> float:
+    """A value at most the k-th largest of the row z (V,) with few values at or above it: the
+    k-th largest of an evenly strided sample of about 16 k values (n > 64 k)."""
+    sample = z[:: z.shape[-1] // (16 * k)]
+    return sample[np.argpartition(sample, len(sample) - k)[len(sample) - k]]
+
+
+def kth_largest(z: np.ndarray, k: int) -> float:
+    """The k-th largest value of the row z (V,) (1 <= k <= V), as ``np.partition`` gives it,
+    found among the values at or above ``_sampled_floor`` on a large row (tens of
+    microseconds instead of hundreds on a 50k vocabulary)."""
+    n = z.shape[-1]
+    if n > 64 * k:
+        z = z[z >= _sampled_floor(z, k)]
+        n = z.shape[-1]
+    return np.partition(z, n - k)[n - k]
+
+
 def top_candidates(final_logits: np.ndarray, k: int) -> np.ndarray:
     """The k most probable token ids of one row (V,), most probable first, ties by lower id.
 
@@ -104,11 +122,7 @@ def top_candidates(final_logits: np.ndarray, k: int) -> np.ndarray:
     if k == n:
         idx = np.arange(n)
         return idx[np.lexsort((idx, -z[idx]))].astype(np.int64)
-    sub = np.arange(n)
-    if n > 64 * k:
-        sample = z[:: n // (16 * k)]
-        threshold = np.partition(sample, len(sample) - k)[len(sample) - k]
-        sub = np.flatnonzero(z >= threshold)
+    sub = np.arange(n) if n <= 64 * k else np.flatnonzero(z >= _sampled_floor(z, k))
     zs = z[sub]
     if k < len(sub):
         kth = zs[np.argpartition(-zs, k - 1)[k - 1]]  # the k-th largest value
