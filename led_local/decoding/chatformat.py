@@ -72,10 +72,6 @@ class ChatFormat:
         """Where the rendered ``prompt`` leaves the response: INSIDE, CLOSED or MODEL."""
         return INSIDE
 
-    def starts_inside(self, prompt: str) -> bool:
-        """Whether the response to the rendered ``prompt`` starts inside thinking."""
-        return self.think_start != "" and self.prompt_scope(prompt) == INSIDE
-
     def opening(self, shown: str) -> bool | None:
         """Whether a response whose text so far is ``shown`` has opened thinking itself (the
         start marker first, after whitespace): True, False, or None while it still may."""
@@ -85,10 +81,6 @@ class ChatFormat:
         if text.startswith(self.think_start):
             return True
         return None if self.think_start.startswith(text) else False
-
-    def opens(self, shown: str) -> bool:
-        """Whether a response shown so far opens a thinking block itself."""
-        return self.opening(shown) is True
 
     def splitter(self, *, scope: str = MODEL):
         """A fresh incremental splitter (``feed(text) -> Split``, ``finish() -> Split``) of one

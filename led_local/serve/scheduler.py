@@ -356,8 +356,8 @@ class Scheduler:
         """Prompt tokens to evaluate this turn: ``prefill_chunk``, or (auto) the whole batch
         when no stream is waiting for its next token, otherwise as many as the recent speed
         of prompt evaluation gets through in PREFILL_SECONDS (at least PREFILL_LEAST, at most
-    twice the chunk before). The
-        logits are the same whatever the chunks (tested), so timing never changes a reply."""
+        twice the chunk before). The logits are the same whatever the chunks (tested), so
+        timing never changes a reply."""
         if self.prefill_chunk is not None:
             return self.prefill_chunk
         if not self.running:
