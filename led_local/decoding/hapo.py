@@ -182,8 +182,8 @@ def hapo_pick(logits: np.ndarray, *, t0: float, cfg: HAPOConfig, trace: HAPOTrac
               h_stats: float | None = None, scratch: Scratch | None = None) -> int:
     """One HAPO step on a row of logits (V,): entropy, temperature, vLLM-order sample.
     Appends the entropy at T0 (``tempered_entropies``; where ``trace`` keeps them) and the
-    temperature to ``trace``; T0 = 0 is greedy. ``h_t``, ``h_stats``: the row's untempered and T0 entropies when
-    computed for a whole batch; ``scratch``: work arrays to borrow."""
+    temperature to ``trace``; T0 = 0 is greedy. ``h_t``, ``h_stats``: the row's untempered
+    and T0 entropies when computed for a whole batch; ``scratch``: work arrays to borrow."""
     if h_t is None:
         h_t = float(token_entropies(logits, scratch=scratch))
     if trace.entropies is not None:
