@@ -441,3 +441,16 @@ def test_kth_largest_is_a_full_partitions_value():
             assert kth_largest(z, k) == want, (n, k)
     small = np.array([3.0, 1.0, 2.0])
     assert [kth_largest(small, k) for k in (1, 2, 3)] == [3.0, 2.0, 1.0]
+
+
+def test_draw_stays_inside_the_row_when_u_reaches_the_total():
+    """u = r * total with r at its top (rounding can bring u to the total itself): the last
+    index, never one past the row."""
+    from led_local.decoding.samplers import draw
+
+    class Top:
+        def random(self) -> float:
+            return 1.0
+
+    assert draw(np.array([0.2, 0.3, 0.5]), Top()) == 2
+    assert draw(np.array([0.5, 0.5, 0.0]), Top()) == 2
