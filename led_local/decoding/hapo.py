@@ -179,17 +179,16 @@ def tempered_entropies(logits: np.ndarray, t0: float, raw: np.ndarray | None = N
 def hapo_pick(logits: np.ndarray, *, t0: float, cfg: HAPOConfig, trace: HAPOTrace,
               rng: np.random.Generator, top_k: int = 0, top_p: float = 1.0,
               min_p: float = 0.0, h_t: float | None = None,
-              h_stats: float | None = None, scratch: Scratch | None = None) -> int:
+              scratch: Scratch | None = None) -> int:
     """One HAPO step on a row of logits (V,): entropy, temperature, vLLM-order sample.
     Appends the entropy at T0 (``tempered_entropies``; where ``trace`` keeps them) and the
-    temperature to ``trace``; T0 = 0 is greedy. ``h_t``, ``h_stats``: the row's untempered
-    and T0 entropies when computed for a whole batch; ``scratch``: work arrays to borrow."""
+    temperature to ``trace``; T0 = 0 is greedy. ``h_t``: the row's untempered entropy when
+    computed for a whole batch; ``scratch``: work arrays to borrow."""
     if h_t is None:
         h_t = float(token_entropies(logits, scratch=scratch))
     if trace.entropies is not None:
-        if h_stats is None:
-            h_stats = float(tempered_entropies(logits, t0, np.float64(h_t), scratch=scratch))
-        trace.entropies.append(h_stats)
+        trace.entropies.append(float(tempered_entropies(logits, t0, np.float64(h_t),
+                                                        scratch=scratch)))
     t = adaptive_temperature(h_t, trace.stats, t0=t0, tau=cfg.tau, variant=cfg.variant)
     trace.temperatures.append(t)
     return sample_token(logits, temperature=t, rng=rng, top_k=top_k, top_p=top_p, min_p=min_p,
@@ -311,14 +310,12 @@ class HAPO(DecodingMethod):
         # every row's full-vocabulary pass at once, in the engine's work arrays
         rows = batch.final[idx]
         h = token_entropies(rows, scratch=engine.scratch)
-        for n, (i, h_t) in enumerate(zip(idx, h)):
+        for i, h_t in zip(idx, h):
             cfg, s = batch.cfgs[i], batch.seqs[i]
-            h_stats = None if s.trace.entropies is None else float(tempered_entropies(
-                rows[n], cfg.temperature, h_t, scratch=engine.scratch))
             batch.tokens[i] = hapo_pick(batch.final[i], t0=cfg.temperature, cfg=cfg.hapo,
                                         trace=s.trace, rng=s.rng, top_k=cfg.top_k,
                                         top_p=cfg.top_p, min_p=cfg.min_p, h_t=float(h_t),
-                                        h_stats=h_stats, scratch=engine.scratch)
+                                        scratch=engine.scratch)
 
     def record(self, seq, cfg, *, full=False):
         return {NAME: seq.trace.summary(with_entropies=full)}
