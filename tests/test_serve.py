@@ -226,11 +226,30 @@ def test_a_client_that_leaves_mid_stream_frees_its_slot(server):
     # a non-streaming client gives up long before a long answer could finish
     impatient = server.client().with_options(timeout=0.5, max_retries=0)
     long_answer = "Write every number from 1 to 1000 in words, separated by commas."
-    with pytest.raises(openai.APITimeoutError):
+    with pytest.raises(openai.APITimeoutError):  # (not ended early by the end token)
         impatient.chat.completions.create(model="m", messages=[{"role": "user",
-                                          "content": long_answer}], max_tokens=2000)
+                                          "content": long_answer}], max_tokens=2000,
+                                          extra_body={"ignore_eos": True})
     assert server.wait_idle(10)["slots_busy"] == 0
     assert chat(server, seed=1).choices[0].message.content  # still serving
+
+
+def test_ignore_eos_runs_to_max_tokens(server):
+    short = [{"role": "user", "content": "Reply with one word: yes or no."}]
+    r = chat(server, messages=short, max_tokens=40, extra_body={"method": "greedy"})
+    assert r.choices[0].finish_reason == "stop" and r.usage.completion_tokens < 10
+    on = chat(server, messages=short, max_tokens=40,
+              extra_body={"method": "greedy", "ignore_eos": True})
+    assert on.choices[0].finish_reason == "length" and on.usage.completion_tokens == 40
+    # greedy: the same answer up to where the end token was the top one
+    assert on.choices[0].message.content.startswith(r.choices[0].message.content)
+    for method in ("led", "sample", "hapo"):
+        led = chat(server, messages=short, max_tokens=40, seed=3,
+                   extra_body={"method": method, "ignore_eos": True})
+        assert led.choices[0].finish_reason == "length", method
+        assert led.usage.completion_tokens == 40, method
+    with pytest.raises(openai.BadRequestError, match="ignore_eos"):
+        chat(server, extra_body={"ignore_eos": True, "grammar": 'root ::= "a"'})
 
 
 def test_http_errors_are_openai_shaped(server):

@@ -57,6 +57,7 @@ class Sequence:
     cfg: DecodeConfig | None = None  # this sequence's method (None: the engine's)
     trace: object | None = None  # the method's own per-sequence record (HAPO, SwiReasoning)
     grammar: GrammarState | None = None  # constrains every pick (llama.grammar)
+    banned: np.ndarray | None = None  # token ids never picked (ignore_eos: the end tokens)
     _text_tail: str = ""
 
     @property
@@ -203,16 +204,18 @@ class Engine:
     # -- sequences ------------------------------------------------------------------------
     def new_sequence(self, slot: int, *, seed: tuple, max_tokens: int,
                      cfg: DecodeConfig | None = None, prompt: list[int] | None = None,
-                     grammar: Grammar | None = None) -> Sequence:
+                     grammar: Grammar | None = None, ignore_eos: bool = False) -> Sequence:
         """A sequence in ``slot`` whose randomness derives from ``seed`` alone; ``cfg`` gives
         it its own method (default: the engine's), which ``check_config`` must accept.
         ``prompt`` (its token ids) decides where the response starts: inside thinking, out of
         it for good (the prompt closed it), or out of it until the response opens it
         (``scope``). ``grammar`` constrains its output: before every pick the tokens it does
-        not allow get -inf final logits, whatever the method (docs/LED.md for LED)."""
+        not allow get -inf final logits, whatever the method (docs/LED.md for LED);
+        ``ignore_eos`` does the same to the end-of-generation tokens, so that it runs to
+        ``max_tokens`` (or a stop string), as llama-server's ``ignore_eos``."""
         seq = Sequence(slot=slot, max_tokens=max_tokens,
                        cfg=cfg.with_format(self.format) if cfg is not None else None,
-                       grammar=None)
+                       grammar=None, banned=self.rt.eog_tokens() if ignore_eos else None)
         if grammar is not None or self.grammar is not None:
             seq.grammar = GrammarState(self.reply_grammar(grammar or self.grammar, prompt),
                                        self.rt.vocab)
@@ -435,6 +438,8 @@ class Engine:
         for s, r in zip(seqs, rows):
             if s.grammar is not None:  # in llama.cpp's own row: the sampler chain reads it too
                 s.grammar.mask(self.rt.logits_view(r))
+            if s.banned is not None:
+                self.rt.logits_view(r)[s.banned] = -np.inf
         cfgs = [self._cfg(s) for s in seqs]
         units = [c.unit for c in cfgs]
         scored = [self.wants_logprobs(s) for s in seqs]

@@ -151,6 +151,7 @@ class Runtime:
         self.model = model
         self.vocab = llama_cpp.llama_model_get_vocab(model)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
+        self._eog: np.ndarray | None = None
         # a recurrent state (all of it, or the recurrent layers of a hybrid) holds no past
         # positions: a sequence's cache can be dropped or extended, not cut back
         self.recurrent = bool(llama_cpp.llama_model_is_recurrent(model)
@@ -259,6 +260,13 @@ class Runtime:
 
     def is_eog(self, token: int) -> bool:
         return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
+
+    def eog_tokens(self) -> np.ndarray:
+        """The ids of every end-of-generation token (EOS, EOT, end of turn...), ascending."""
+        if self._eog is None:
+            self._eog = np.array([t for t in range(self.n_vocab) if self.is_eog(t)],
+                                 dtype=np.int64)
+        return self._eog
 
     def is_added(self, token: int) -> bool:
         """Whether ``token`` is a control or user-defined (added) token: one the tokenizer

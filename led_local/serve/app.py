@@ -422,6 +422,9 @@ def _work(state: ServerState, req: P.CommonRequest, chat: bool) -> Work:
                          else "prompt", code="context_length_exceeded")
     if choice is not None and choice != "auto":
         grammar = _forced_call(state, req, fmt, scope, functions, choice, grammar)
+    if req.ignore_eos and grammar is not None:  # a finished grammar allows the end alone
+        raise P.APIError(400, "ignore_eos cannot be combined with a grammar, a JSON schema "
+                         "or a forced tool call", param="ignore_eos")
     limit = req.limit() or state.defaults.max_tokens
     max_tokens = room if limit is None else min(limit, room)
     seed = req.seed if req.seed is not None else state.defaults.seed
@@ -431,6 +434,7 @@ def _work(state: ServerState, req: P.CommonRequest, chat: bool) -> Work:
                 logprobs=req.logprobs is True if chat else req.logprobs is not None,
                 format=fmt, scope=scope,
                 cache_prompt=req.cache_prompt, led_tokens=req.led_tokens(), grammar=grammar,
+                ignore_eos=req.ignore_eos,
                 tools=state.tool_syntax if choice is not None else None)
 
 

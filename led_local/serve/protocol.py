@@ -236,6 +236,7 @@ class CommonRequest(_MethodFields):
     presence_penalty: float | None = None
     logit_bias: dict[str, float] | None = None
     cache_prompt: bool = True  # as llama-server: reuse a finished sequence's KV prefix
+    ignore_eos: bool = False  # as llama-server: never end at an end-of-generation token
     response_format: ResponseFormat | None = None
     grammar: str | None = None  # GBNF, as llama-server takes it
     json_schema: dict[str, Any] | bool | None = None  # a JSON schema, as llama-server takes it

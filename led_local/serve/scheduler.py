@@ -73,6 +73,7 @@ class Work:
     cache_prompt: bool = True  # reuse the longest cached prefix (False: evaluate it all)
     led_tokens: bool = False  # report each token's depth, gate and top-1 (stream_options)
     grammar: Grammar | None = None  # the output's constraint (grammar, response_format)
+    ignore_eos: bool = False  # the end-of-generation tokens are never picked
     tools: ToolSyntax | None = None  # the reply may call tools written in this syntax
     cached: int = 0  # prompt tokens reused from the prompt cache (usage.cached_tokens)
     arrived: float = field(default_factory=time.perf_counter)
@@ -417,7 +418,7 @@ class Scheduler:
                 eng.fork(first, slot)
             seq = eng.new_sequence(slot, seed=(work.seed,) if i == 0 else (work.seed, i),
                                    max_tokens=work.max_tokens, cfg=work.cfg, prompt=work.tokens,
-                                   grammar=work.grammar)
+                                   grammar=work.grammar, ignore_eos=work.ignore_eos)
             seq.pending, seq.n_past = work.tokens[-1], len(work.tokens) - 1
             eng.top_n[slot] = work.top_n
             if work.logprobs or work.top_n:
