@@ -51,11 +51,20 @@ def generate(ctx: click.Context, model: str, prompt: str, raw: bool, system: str
     # batch-invariant, as solve and serve: a seed gives the same tokens in all three
     with open_engine(model, cfg, kw, batch_invariant=True, grammar=grammar) as engine:
         tokens = gen.prompt_tokens(engine, prompt, raw=raw, system=system)
-        result = gen.generate(engine, tokens, max_tokens=max_tokens, seed=seed)
+        with StopFlag() as stop:  # Ctrl-C ends the response: what was generated is printed
+            result = gen.generate(engine, tokens, max_tokens=max_tokens, seed=seed,
+                                  stop=lambda: stop.set)
     record = result.to_json()
     if as_json:
         click.echo(json.dumps(record, ensure_ascii=False))
-        return
+    else:
+        _print_result(result, record, cfg, seed)
+    if result.finish_reason == "interrupted":
+        ctx.exit(130)  # as a shell reports Ctrl-C
+
+
+def _print_result(result, record: dict, cfg, seed: int) -> None:
+    """The response's text on stdout, its one-line summary on stderr."""
     click.echo(result.text)
     t = record["timing"]
     click.echo(f"[{cfg.method}] {record['n_tokens']} tokens ({result.finish_reason}), "

@@ -9,7 +9,7 @@ from __future__ import annotations
 import codecs
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from led_local.decoding.engine import Engine, Sequence
@@ -125,13 +125,17 @@ def stream_generate(engine: Engine, tokens: list[int], *, max_tokens: int, seed:
         timing["finish_reason"] = seq.finish_reason
 
 
-def generate(engine: Engine, tokens: list[int], *, max_tokens: int, seed: int) -> Result:
-    """Generate to the end and return the record (text, tokens, LED stats, timing)."""
+def generate(engine: Engine, tokens: list[int], *, max_tokens: int, seed: int,
+             stop: Callable[[], bool] | None = None) -> Result:
+    """Generate to the end and return the record (text, tokens, LED stats, timing); when
+    ``stop()`` turns true (Ctrl-C), the tokens so far, with finish reason "interrupted"."""
     timing: dict = {}
     seq = None
     for seq in generate_step(engine, tokens, max_tokens=max_tokens, seed=seed,  # noqa: B007
                              timing=timing):
-        pass
+        if stop is not None and not seq.done and stop():
+            seq.finish_reason = "interrupted"
+            break
     decode_s = time.perf_counter() - timing["start"]
     text = b"".join(engine.rt.token_bytes(t) for t in seq.tokens).decode("utf-8", "replace")
     return Result(
