@@ -331,7 +331,9 @@ def _post_stream(port: int, path: str, body: dict) -> tuple[float, float, int]:
 
 
 def chat_rate(port: int, questions: list[str], n: int, tokens: int, extra: dict) -> float:
-    """n streaming clients of two chat requests each: generated tokens/s over the wall time."""
+    """n streaming clients of two chat requests each: generated tokens/s over the wall time.
+    Every answer runs to ``tokens`` (``ignore_eos``, which both servers take): the same work
+    on both sides, whatever the sampled text."""
     total = [0]
     lock = threading.Lock()
 
@@ -339,7 +341,7 @@ def chat_rate(port: int, questions: list[str], n: int, tokens: int, extra: dict)
         for r in range(2):
             q = questions[(2 * i + r) % len(questions)]
             body = {"messages": [{"role": "user", "content": q}], "max_tokens": tokens,
-                    "seed": 100 * i + r, **extra}
+                    "seed": 100 * i + r, "ignore_eos": True, **extra}
             _, _, n_tok = _post_stream(port, "/v1/chat/completions", body)
             with lock:
                 total[0] += n_tok
@@ -372,7 +374,7 @@ def long_text(model: str, n_tokens: int) -> str:
 def long_case(port: int, prompt: str, tokens: int, extra: dict,
               seed: int) -> tuple[float, float, int]:
     """The long context: (prompt time = TTFT s, generation tokens/s after it, tokens)."""
-    body = {"prompt": prompt, "max_tokens": tokens, "seed": seed, **extra}
+    body = {"prompt": prompt, "max_tokens": tokens, "seed": seed, "ignore_eos": True, **extra}
     ttft, total, n_tok = _post_stream(port, "/v1/completions", body)
     return ttft, (n_tok - 1) / max(total - ttft, 1e-9), n_tok
 

@@ -191,6 +191,71 @@ def test_auto_prefill_chunks_follow_the_measured_speed():
     assert fixed._chunk() == 64
 
 
+def test_prompts_that_arrive_together_start_together_and_keep_their_tokens(smollm2):
+    """While nothing runs, the prompts taken from the queue are all evaluated before any of
+    them starts: the first decode step carries every one (as llama-server's first step
+    does), a later arrival joins between chunks, and each reply's tokens are the ones it gets
+    alone (a seed's tokens never depend on batching)."""
+    import queue as q
+
+    from led_local.decoding.methods import DecodeConfig
+    from led_local.serve import scheduler as sch
+    from led_local.serve.metrics import Metrics
+
+    with sch.ServeEngine(smollm2, DecodeConfig(method="sample"), n_ctx=4 * 512, n_seq=4,
+                         threads=1) as eng:
+        batches: list[int] = []
+        step = eng.step
+
+        def counting(seqs):
+            batches.append(sum(not s.done for s in seqs))
+            return step(seqs)
+
+        eng.step = counting
+        prompts = [eng.rt.tokenize(f"Question {i}: what is {i} + {i}?") for i in range(4)]
+
+        def run(works_at: list[tuple[int, int]]) -> dict[int, str]:
+            """Submit prompt i before step n for each (i, n); each reply's text."""
+            got: dict[int, q.Queue] = {i: q.Queue() for i, _ in works_at}
+            s = sch.Scheduler(eng, parallel=4, max_queue=4, metrics=Metrics())
+            late = [(i, n) for i, n in works_at if n > 0]
+            for i, n in works_at:
+                if n == 0:
+                    s.submit(work(i, got[i]))
+            batches.clear()
+            if late:
+                def joining(seqs, _step=counting):
+                    for i, n in list(late):
+                        if len(batches) == n:
+                            s.submit(work(i, got[i]))
+                            late.remove((i, n))
+                    return _step(seqs)
+                eng.step = joining
+            s.start()
+            out = {}
+            for i in got:
+                events = []
+                while not events or "finish_reason" not in events[-1]:
+                    events.append(got[i].get(timeout=120))
+                assert events[-1]["completion_tokens"] == 12, events[-1]
+                out[i] = "".join(e.get("content", "") for e in events)
+            s.stop()
+            eng.step = counting
+            return out
+
+        def work(i: int, box) -> sch.Work:
+            return sch.Work(tokens=prompts[i], cfg=eng.cfg, n=1, max_tokens=12, seed=i,
+                            stop=[], emit=box.put, ignore_eos=True)
+
+        together = run([(0, 0), (1, 0), (2, 0), (3, 0)])
+        assert batches[0] == 4 and batches.count(4) == 12, batches
+        alone = {i: run([(i, 0)])[i] for i in range(4)}
+        assert together == alone
+        joined = run([(0, 0), (1, 0), (2, 3)])
+        assert batches[:3] == [2, 2, 2] and 3 in batches
+        assert joined == {i: alone[i] for i in range(3)}
+
+
 def test_generate_and_solve_take_a_json_schema(smollm2, tmp_path, capsys):
     schema = tmp_path / "schema.json"
     schema.write_text(json.dumps({"type": "object", "properties": {

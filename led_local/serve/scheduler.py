@@ -172,6 +172,9 @@ class Scheduler:
         self._deadline: threading.Timer | None = None
         self._admits: deque[Work] = deque()  # taken from the queue, prompts to evaluate
         self._fill: tuple[Work, int, Fill] | None = None  # the prompt being evaluated
+        # evaluated prompts (work, slot) held back while nothing runs and more prompts wait:
+        # they start together, in one batch, instead of each alone while the next loads
+        self._ready: list[tuple[Work, int]] = []
         self.failure: str | None = None  # why the decode thread died (then /health says 503)
         self._thread = threading.Thread(target=self._run, name="led-decode", daemon=True)
 
@@ -239,8 +242,10 @@ class Scheduler:
             self._thread.join()
 
     def _admitting(self) -> list[Work]:
-        """The requests taken from the queue whose prompts are not yet evaluated."""
-        return ([self._fill[0]] if self._fill is not None else []) + list(self._admits)
+        """The requests taken from the queue that have not started: their prompts waiting,
+        being evaluated, or evaluated and held back (``_ready``)."""
+        return ([w for w, _ in self._ready] + ([self._fill[0]] if self._fill is not None
+                                               else []) + list(self._admits))
 
     def busy(self) -> int:
         return self.parallel - len(self.free)
@@ -280,16 +285,23 @@ class Scheduler:
         """Each turn: take what fits from the queue, evaluate one chunk of the prompt being
         admitted (``prefill_chunk`` tokens), then one decode step of the running choices; so
         a long prompt delays a running stream's next token by one chunk, not by its whole
-        evaluation, and a shutdown stops it between chunks."""
+        evaluation, and a shutdown stops it between chunks. While nothing runs, prompts taken
+        together start together once all are evaluated (whole batches, no stream waiting):
+        the first decode steps then carry every one of them, as llama-server's do."""
         while True:
             with self._cv:
                 while not (self._stopping or self.queue or self.running or self._admits
-                           or self._fill is not None):
+                           or self._fill is not None or self._ready):
                     self._cv.wait()
                 if self._stopping:
                     break
                 self._admits.extend(self._take())
             self._prefill()
+            if self._ready and not self.running and self._fill is None and not self._admits:
+                with self._cv:  # what arrived meanwhile joins them
+                    self._admits.extend(self._take())
+            if self._ready and (self.running or (self._fill is None and not self._admits)):
+                self._start_ready()
             self._reap()
             if self.running:
                 self._step()
@@ -299,6 +311,9 @@ class Scheduler:
             self._end(c, "cancelled")
         if self._fill is not None:
             self._drop_fill()
+        for work, first in self._ready:
+            self._release(first, work)
+        self._ready.clear()
         self.queue.clear()
         self._admits.clear()
         for work in works.values():
@@ -351,7 +366,16 @@ class Scheduler:
             self._per_token = per if self._per_token is None else 0.5 * (self._per_token + per)
         if done:
             self._fill = None
-            self._start(work, first)
+            self._ready.append((work, first))
+
+    def _start_ready(self) -> None:
+        """Start the evaluated prompts (those whose client has left give their slots back)."""
+        ready, self._ready = self._ready, []
+        for work, first in ready:
+            if work.cancelled:
+                self._release(first, work)
+            else:
+                self._start(work, first)
 
     def _chunk(self) -> int | None:
         """Prompt tokens to evaluate this turn: ``prefill_chunk``, or (auto) the whole batch
