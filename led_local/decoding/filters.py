@@ -160,9 +160,8 @@ def sample_token(
     if (top_k <= 0 or top_k >= n) and top_p >= 1 and min_p <= 0:
         # no filter: filtered_probs' softmax and draw's CDF, value for value, in one array
         x = np.empty(n) if scratch is None else scratch.array("sample", (n,))
-        x[...] = logits
-        x /= temperature
-        x -= x.max()
+        np.divide(logits, temperature, out=x, dtype=np.float64)  # the cast in the same pass
+        x -= np.float64(logits.max()) / temperature  # = x.max(): rounding keeps the order
         np.exp(x, out=x)
         x /= x.sum()
         np.cumsum(x, out=x)

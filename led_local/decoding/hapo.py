@@ -144,20 +144,26 @@ def token_entropies(logits: np.ndarray, *, scratch: Scratch | None = None) -> np
     """H of the untempered, unfiltered distribution of each row of logits (..., V), in nats
     (float64): one exp over the rows, no log over the vocabulary. The operations of
     ``entropy_rows(*softmax_rows(logits))``, value for value, in place on two arrays
-    (``scratch``'s when given)."""
+    (``scratch``'s when given), with the passes that change nothing left out."""
+    logits = np.asarray(logits)
     if scratch is None:
-        x, e = np.array(logits, dtype=np.float64), np.empty(logits.shape)
+        x, e = np.empty(logits.shape), np.empty(logits.shape)
     else:
         x, e = scratch.array("x", logits.shape), scratch.array("e", logits.shape)
-        x[...] = logits
-    x -= x.max(axis=-1, keepdims=True)
+    # the max of the rows as they are (a float32 max is the float64 one, exactly): the cast
+    # and the shift in one pass
+    np.subtract(logits, logits.max(axis=-1, keepdims=True), out=x, dtype=np.float64)
     np.exp(x, out=e)
     s = e.sum(axis=-1, keepdims=True)
     e /= s  # p
     x -= np.log(s)  # log p
-    np.maximum(x, np.finfo(np.float64).min, out=x)  # a -inf logit adds nothing
-    x *= e
-    return -x.sum(axis=-1)
+    with np.errstate(invalid="ignore"):  # 0 * -inf, mended below
+        x *= e
+    h = -x.sum(axis=-1)
+    if np.isnan(h).any():  # a -inf logit (0 * -inf): it adds nothing, as p ln p -> 0 says
+        x[np.isnan(x)] = -0.0  # (what p = 0 times the most negative float gives)
+        h = -x.sum(axis=-1)
+    return h
 
 
 def stats_temperature(t0: float) -> float:
