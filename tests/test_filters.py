@@ -141,3 +141,49 @@ def test_entropy_rows_ignore_impossible_tokens():
 
     p, logp = softmax_rows(np.array([[0.0, 0.0, -np.inf]]))
     assert entropy_rows(p, logp).tolist() == [pytest.approx(np.log(2), rel=1e-15)]
+
+
+def _spread_logits(n: int = 400, seed: int = 5) -> np.ndarray:
+    """Float32 logits with a wide spread and a few ties: no filter leaves them whole."""
+    z = np.random.default_rng(seed).normal(0.0, 3.0, n).astype(np.float32)
+    z[10:13] = z[7]
+    return z
+
+
+@pytest.mark.parametrize(("top_k", "top_p", "min_p"), [
+    (0, 1.0, 0.0), (400, 1.0, 0.0), (1000, 1.0, 0.0),  # the unfiltered fast path
+    (5, 1.0, 0.0), (0, 0.9, 0.0), (0, 1.0, 0.05),  # one filter each: the filtered path
+    (5, 0.9, 0.0), (399, 1.0, 0.0), (20, 0.95, 0.05), (1, 1.0, 0.0),
+])
+def test_sample_token_is_filtered_probs_then_draw_for_every_filter(top_k, top_p, min_p):
+    """sample_token's unfiltered shortcut and its filtered path both give exactly the token
+    of filtered_probs + draw for the same generator: a filter the shortcut skipped, or an
+    unfiltered row sent the long way with a different draw, changes some of 300 tokens."""
+    from led_local.decoding.samplers import draw
+
+    z = _spread_logits()
+    for seed in range(300):
+        got = sample_token(z, temperature=0.7, rng=np.random.default_rng(seed), top_k=top_k,
+                           top_p=top_p, min_p=min_p)
+        idx, p = filtered_probs(z, temperature=0.7, top_k=top_k, top_p=top_p, min_p=min_p)
+        assert got == int(idx[draw(p, np.random.default_rng(seed))]), seed
+    if top_k == 5:  # and the filter was applied: only the top 5 are ever drawn
+        top5 = set(np.argsort(-z, kind="stable")[:5].tolist())
+        picks = {sample_token(z, temperature=5.0, rng=np.random.default_rng(s), top_k=5)
+                 for s in range(300)}
+        assert picks <= top5
+
+
+def test_entropy_with_a_floor_clips_inside_the_log():
+    """SwiReasoning's entropy (floor 1e-12): -sum p ln max(p, floor), positive; a p below the
+    floor is weighted by ln(floor), a zero adds nothing."""
+    from led_local.decoding.filters import entropy
+
+    p = np.array([0.5, 0.25, 0.25 - 1e-14, 1e-14, 0.0])
+    want = -(0.5 * np.log(0.5) + 0.25 * np.log(0.25) + (0.25 - 1e-14) * np.log(0.25 - 1e-14)
+             + 1e-14 * np.log(1e-12))
+    assert entropy(p, floor=1e-12) == pytest.approx(want, rel=1e-15)
+    assert entropy(p, floor=1e-12) > 0
+    # the floor changes the result where a p is under it (ln 1e-14 against ln 1e-12)
+    assert entropy(p, floor=1e-12) != entropy(p)
+    assert entropy(np.array([0.5, 0.5]), floor=0.9) == pytest.approx(-np.log(0.9))

@@ -559,3 +559,14 @@ def test_a_trace_without_entropies_picks_the_same_tokens():
         assert a == b
     assert kept.temperatures == lean.temperatures and len(kept.entropies) == 50
     assert lean.entropies is None and lean.summary(with_entropies=True)["entropies"] == []
+
+
+def test_stats_without_entropies_above_the_pivot_clip_every_higher_entropy_to_one():
+    """pivot 1: mu is the largest log-entropy, so no z is positive; the positive scale then
+    comes from the 1e-8 floor (s_pos = 1e8), and a token above every calibration entropy gets
+    h_hat = 1, the full temperature rise, not a rise proportional to its distance."""
+    stats = compute_stats([0.1, 0.2, 0.4, 0.8], pivot=1.0)
+    assert stats.s_pos == pytest.approx(1e8)
+    assert scaled_entropy(0.81, stats) == 1.0
+    # without positive z the negative side still scales: the smallest entropy maps to -1
+    assert scaled_entropy(0.1, stats) == pytest.approx(-1.0, abs=1e-5)
