@@ -27,6 +27,11 @@ SwiReasoning's float32 embedding matrix.
 swir-batch: one ``solve`` step of 16 sequences of which L are in latent mode, decoded as one
 all-embedding batch (what the engine does: token rows go as their input rows) against a token
 decode plus an embedding decode, steps interleaved; the design choice rests on it.
+slots: in a batch-invariant context (the server's: one KV stream per slot), one decode step of
+sequences in consecutive slots against the same number with holes between them (llama.cpp
+evaluates each run of consecutive slots as its own ubatch), and 8 prompts evaluated into their
+slots one after another against together in one batch per chunk (``Engine.advance_fills``, as
+`serve` does), rounds interleaved.
 """
 
 from __future__ import annotations
@@ -432,11 +437,59 @@ def bench_swir_batch(model: str, *, rounds: int, threads: int | None, batch: int
         print(f"{n_latent:6d} {one:12.1f} {two:13.1f} {two / one:10.2f}")
 
 
+def bench_slots(model: str, *, rounds: int, threads: int | None) -> None:
+    """Decode-step time per slot set, and 8 prompts' evaluation alone or together."""
+    from led_local.eval.problems import load_problems
+
+    sets = {"8 in slots 0-7": list(range(8)), "7 in slots 0-2, 4-7": [0, 1, 2, 4, 5, 6, 7],
+            "7 in slots 0-6": list(range(7)), "4 in slots 0, 2, 4, 6": [0, 2, 4, 6],
+            "4 in slots 0-3": [0, 1, 2, 3]}
+    steps: dict[str, list[float]] = {k: [] for k in sets}
+    fills: dict[str, list[float]] = {"one by one": [], "together": []}
+    with Engine(model, DecodeConfig(method="sample"), n_ctx=8 * 1024, n_seq=8,
+                threads=threads, batch_invariant=True) as e:
+        prompts = [e.rt.tokenize(e.rt.apply_chat_template([{"role": "user", "content": q}]))
+                   for q in [p.question for p in load_problems("gsm8k")[:8]]]
+        n_prompt = sum(len(p) - 1 for p in prompts)
+        for r in range(rounds):
+            for name in (fills if r % 2 == 0 else reversed(fills)):
+                for s in range(8):
+                    e.free(s)
+                t0 = time.perf_counter()
+                started = [e.begin_fill(s, p[:-1]) for s, p in enumerate(prompts)]
+                if name == "together":
+                    while not all(f.finished for f in started):
+                        e.advance_fills(started)
+                else:
+                    for f in started:
+                        while not f.advance():
+                            pass
+                fills[name].append(time.perf_counter() - t0)
+            pos = {s: len(p) - 1 for s, p in enumerate(prompts)}
+            for name, slots in sets.items():
+                t0 = time.perf_counter()
+                for _ in range(10):
+                    e.rt.decode([prompts[s][-1] for s in slots], [pos[s] for s in slots], slots,
+                                [True] * len(slots))
+                    for s in slots:
+                        pos[s] += 1
+                steps[name].append((time.perf_counter() - t0) / 10)
+    m = statistics.median
+    print(f"slots benchmark: {Path(model).name}, batch-invariant context, {rounds} rounds, "
+          "median (min-max)")
+    print(f"{'decode step':24} {'ms':>20}")
+    for name, xs in steps.items():
+        print(f"{name:24} {m(xs) * 1e3:8.1f} ({min(xs) * 1e3:.1f}-{max(xs) * 1e3:.1f})")
+    print(f"{n_prompt} prompt tokens of 8 prompts {'s':>8}")
+    for name, xs in fills.items():
+        print(f"{name:24} {m(xs):8.2f} ({min(xs):.2f}-{max(xs):.2f})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("model")
     ap.add_argument("--what", choices=["decode", "batch", "bufts", "embed", "serve", "fair",
-                                       "inspect", "ray", "methods", "swir-batch", "all"],
+                                       "inspect", "ray", "methods", "swir-batch", "slots", "all"],
                     default="all")
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--fair-src", default=None,
@@ -479,6 +532,8 @@ def main() -> None:
         bench_methods(args.model, tokens=args.tokens, rounds=args.rounds, threads=args.threads)
     if args.what in ("swir-batch", "all"):
         bench_swir_batch(args.model, rounds=args.rounds, threads=args.threads)
+    if args.what in ("slots", "all"):
+        bench_slots(args.model, rounds=args.rounds, threads=args.threads)
 
 
 if __name__ == "__main__":

@@ -165,6 +165,60 @@ def test_chunked_prefill_gives_the_same_logits(smollm2):
     assert np.array_equal(rows[0], rows[1])
 
 
+def test_prompts_filled_together_leave_each_cache_as_alone(smollm2):
+    """Prompts of different lengths evaluated together (one llama_decode per chunk, slots
+    consecutive or not, chunk budgets that split them unevenly) leave each slot's cache as
+    its prompt alone does: the next token's logits are the same bit for bit."""
+    import numpy as np
+
+    from led_local.decoding.engine import Engine
+    from led_local.decoding.methods import DecodeConfig
+
+    with Engine(smollm2, DecodeConfig(method="greedy"), n_ctx=6 * 512, n_seq=6, threads=2,
+                batch_invariant=True) as e:
+        prompts = [e.rt.tokenize(LONG[:n]) for n in (700, 90, 1300, 333)]
+        slots = [0, 1, 3, 5]
+
+        def next_logits() -> np.ndarray:
+            e.rt.decode([p[-1] for p in prompts], [len(p) - 1 for p in prompts], slots,
+                        [True] * len(slots))
+            return np.stack([e.rt.logits(i) for i in range(len(slots))])
+
+        def run(limit, together: bool) -> np.ndarray:
+            for s in range(6):
+                e.free(s)
+            fills = [e.begin_fill(s, p[:-1]) for s, p in zip(slots, prompts)]
+            if together:
+                while not all(f.finished for f in fills):
+                    e.advance_fills(fills[::-1], limit)  # any order in, slot order out
+            else:
+                for f in fills:
+                    while not f.advance(limit):
+                        pass
+            assert [e.cached_len(s) for s in slots] == [len(p) - 1 for p in prompts]
+            return next_logits()
+
+        alone = run(None, False)
+        for limit in (None, 5, 64, 301):
+            assert np.array_equal(run(limit, True), alone), limit
+        assert len({int(np.argmax(r)) for r in alone}) > 1  # the rows differ
+
+
+def test_share_is_even_and_spends_the_budget():
+    from led_local.decoding.engine import share
+
+    assert share([100, 100, 100], 90) == [30, 30, 30]
+    assert share([5, 100, 100], 90) == [5, 42, 43]
+    assert share([5, 3, 2], 90) == [5, 3, 2]
+    assert share([10, 10, 10], 8) == [2, 3, 3]
+    assert share([1, 10, 10], 3) == [1, 1, 1]
+    for rem, budget in (([7, 1, 40, 3], 11), ([0, 9], 4), ([50] * 7, 64), ([2, 30, 9], 25)):
+        got = share(rem, budget)
+        assert sum(got) == min(budget, sum(rem)) and all(0 <= g <= r for g, r in zip(got, rem))
+        open_ = [g for g, r in zip(got, rem) if g < r]  # cut short: even, the largest shares
+        assert not open_ or (max(open_) - min(open_) <= 1 and max(got) <= max(open_))
+
+
 def test_auto_prefill_chunks_follow_the_measured_speed():
     """--prefill-chunk auto: the whole batch while nothing streams; with a stream waiting,
     PREFILL_LEAST tokens until a chunk has been timed, then what takes PREFILL_SECONDS at the

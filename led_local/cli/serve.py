@@ -56,7 +56,8 @@ class PrefillChunk(click.ParamType):
               help="Seconds a connection has to send a whole request (headers and body).")
 @click.option("--alias", default=None, help="Model name in the API [default: the file's name].")
 @click.option("--prefill-chunk", type=PrefillChunk(), default="auto", show_default=True,
-              help="Prompt tokens evaluated between two decode steps, so that a long prompt "
+              help="Prompt tokens evaluated between two decode steps (all admitted prompts "
+              "together, in one batch), so that a long prompt "
               "does not stall the running streams; auto: what takes ~35 ms at the measured "
               "speed (the whole batch while no stream waits).")
 @click.option("-n", "--max-tokens", type=int, default=None,

@@ -94,24 +94,25 @@ class Fill:
     def advance(self, limit: int | None = None) -> bool:
         """Evaluate up to ``limit`` more tokens (default and at most: the batch size) in one
         llama_decode; True once the whole prompt is in the cache."""
-        eng, n = self.engine, len(self.tokens)
-        if self.finished:
-            return True
-        size = eng.rt.n_batch if limit is None else max(1, min(limit, eng.rt.n_batch))
-        start = self.done
-        chunk = self.tokens[start:start + size]
-        last = self.logits and start + len(chunk) == n
-        if eng.graph is not None and self.logits:
-            eng.graph.enable(True)
-        outs = [False] * len(chunk)
-        outs[-1] = last
-        if eng.capture is not None:
-            eng.capture.begin(np.array([len(chunk) - 1] if last else [], np.int64))
-        eng.rt.decode(chunk, range(start, start + len(chunk)), [self.slot] * len(chunk), outs)
-        eng._cached[self.slot].extend(chunk)
-        eng._prompt_row = len(chunk) - 1
-        self.done = start + len(chunk)
+        self.engine.advance_fills([self], limit)
         return self.finished
+
+    def take(self, size: int) -> list[int]:
+        """The next ``size`` tokens to evaluate (fewer at the prompt's end)."""
+        return self.tokens[self.done:self.done + size]
+
+
+def share(remaining: list[int], budget: int) -> list[int]:
+    """``budget`` tokens shared among prompts with ``remaining`` tokens each, as evenly as
+    their lengths allow: a short prompt's unused share goes to the longer ones, and two
+    unfinished shares differ by one token at most; at least one each while budget is left."""
+    out = [0] * len(remaining)
+    left = budget
+    order = sorted(range(len(remaining)), key=lambda i: (remaining[i], i))
+    for k, i in enumerate(order):
+        out[i] = min(remaining[i], left // (len(order) - k))
+        left -= out[i]
+    return out
 
 
 class Engine:
@@ -327,6 +328,45 @@ class Engine:
                 raise RuntimeError(f"llama.cpp could not clear KV slot {slot}")
         self._cached[slot] = list(tokens[:common])  # true even if interrupted later
         return Fill(self, slot, tokens, common, logits)
+
+    def advance_fills(self, fills: list[Fill], limit: int | None = None) -> None:
+        """Evaluate the next chunks of the prompts ``fills`` (distinct slots) in one
+        llama_decode: ``limit`` tokens in all (default and at most: the batch size), shared
+        by ``share``. A batch-invariant context fills each slot's cache exactly as a prompt
+        evaluated alone would (tested); the sequences go in increasing slot order, which that
+        needs, and consecutive slots share llama.cpp's ubatches. At most one prompt may want
+        its last token's logits (``_prompt_row``)."""
+        fills = sorted((f for f in fills if not f.finished), key=lambda f: f.slot)
+        if not fills:
+            return
+        if sum(f.logits for f in fills) > 1 and len(fills) > 1:
+            raise ValueError("one prompt at a time may want its logits")
+        budget = self.rt.n_batch if limit is None else max(1, min(limit, self.rt.n_batch))
+        sizes = share([len(f.tokens) - f.done for f in fills], max(budget, len(fills)))
+        tokens: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        outs: list[bool] = []
+        for f, size in zip(fills, sizes):
+            if size == 0:
+                continue
+            chunk = f.take(size)
+            tokens += chunk
+            positions += range(f.done, f.done + len(chunk))
+            slots += [f.slot] * len(chunk)
+            outs += [False] * (len(chunk) - 1) + [f.logits and f.done + len(chunk) == len(f.tokens)]
+        rows = [i for i, o in enumerate(outs) if o]
+        if self.graph is not None and rows:
+            self.graph.enable(True)
+        if self.capture is not None:
+            self.capture.begin(np.array(rows, np.int64))
+        self.rt.decode(tokens, positions, slots, outs)
+        for f, size in zip(fills, sizes):
+            chunk = f.take(size)
+            self._cached[f.slot].extend(chunk)
+            f.done += len(chunk)
+        if rows:
+            self._prompt_row = rows[0]
 
     def cached_len(self, slot: int) -> int:
         """How many tokens of ``slot`` are in the KV cache."""

@@ -171,7 +171,8 @@ class Scheduler:
         self._draining = False  # shutting down: no new work; what runs has until the deadline
         self._deadline: threading.Timer | None = None
         self._admits: deque[Work] = deque()  # taken from the queue, prompts to evaluate
-        self._fill: tuple[Work, int, Fill] | None = None  # the prompt being evaluated
+        # the prompts being evaluated, together (one llama_decode per turn for all of them)
+        self._fills: list[tuple[Work, int, Fill]] = []
         # evaluated prompts (work, slot) held back while nothing runs and more prompts wait:
         # they start together, in one batch, instead of each alone while the next loads
         self._ready: list[tuple[Work, int]] = []
@@ -244,8 +245,8 @@ class Scheduler:
     def _admitting(self) -> list[Work]:
         """The requests taken from the queue that have not started: their prompts waiting,
         being evaluated, or evaluated and held back (``_ready``)."""
-        return ([w for w, _ in self._ready] + ([self._fill[0]] if self._fill is not None
-                                               else []) + list(self._admits))
+        return ([w for w, _ in self._ready] + [w for w, _, _ in self._fills]
+                + list(self._admits))
 
     def busy(self) -> int:
         return self.parallel - len(self.free)
@@ -282,25 +283,26 @@ class Scheduler:
             work.emit({"error": message, "status": 500})
 
     def _loop(self) -> None:
-        """Each turn: take what fits from the queue, evaluate one chunk of the prompt being
-        admitted (``prefill_chunk`` tokens), then one decode step of the running choices; so
-        a long prompt delays a running stream's next token by one chunk, not by its whole
-        evaluation, and a shutdown stops it between chunks. While nothing runs, prompts taken
-        together start together once all are evaluated (whole batches, no stream waiting):
-        the first decode steps then carry every one of them, as llama-server's do."""
+        """Each turn: take what fits from the queue, evaluate one chunk of the prompts being
+        admitted (``prefill_chunk`` tokens in all, in one batch), then one decode step of the
+        running choices; so a long prompt delays a running stream's next token by one chunk,
+        not by its whole evaluation, and a shutdown stops it between chunks. While nothing
+        runs, prompts taken together start together once all are evaluated (whole batches, no
+        stream waiting): the first decode steps then carry every one of them, as
+        llama-server's do."""
         while True:
             with self._cv:
                 while not (self._stopping or self.queue or self.running or self._admits
-                           or self._fill is not None or self._ready):
+                           or self._fills or self._ready):
                     self._cv.wait()
                 if self._stopping:
                     break
                 self._admits.extend(self._take())
             self._prefill()
-            if self._ready and not self.running and self._fill is None and not self._admits:
+            if self._ready and not self.running and not self._fills and not self._admits:
                 with self._cv:  # what arrived meanwhile joins them
                     self._admits.extend(self._take())
-            if self._ready and (self.running or (self._fill is None and not self._admits)):
+            if self._ready and (self.running or (not self._fills and not self._admits)):
                 self._start_ready()
             self._reap()
             if self.running:
@@ -309,8 +311,8 @@ class Scheduler:
         works.update((id(w), w) for w in [*self.queue, *self._admitting()])
         for c in list(self.running.values()):
             self._end(c, "cancelled")
-        if self._fill is not None:
-            self._drop_fill()
+        for fill in list(self._fills):
+            self._drop_fill(fill)
         for work, first in self._ready:
             self._release(first, work)
         self._ready.clear()
@@ -337,35 +339,35 @@ class Scheduler:
         return out
 
     def _prefill(self) -> None:
-        """Evaluate the next chunk of the admitted prompt (starting the next one if none is
-        under way); a finished prompt's choices join the running ones."""
-        if self._fill is None:
-            while self._admits and self._fill is None:
-                work = self._admits.popleft()
-                if work.cancelled:  # it left while waiting for the prompt before it
-                    with self._cv:
-                        self._claimed -= work.n
-                    continue
-                self._begin(work)
-            if self._fill is None:
-                return
-        work, first, fill = self._fill
-        if work.cancelled:
-            self._drop_fill()
+        """Evaluate the next chunk of every admitted prompt, all in one llama_decode (each
+        slot's cache as if its prompt were evaluated alone); finished prompts' choices join
+        the running ones."""
+        while self._admits:
+            work = self._admits.popleft()
+            if work.cancelled:  # it left while waiting for the prompt before it
+                with self._cv:
+                    self._claimed -= work.n
+                continue
+            self._begin(work)
+        for fill in [f for f in self._fills if f[0].cancelled]:
+            self._drop_fill(fill)
+        if not self._fills:
             return
         size = self._chunk()
-        start, t0 = fill.done, time.perf_counter()
+        start, t0 = sum(f.done for _, _, f in self._fills), time.perf_counter()
         try:
-            done = fill.advance(size)
-        except Exception as e:  # a failed decode: this request, never the server
-            self._drop_fill()
-            work.emit({"error": f"evaluating the prompt failed: {e}"})
+            self.engine.advance_fills([f for _, _, f in self._fills], size)
+        except Exception as e:  # a failed decode: these requests, never the server
+            for fill in list(self._fills):
+                self._drop_fill(fill)
+                fill[0].emit({"error": f"evaluating the prompt failed: {e}"})
             return
-        if fill.done > start:
-            per = (time.perf_counter() - t0) / (fill.done - start)
+        done = sum(f.done for _, _, f in self._fills)
+        if done > start:
+            per = (time.perf_counter() - t0) / (done - start)
             self._per_token = per if self._per_token is None else 0.5 * (self._per_token + per)
-        if done:
-            self._fill = None
+        for work, first, fill in [f for f in self._fills if f[2].finished]:
+            self._fills.remove((work, first, fill))
             self._ready.append((work, first))
 
     def _start_ready(self) -> None:
@@ -415,7 +417,7 @@ class Scheduler:
                        f"evaluating the prompt failed: {e}"})
             return
         work.cached = fill.reused
-        self._fill = (work, first, fill)
+        self._fills.append((work, first, fill))
 
     def _release(self, first: int, work: Work) -> None:
         """Give back a request's reserved slot (emptied) and its other claimed slots."""
@@ -424,10 +426,9 @@ class Scheduler:
             self.free.add(first)
             self._claimed -= work.n - 1
 
-    def _drop_fill(self) -> None:
-        work, first, _ = self._fill
-        self._fill = None
-        self._release(first, work)
+    def _drop_fill(self, fill: tuple[Work, int, Fill]) -> None:
+        self._fills.remove(fill)
+        self._release(fill[1], fill[0])
 
     def _start(self, work: Work, first: int) -> None:
         """The prompt is in slot ``first``: fork it for each choice and start them."""
