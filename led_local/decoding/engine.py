@@ -97,10 +97,6 @@ class Fill:
         self.engine.advance_fills([self], limit)
         return self.finished
 
-    def take(self, size: int) -> list[int]:
-        """The next ``size`` tokens to evaluate (fewer at the prompt's end)."""
-        return self.tokens[self.done:self.done + size]
-
 
 def share(remaining: list[int], budget: int) -> list[int]:
     """``budget`` tokens shared among prompts with ``remaining`` tokens each, as evenly as
@@ -339,18 +335,18 @@ class Engine:
         fills = sorted((f for f in fills if not f.finished), key=lambda f: f.slot)
         if not fills:
             return
-        if sum(f.logits for f in fills) > 1 and len(fills) > 1:
+        if sum(f.logits for f in fills) > 1:
             raise ValueError("one prompt at a time may want its logits")
         budget = self.rt.n_batch if limit is None else max(1, min(limit, self.rt.n_batch))
         sizes = share([len(f.tokens) - f.done for f in fills], max(budget, len(fills)))
+        chunks = [f.tokens[f.done:f.done + size] for f, size in zip(fills, sizes)]
         tokens: list[int] = []
         positions: list[int] = []
         slots: list[int] = []
         outs: list[bool] = []
-        for f, size in zip(fills, sizes):
-            if size == 0:
+        for f, chunk in zip(fills, chunks):
+            if not chunk:
                 continue
-            chunk = f.take(size)
             tokens += chunk
             positions += range(f.done, f.done + len(chunk))
             slots += [f.slot] * len(chunk)
@@ -361,8 +357,7 @@ class Engine:
         if self.capture is not None:
             self.capture.begin(np.array(rows, np.int64))
         self.rt.decode(tokens, positions, slots, outs)
-        for f, size in zip(fills, sizes):
-            chunk = f.take(size)
+        for f, chunk in zip(fills, chunks):
             self._cached[f.slot].extend(chunk)
             f.done += len(chunk)
         if rows:

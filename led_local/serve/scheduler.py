@@ -366,9 +366,8 @@ class Scheduler:
         if done > start:
             per = (time.perf_counter() - t0) / (done - start)
             self._per_token = per if self._per_token is None else 0.5 * (self._per_token + per)
-        for work, first, fill in [f for f in self._fills if f[2].finished]:
-            self._fills.remove((work, first, fill))
-            self._ready.append((work, first))
+        self._ready += [(work, first) for work, first, fill in self._fills if fill.finished]
+        self._fills = [f for f in self._fills if not f[2].finished]
 
     def _start_ready(self) -> None:
         """Start the evaluated prompts (those whose client has left give their slots back)."""
@@ -427,7 +426,7 @@ class Scheduler:
             self._claimed -= work.n - 1
 
     def _drop_fill(self, fill: tuple[Work, int, Fill]) -> None:
-        self._fills.remove(fill)
+        self._fills = [f for f in self._fills if f is not fill]  # by identity: Work is a dataclass
         self._release(fill[1], fill[0])
 
     def _start(self, work: Work, first: int) -> None:
