@@ -333,7 +333,8 @@ def _post_stream(port: int, path: str, body: dict) -> tuple[float, float, int]:
 def chat_rate(port: int, questions: list[str], n: int, tokens: int, extra: dict) -> float:
     """n streaming clients of two chat requests each: generated tokens/s over the wall time.
     Every answer runs to ``tokens`` (``ignore_eos``, which both servers take): the same work
-    on both sides, whatever the sampled text."""
+    on both sides, whatever the sampled text. Client i asks questions 2i and 2i + 1: give
+    every call questions the server has not seen, or its prompt cache decides the result."""
     total = [0]
     lock = threading.Lock()
 
@@ -384,7 +385,11 @@ def bench_against_llama_server(model: str, *, binary: Path, threads: int, parall
                                long_prompt: int, long_tokens: int) -> dict:
     from led_local.eval.problems import load_problems
 
-    questions = [p.question for p in load_problems("gsm8k")[:16]]
+    # no prompt twice in one server's life: each server's prompt cache (llama-server also
+    # keeps evicted prompts in host memory) would turn a repeated question into a cache
+    # hit, and the two caches keep different prompts; both servers get the same questions
+    per_method = 2 * sum(clients)
+    questions = [p.question for p in load_problems("gsm8k")[:2 * per_method]]
     texts = [long_text(model, long_prompt) + f"\n\n({i})" for i in range(2 * repeats)]
     ctx = max(2048, long_prompt + long_tokens + 256)
     # LED takes the temperature alone (it refuses top-k/top-p/min-p, which it does not use)
@@ -404,13 +409,15 @@ def bench_against_llama_server(model: str, *, binary: Path, threads: int, parall
             try:
                 _post_stream(port, "/v1/chat/completions",
                              {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
-                for method, extra in systems[name]:
+                for k, (method, extra) in enumerate(systems[name]):
+                    asked = k * per_method
                     for n in clients:
-                        rate = chat_rate(port, questions, n, tokens, extra)
+                        rate = chat_rate(port, questions[asked:asked + 2 * n], n, tokens, extra)
+                        asked += 2 * n
                         res.setdefault((name, method, f"{n} clients"), []).append(rate)
                         print(f"  repeat {r + 1} {name:12} {method:5} {n} clients: "
                               f"{rate:7.1f} tokens/s", flush=True)
-                    prompt = texts[2 * r + (name == "led-local")]
+                    prompt = texts[2 * r + k]  # plain: the same text on both servers
                     ttft, rate, n_tok = long_case(port, prompt, long_tokens, extra, seed=r)
                     res.setdefault((name, method, "long: generation"), []).append(rate)
                     res.setdefault((name, method, "long: prompt s"), []).append(ttft)

@@ -12,6 +12,7 @@ import pytest
 from test_serve import KEY, Server
 
 from led_local.cli import main
+from led_local.serve.scheduler import choose_slot
 
 SCHEMA = {"type": "object", "properties": {
     "color": {"type": "string", "enum": ["red", "green", "blue"]},
@@ -114,6 +115,44 @@ def test_cached_tokens_on_a_shared_prefix(server):
     client.chat.completions.create(model="m", messages=messages, max_tokens=2, seed=1)
     r = client.chat.completions.create(model="m", messages=messages, max_tokens=2, seed=1)
     assert r.usage.prompt_tokens_details.cached_tokens >= r.usage.prompt_tokens - 2
+
+
+def test_conversations_keep_their_caches(server):
+    """As many conversations as slots, each resumed after all of them started: every one
+    finds its own cache. A new conversation shares only the chat template's opening with
+    the others, so it takes an empty or the least recently used slot instead of the lowest
+    slot that holds that opening (which kept one conversation's cache at a time)."""
+    client = server.client()
+    topics = ["the sea", "mountains", "old clocks", "bread"]  # the server has 4 slots
+    talks = [[{"role": "user", "content": f"Tell me about {t}, please. " * 6}] for t in topics]
+    first = []
+    for talk in talks:
+        r = client.chat.completions.create(model="m", messages=talk, max_tokens=2, seed=1)
+        first.append(r.usage.prompt_tokens)
+        talk += [{"role": "assistant", "content": r.choices[0].message.content},
+                 {"role": "user", "content": "And then?"}]
+    for talk, n in zip(talks, first):
+        r = client.chat.completions.create(model="m", messages=talk, max_tokens=2, seed=1)
+        assert r.usage.prompt_tokens_details.cached_tokens >= n - 2, talk[0]["content"]
+
+
+def test_a_slot_is_chosen_for_its_cache_or_to_keep_others():
+    free = {0, 1, 2, 3, 6, 7}
+    empty = dict.fromkeys(free, 0)
+    # a cache holding more than half the prompt is taken, wherever it is
+    assert choose_slot(free, 100, {**empty, 6: 51}, {**empty, 6: 300}, {}, {4, 5}) == 6
+    # half is not more than half: a new prompt; the empty slot that makes no hole
+    assert choose_slot(free, 100, {**empty, 6: 50}, {**empty, 6: 300}, {}, {4, 5}) == 3
+    few = {0: 0, 3: 0, 6: 0}
+    assert choose_slot(set(few), 100, few, few, {}, {7}) == 6
+    assert choose_slot(set(few), 100, few, few, {}, {1, 2}) == 0
+    assert choose_slot(free, 100, empty, empty, {}, set()) == 0
+    # no empty slot: the least recently released one, whatever prefix the others share
+    full = dict.fromkeys(free, 40)
+    released = {0: 7, 1: 3, 2: 9, 3: 5, 6: 4, 7: 8}
+    assert choose_slot(free, 100, full, full, released, {4, 5}) == 1
+    # without the prompt cache (prompt 0) there is no hit, however much a slot holds
+    assert choose_slot(free, 0, {**full, 2: 99}, full, released, set()) == 1
 
 
 def test_stream_keeps_going_while_a_long_prompt_is_prefilled(server):

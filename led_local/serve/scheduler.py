@@ -15,6 +15,7 @@ front-end's next turn evaluates only the new tokens.
 
 from __future__ import annotations
 
+import itertools
 import math
 import sys
 import threading
@@ -47,6 +48,10 @@ LED_TOP = 3
 # as take about PREFILL_SECONDS by the measured speed of earlier chunks, the whole batch
 # while no stream waits (serve --prefill-chunk auto, the default)
 PREFILL_CHUNK: int | None = None
+# a request takes the free slot whose cache holds the longest prefix of its prompt when that
+# is more than this fraction of the prompt (llama-server's --slot-prompt-similarity default),
+# else a slot whose cache it sacrifices least (``choose_slot``)
+CACHE_HIT = 0.5
 PREFILL_SECONDS = 0.035
 PREFILL_LEAST = 2  # also the first auto chunk, before any has been timed
 
@@ -138,6 +143,10 @@ class ServeEngine(Engine):
             self.steps.setdefault(s.slot, []).append(
                 (chance, list(zip(cand.tolist(), ps.tolist()))))
 
+    def cached(self, slot: int) -> int:
+        """How many tokens the KV cache of ``slot`` holds."""
+        return len(self._cached.get(slot, []))
+
     def common_prefix(self, slot: int, tokens: list[int]) -> int:
         """How many leading ``tokens`` the KV cache of ``slot`` already holds."""
         n = 0
@@ -146,6 +155,28 @@ class ServeEngine(Engine):
                 break
             n += 1
         return n
+
+
+def choose_slot(free: set[int], prompt: int, common: dict[int, int], cached: dict[int, int],
+                released: dict[int, int], busy: set[int]) -> int:
+    """The free slot for a prompt of ``prompt`` tokens: the one whose cache holds the longest
+    prefix of it (``common``) when that is more than CACHE_HIT of the prompt (a conversation
+    going on, a long shared prefix); otherwise an empty slot (``cached`` 0), the one that
+    leaves the fewest runs of consecutive slots among ``busy`` and itself (llama.cpp
+    evaluates each run as its own ubatch), else the least recently ``released`` one: a new
+    prompt keeps other conversations' caches while it can. Ties: the lowest slot."""
+    best = max(sorted(free), key=lambda s: common[s])
+    if prompt and common[best] > CACHE_HIT * prompt:
+        return best
+    empty = sorted(s for s in free if not cached[s])
+    if empty:
+        return min(empty, key=lambda s: _runs(busy | {s}))
+    return min(sorted(free), key=lambda s: released.get(s, -1))
+
+
+def _runs(slots: set[int]) -> int:
+    """How many runs of consecutive numbers ``slots`` makes."""
+    return sum(1 for s in slots if s - 1 not in slots)
 
 
 class Scheduler:
@@ -165,6 +196,8 @@ class Scheduler:
         self.queue: deque[Work] = deque()
         self.running: dict[int, Choice] = {}
         self.free = set(range(parallel))
+        self._released: dict[int, int] = {}  # slot -> when it was last given back (a count)
+        self._releases = itertools.count()
         self._claimed = 0  # slots of requests taken from the queue, not yet in ``free``'s count
         self._cv = threading.Condition()
         self._stopping = False
@@ -400,10 +433,14 @@ class Scheduler:
         """Reserve the free slot that caches most of ``work``'s prompt and start loading the
         prompt minus its last token there."""
         eng = self.engine
-        if work.cache_prompt:
-            first = max(self.free, key=lambda s: (eng.common_prefix(s, work.tokens[:-1]), -s))
-        else:
-            first = min(self.free)
+        prompt = work.tokens[:-1]
+        busy = (set(self.running) | {f[1] for f in self._fills}
+                | {slot for _, slot in self._ready})
+        first = choose_slot(
+            self.free, len(prompt) if work.cache_prompt else 0,
+            {s: eng.common_prefix(s, prompt) for s in self.free},
+            {s: eng.cached(s) for s in self.free}, self._released, busy)
+        if not work.cache_prompt:
             eng.free(first)
         with self._cv:
             self.free.discard(first)
@@ -421,6 +458,7 @@ class Scheduler:
     def _release(self, first: int, work: Work) -> None:
         """Give back a request's reserved slot (emptied) and its other claimed slots."""
         self.engine.free(first)
+        self._released[first] = next(self._releases)
         with self._cv:
             self.free.add(first)
             self._claimed -= work.n - 1
@@ -564,6 +602,7 @@ class Scheduler:
         slot = c.seq.slot
         del self.running[slot]
         self.free.add(slot)
+        self._released[slot] = next(self._releases)
         self.engine.top_n.pop(slot, None)
         self.engine.scored.discard(slot)
         self.engine.top.pop(slot, None)
