@@ -136,6 +136,29 @@ def test_conversations_keep_their_caches(server):
         assert r.usage.prompt_tokens_details.cached_tokens >= n - 2, talk[0]["content"]
 
 
+def test_a_shared_prefix_is_copied_to_a_new_slot(server):
+    """Requests that share a long opening (a system prompt, tools) but less than half their
+    prompt: each gets a slot of its own, with the shared prefix copied from the slot that
+    holds it; the answer is the one evaluated without any cache."""
+    client = server.client()
+    system = {"role": "system", "content": LONG[:500]}
+    asks = [[system, {"role": "user", "content": f"Now tell me about {t}. " * 50}]
+            for t in ("rivers", "lamps")]
+    r = client.chat.completions.create(model="m", messages=asks[0], max_tokens=2, seed=1)
+    kw = {"model": "m", "max_tokens": 8, "seed": 3, "extra_body": {"method": "greedy"}}
+    again = client.chat.completions.create(messages=asks[1], **kw)
+    # the system prompt is ~110 tokens of ~430; an empty slot would give 0, the least
+    # recently used one a few tokens of the template's opening
+    assert 100 <= again.usage.prompt_tokens_details.cached_tokens < again.usage.prompt_tokens / 2
+    cold = client.chat.completions.create(
+        messages=asks[1], **{**kw, "extra_body": {"method": "greedy", "cache_prompt": False}})
+    assert cold.usage.prompt_tokens_details.cached_tokens == 0
+    assert again.choices[0].message.content == cold.choices[0].message.content
+    # and the first conversation kept its own cache
+    first = client.chat.completions.create(model="m", messages=asks[0], max_tokens=2, seed=1)
+    assert first.usage.prompt_tokens_details.cached_tokens >= r.usage.prompt_tokens - 2
+
+
 def test_a_slot_is_chosen_for_its_cache_or_to_keep_others():
     free = {0, 1, 2, 3, 6, 7}
     empty = dict.fromkeys(free, 0)

@@ -52,6 +52,9 @@ PREFILL_CHUNK: int | None = None
 # is more than this fraction of the prompt (llama-server's --slot-prompt-similarity default),
 # else a slot whose cache it sacrifices least (``choose_slot``)
 CACHE_HIT = 0.5
+# a new prompt's slot gets a copy of another slot's cache (the whole KV stream, a few ms)
+# when that holds at least this many more of the prompt's leading tokens
+COPY_LEAST = 64
 PREFILL_SECONDS = 0.035
 PREFILL_LEAST = 2  # also the first auto chunk, before any has been timed
 
@@ -442,6 +445,13 @@ class Scheduler:
             {s: eng.cached(s) for s in self.free}, self._released, busy)
         if not work.cache_prompt:
             eng.free(first)
+        else:
+            # another slot, free or busy, may hold a longer prefix (a system prompt and tools
+            # that many requests share): copy its cache rather than evaluate the prefix again
+            source = max(range(self.parallel), key=lambda s: eng.common_prefix(s, prompt))
+            if (eng.common_prefix(source, prompt)
+                    >= eng.common_prefix(first, prompt) + COPY_LEAST):
+                eng.fork(source, first)
         with self._cv:
             self.free.discard(first)
             self._claimed -= 1
