@@ -69,11 +69,17 @@ def test_case26_ctrl_c_at_the_prompt_keeps_the_session(smollm2):
 
 
 # -- case 13: Ctrl-C while the model loads exits 130 at once ------------------------------------
+def _sigint_default() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _interrupt_after(marker: bytes, args: list[str], delay: float = 0.0):
     """Run the CLI with ``args``, send it SIGINT ``delay`` s after ``marker`` shows on its
     stderr, and return (exit code, stdout, stderr)."""
+    # Ctrl-C reaches a command run from a terminal; a test run started in the background
+    # (`make test &`, nohup) passes SIGINT on ignored, and the model load keeps it so
     proc = subprocess.Popen([*CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=ENV)
+                            env=ENV, preexec_fn=_sigint_default)
     try:
         seen = b""
         while marker not in seen:
