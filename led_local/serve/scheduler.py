@@ -199,7 +199,8 @@ class Scheduler:
         self.queue: deque[Work] = deque()
         self.running: dict[int, Choice] = {}
         self.free = set(range(parallel))
-        self._released: dict[int, int] = {}  # slot -> when it was last given back (a count)
+        # slot -> when a finished request last gave it back (a count): its cache's age
+        self._released: dict[int, int] = {}
         self._releases = itertools.count()
         self._claimed = 0  # slots of requests taken from the queue, not yet in ``free``'s count
         self._cv = threading.Condition()
@@ -437,20 +438,18 @@ class Scheduler:
         prompt minus its last token there."""
         eng = self.engine
         prompt = work.tokens[:-1]
+        common = {s: eng.common_prefix(s, prompt) for s in range(self.parallel)}
         busy = (set(self.running) | {f[1] for f in self._fills}
                 | {slot for _, slot in self._ready})
-        first = choose_slot(
-            self.free, len(prompt) if work.cache_prompt else 0,
-            {s: eng.common_prefix(s, prompt) for s in self.free},
-            {s: eng.cached(s) for s in self.free}, self._released, busy)
+        first = choose_slot(self.free, len(prompt) if work.cache_prompt else 0, common,
+                            {s: eng.cached(s) for s in self.free}, self._released, busy)
         if not work.cache_prompt:
             eng.free(first)
         else:
             # another slot, free or busy, may hold a longer prefix (a system prompt and tools
             # that many requests share): copy its cache rather than evaluate the prefix again
-            source = max(range(self.parallel), key=lambda s: eng.common_prefix(s, prompt))
-            if (eng.common_prefix(source, prompt)
-                    >= eng.common_prefix(first, prompt) + COPY_LEAST):
+            source = max(common, key=common.get)
+            if common[source] >= common[first] + COPY_LEAST:
                 eng.fork(source, first)
         with self._cv:
             self.free.discard(first)
@@ -468,7 +467,6 @@ class Scheduler:
     def _release(self, first: int, work: Work) -> None:
         """Give back a request's reserved slot (emptied) and its other claimed slots."""
         self.engine.free(first)
-        self._released[first] = next(self._releases)
         with self._cv:
             self.free.add(first)
             self._claimed -= work.n - 1
