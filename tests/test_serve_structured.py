@@ -147,8 +147,8 @@ def test_a_shared_prefix_is_copied_to_a_new_slot(server):
     r = client.chat.completions.create(model="m", messages=asks[0], max_tokens=2, seed=1)
     kw = {"model": "m", "max_tokens": 8, "seed": 3, "extra_body": {"method": "greedy"}}
     again = client.chat.completions.create(messages=asks[1], **kw)
-    # the system prompt is ~110 tokens of ~430; an empty slot would give 0, the least
-    # recently used one a few tokens of the template's opening
+    # the system prompt is ~110 tokens of ~430; without the copy the slot would hold at
+    # most the chat template's opening
     assert 100 <= again.usage.prompt_tokens_details.cached_tokens < again.usage.prompt_tokens / 2
     cold = client.chat.completions.create(
         messages=asks[1], **{**kw, "extra_body": {"method": "greedy", "cache_prompt": False}})
@@ -305,6 +305,37 @@ def test_auto_prefill_chunks_follow_the_measured_speed():
     assert fixed._chunk() == 64
     fixed.running[0] = object()
     assert fixed._chunk() == 64
+
+
+def test_a_cache_is_copied_when_that_is_quicker_than_evaluating_it(smollm2):
+    """The KV bytes a token takes are what llama.cpp's own sequence state grows by per token;
+    a copy costs the slot's whole stream at COPY_BYTES_PER_S, and is made for a prefix only
+    when evaluating it at the recent prompt speed would take longer."""
+    import llama_cpp
+
+    from led_local.decoding.engine import COPY_BYTES_PER_S
+    from led_local.decoding.methods import DecodeConfig
+    from led_local.serve import scheduler as sch
+    from led_local.serve.metrics import Metrics
+
+    with sch.ServeEngine(smollm2, DecodeConfig(method="sample"), n_ctx=4 * 512, n_seq=4,
+                         threads=1) as eng:
+        per_token = eng.info.kv_bytes_per_token
+        assert per_token == 2 * 30 * 2 * 3 * 64  # f16, 30 layers, K and V, 3 KV heads of 64
+        sizes = []
+        for n in (10, 50):
+            eng.free(0)
+            tokens = eng.rt.tokenize("one two three four five " * 20)[:n]
+            eng.rt.decode(tokens, list(range(n)), [0] * n, [False] * (n - 1) + [True])
+            sizes.append(llama_cpp.llama_state_seq_get_size(eng.rt.ctx, 0))
+        # the state also writes each cell's position and sequence ids (12 bytes)
+        assert 40 * per_token <= sizes[1] - sizes[0] <= 40 * (per_token + 16)
+        copy = per_token * 512 / COPY_BYTES_PER_S
+        assert eng.copy_seconds() == pytest.approx(copy)
+        s = sch.Scheduler(eng, parallel=4, max_queue=4, metrics=Metrics())
+        assert not s._worth_copying(1000)  # no prompt timed yet
+        s._per_token = copy / 10.5
+        assert [s._worth_copying(n) for n in (0, 10, 11)] == [False, False, True]
 
 
 def test_prompts_that_arrive_together_start_together_and_keep_their_tokens(smollm2):

@@ -28,6 +28,11 @@ from led_local.llama.head import LMHead
 from led_local.llama.projection import GraphProjection, resolve_projection
 from led_local.llama.runtime import Runtime, default_threads
 
+# the speed assumed for a KV stream copy (one memcpy in llama.cpp): below the 3.6-5.4 GB/s that
+# copies of 47 and 188 MB took on a 2-core x86 VM, so that a copy is never chosen for less
+# than it saves
+COPY_BYTES_PER_S = 2e9
+
 PROMPT_TAIL = 32  # the prompt's last tokens whose text says where the response starts
 
 @dataclass
@@ -366,6 +371,15 @@ class Engine:
     def cached_len(self, slot: int) -> int:
         """How many tokens of ``slot`` are in the KV cache."""
         return len(self._cached.get(slot, []))
+
+    def copy_seconds(self) -> float:
+        """About how long ``fork`` takes: nothing in a unified cache, where the cells are
+        shared; in a batch-invariant context llama.cpp copies the source's whole KV stream
+        (every cell of the slot, used or not) at the next decode: its bytes at
+        COPY_BYTES_PER_S."""
+        if self.rt.kv_unified:
+            return 0.0
+        return self.info.kv_bytes_per_token * self.rt.n_ctx_seq / COPY_BYTES_PER_S
 
     def fork(self, src: int, dst: int) -> None:
         """Share slot ``src``'s cached tokens with slot ``dst`` (no copy in a unified cache; a

@@ -114,6 +114,18 @@ class ModelInfo:
     def led_supported(self) -> bool:
         return self.architecture in LED_ARCHITECTURES
 
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """Bytes one token takes in llama.cpp's default (f16) KV cache: every layer's K and V
+        rows, as wide as its ``attn_k`` and ``attn_v`` projections; a model whose layers have
+        neither (fused QKV, a compressed cache) is counted at 2 x n_embd a layer, more than
+        its cache holds."""
+        t = self.gguf.tensors
+        width = sum(t[f"blk.{il}.attn_{kv}.weight"].shape[0]
+                    for il in range(self.n_layer) for kv in "kv"
+                    if f"blk.{il}.attn_{kv}.weight" in t)
+        return 2 * (width or 2 * self.n_embd * self.n_layer)
+
     def check_led(self, depths: int) -> None:
         """Refuse LED on an unknown graph or with a depth count the model cannot give."""
         if not self.led_supported:

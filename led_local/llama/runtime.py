@@ -170,7 +170,7 @@ class Runtime:
         cparams.n_threads = threads
         cparams.n_threads_batch = threads
         # unified: one ubatch split that keeps batch order; per-sequence streams: see above
-        cparams.kv_unified = not batch_invariant
+        cparams.kv_unified = self.kv_unified = not batch_invariant
         if batch_invariant:
             cparams.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
                                        if invariant_flash_attention()

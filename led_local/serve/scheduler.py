@@ -52,9 +52,6 @@ PREFILL_CHUNK: int | None = None
 # is more than this fraction of the prompt (llama-server's --slot-prompt-similarity default),
 # else a slot whose cache it sacrifices least (``choose_slot``)
 CACHE_HIT = 0.5
-# a new prompt's slot gets a copy of another slot's cache (the whole KV stream, a few ms)
-# when that holds at least this many more of the prompt's leading tokens
-COPY_LEAST = 64
 PREFILL_SECONDS = 0.035
 PREFILL_LEAST = 2  # also the first auto chunk, before any has been timed
 
@@ -446,10 +443,11 @@ class Scheduler:
         if not work.cache_prompt:
             eng.free(first)
         else:
-            # another slot, free or busy, may hold a longer prefix (a system prompt and tools
-            # that many requests share): copy its cache rather than evaluate the prefix again
+            # another slot, free or busy, may hold a longer prefix (the chat template's
+            # opening, a system prompt and tools that many requests share): copy its cache
+            # when that takes less time than evaluating the extra tokens would
             source = max(common, key=common.get)
-            if common[source] >= common[first] + COPY_LEAST:
+            if self._worth_copying(common[source] - common[first]):
                 eng.fork(source, first)
         with self._cv:
             self.free.discard(first)
@@ -463,6 +461,13 @@ class Scheduler:
             return
         work.cached = fill.reused
         self._fills.append((work, first, fill))
+
+    def _worth_copying(self, tokens: int) -> bool:
+        """Whether copying a slot's KV stream (``Engine.copy_seconds``) takes less time than
+        evaluating ``tokens`` prompt tokens at the speed of the recent chunks (unknown before
+        the first prompt, when no cache is there to copy either)."""
+        return (tokens > 0 and self._per_token is not None
+                and tokens * self._per_token > self.engine.copy_seconds())
 
     def _release(self, first: int, work: Work) -> None:
         """Give back a request's reserved slot (emptied) and its other claimed slots."""
