@@ -382,7 +382,8 @@ def long_case(port: int, prompt: str, tokens: int, extra: dict,
 
 def bench_against_llama_server(model: str, *, binary: Path, threads: int, parallel: int,
                                tokens: int, repeats: int, clients: tuple[int, ...],
-                               long_prompt: int, long_tokens: int) -> dict:
+                               long_prompt: int, long_tokens: int,
+                               methods: tuple[str, ...] = ("plain", "led")) -> dict:
     from led_local.eval.problems import load_problems
 
     # no prompt twice in one server's life: each server's prompt cache (llama-server also
@@ -396,6 +397,7 @@ def bench_against_llama_server(model: str, *, binary: Path, threads: int, parall
     systems = {"llama-server": [("plain", SAMPLING)],
                "led-local": [("plain", {"method": "sample", **SAMPLING}),
                              ("led", {"method": "led", "temperature": SAMPLING["temperature"]})]}
+    systems["led-local"] = [m for m in systems["led-local"] if m[0] in methods]
     res: dict[tuple[str, str, str], list[float]] = {}
     for r in range(repeats):
         order = list(systems) if r % 2 == 0 else list(reversed(systems))
@@ -443,10 +445,10 @@ def report_against(res: dict, *, model: str, threads: int, parallel: int, tokens
     for case in cases:
         base = res[("llama-server", "plain", case)]
         plain = res[("led-local", "plain", case)]
-        led = res[("led-local", "led", case)]
+        led = res.get(("led-local", "led", case))
         m = statistics.median
-        print(f"{case:18} {_spread(base):>22} {_spread(plain):>22} "
-              f"{m(plain) / m(base):6.2f} {_spread(led):>22} {m(led) / m(base):14.2f}")
+        print(f"{case:18} {_spread(base):>22} {_spread(plain):>22} {m(plain) / m(base):6.2f} "
+              + (f"{_spread(led):>22} {m(led) / m(base):14.2f}" if led else f"{'-':>22}"))
     print("(tokens/s, except 'long: prompt s': seconds to the first token, where a ratio "
           "under 1 means led-local is faster)")
 
@@ -582,14 +584,17 @@ def main() -> None:
                     help="the llama.cpp tool [default: build/llama-tools/bin/<--against>]")
     ap.add_argument("--threads", type=int, default=default_threads())
     ap.add_argument("--parallel", type=int, default=8, help="slots of both servers")
-    ap.add_argument("--clients", default="1,4,8", help="client counts (serve), --parallel "
+    ap.add_argument("--methods", default="plain,led", help="led-local's methods (serve): "
+                    "plain, led or both")
+    ap.add_argument("--clients", default="1,4,8", help="client counts (serve, '' for the long "
+                    "case alone), --parallel "
                     "values (solve)")
     ap.add_argument("--tokens", type=int, default=128, help="tokens an answer may have")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--long-prompt", type=int, default=4096, help="long case: prompt tokens")
     ap.add_argument("--long-tokens", type=int, default=512, help="long case: tokens generated")
     args = ap.parse_args()
-    counts = tuple(int(c) for c in args.clients.split(","))
+    counts = tuple(int(c) for c in args.clients.split(",") if c.strip())
     default = LLAMA_SERVER if args.against == "llama-server" else LLAMA_BATCHED_BENCH
     binary = args.binary or default
     if not binary.exists():
@@ -598,7 +603,8 @@ def main() -> None:
               long_tokens=args.long_tokens)
     if args.against == "llama-server":
         res = bench_against_llama_server(args.model, binary=binary, parallel=args.parallel,
-                                         clients=counts, long_prompt=args.long_prompt, **kw)
+                                         clients=counts, long_prompt=args.long_prompt,
+                                         methods=tuple(args.methods.split(",")), **kw)
         report_against(res, model=args.model, parallel=args.parallel,
                        long_prompt=args.long_prompt, **kw)
     else:
