@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from led_local.llama import native
 from led_local.llama.capture import CallbackCapture, LayerInputCapture
 from led_local.llama.gguf_info import inspect_model
 from led_local.llama.head import LMHead, final_norm
@@ -53,6 +54,22 @@ def test_a_rows_logits_do_not_depend_on_how_many_rows_are_projected(smollm2):
     full = head.project(x, norm=False)
     for m in (1, 7, 16, 33):
         assert np.array_equal(head.project(x[:m], norm=False), full[:m])
+
+
+def test_rows_padded_to_the_kernels_tile_give_the_same_logits(smollm2):
+    # head.row_quantum: zero rows pad a product to tinyBLAS's 4-row tile where it has one;
+    # forced here on any CPU, since the padded rows must change no row's result anywhere
+    info = inspect_model(smollm2)
+    head = LMHead(info, threads=2)
+    features = native.cpu_features()
+    assert head.matrix.quantum == (4 if features.get("avx512") else 1)
+    x = np.random.default_rng(2).standard_normal((23, info.n_embd)).astype(np.float32) * 3
+    head.matrix.quantum = 1
+    plain = [head.project(x[:m], norm=True) for m in (3, 5, 7, 23)]
+    head.matrix.quantum = 4
+    padded = [head.project(x[:m], norm=True) for m in (3, 5, 7, 23)]
+    for a, b in zip(plain, padded):
+        assert a.shape == b.shape and np.array_equal(a, b)
 
 
 def test_norm_option_changes_the_projection(smollm2):
