@@ -455,8 +455,9 @@ def report_against(res: dict, *, model: str, threads: int, parallel: int, tokens
 
 # -- solve against llama-batched-bench (`--against llama-batched-bench`) ----------------------
 #
-# Offline batched throughput: `solve` (2 GSM8K problems x P samples at --parallel P, the prompt
-# evaluated once per problem and shared, `--tokens` answers; plain sampling and LED) against
+# Offline batched throughput: `solve`'s batch loop (2 GSM8K problems x P samples at --parallel
+# P, the prompt evaluated once per problem and shared, every answer run to `--tokens` with the
+# end tokens banned, as the other side decodes; plain sampling and LED) against
 # llama.cpp's llama-batched-bench built from the same sources (`-npp` the same prompt length,
 # `-ntg --tokens`, `-npl P`, `-pps`: the prompt shared, as solve shares it), which decodes the
 # same shapes without sampling or any host work: an upper bound. Generated tokens per second
@@ -481,18 +482,31 @@ def _batched_bench(binary: Path, model: str, *, threads: int, prompt: int, token
 
 def _solve_rate(model: str, problems, *, threads: int, parallel: int, samples: int,
                 tokens: int, method: str) -> tuple[float, int]:
-    import tempfile
-
+    """solve's batch loop (``run_jobs``: each problem's prompt evaluated once and shared by its
+    samples, up to ``parallel`` decoding together, on solve's engine) over ``problems`` x
+    ``samples``, every sample run to ``tokens`` as llama-batched-bench runs them: (generated
+    tokens/s over the loop's wall time, prompts included; tokens generated)."""
+    from led_local.decoding.batch import Job, run_jobs
     from led_local.decoding.methods import DecodeConfig
+    from led_local.eval.planning import SolveOptions, _prompts
     from led_local.eval.problems import REFERENCE_PROMPT
-    from led_local.eval.solve import SolveOptions, solve
+    from led_local.eval.solve import make_engine
+    from led_local.llama.gguf_info import model_info
+    from led_local.llama.runtime import Runtime
 
-    with tempfile.TemporaryDirectory() as tmp:
-        opts = SolveOptions(samples=samples, parallel=parallel, max_tokens=tokens,
-                            threads=threads)
-        p = solve(model, problems, Path(tmp) / "run.jsonl", DecodeConfig(method=method), opts,
-                  template=REFERENCE_PROMPT)
-        return p.tokens / (time.perf_counter() - p.start), p.tokens
+    info = model_info(model)
+    with Runtime(model, info=info, vocab_only=True) as vocab:
+        chats, _, _ = _prompts(vocab, problems, REFERENCE_PROMPT)
+        prompts = {pid: tuple(vocab.tokenize(text)) for pid, text in chats.items()}
+    jobs = [Job(p.id, i, prompts[p.id]) for p in problems for i in range(samples)]
+    opts = SolveOptions(samples=samples, parallel=parallel, max_tokens=tokens, threads=threads)
+    engine, parallel = make_engine(info, DecodeConfig(method=method), opts, n_jobs=len(jobs),
+                                   longest_prompt=max(len(t) for t in prompts.values()))
+    with engine:
+        t0 = time.perf_counter()
+        n = sum(len(f.seq.tokens) for f in run_jobs(engine, jobs, parallel=parallel,
+                                                    max_tokens=tokens, seed=0, ignore_eos=True))
+        return n / (time.perf_counter() - t0), n
 
 
 def _prompt_tokens(model: str, problems) -> int:

@@ -117,3 +117,22 @@ def test_led_runs_on_gemma3(gemma3, capture):
         with Engine(gemma3, cfg, n_ctx=256, capture="callback") as e:
             other = generate(e, toks, max_tokens=12, seed=5)
         assert other.tokens == r.tokens and other.depths == r.depths
+
+
+def test_run_jobs_with_ignore_eos_runs_every_sample_to_max_tokens(smollm2):
+    # what bench/serve_bench.py's solve side needs to do llama-batched-bench's work
+    from led_local.decoding.batch import Job, context_size, run_jobs
+
+    with Engine(smollm2, DecodeConfig(method="greedy"), n_ctx=context_size(2, 64, 24), n_seq=3,
+                batch_invariant=True) as engine:
+        toks = tuple(prompt_tokens(engine, "Reply with one word: yes or no."))
+        jobs = [Job("p", i, toks) for i in range(2)]
+        ended = [f.seq for f in run_jobs(engine, jobs, parallel=2, max_tokens=24, seed=0)]
+        assert all(s.finish_reason == "stop" and len(s.tokens) < 10 for s in ended)
+        ran = [f.seq for f in run_jobs(engine, jobs, parallel=2, max_tokens=24, seed=0,
+                                       ignore_eos=True)]
+        eog = set(engine.rt.eog_tokens().tolist())
+        for s, e in zip(ran, ended):
+            assert s.finish_reason == "length" and len(s.tokens) == 24
+            assert not eog & set(s.tokens)
+            assert s.tokens[:len(e.tokens) - 1] == e.tokens[:-1]  # greedy: the same until the end
