@@ -488,16 +488,12 @@ def _solve_rate(model: str, problems, *, threads: int, parallel: int, samples: i
     tokens/s over the loop's wall time, prompts included; tokens generated)."""
     from led_local.decoding.batch import Job, run_jobs
     from led_local.decoding.methods import DecodeConfig
-    from led_local.eval.planning import SolveOptions, _prompts
-    from led_local.eval.problems import REFERENCE_PROMPT
+    from led_local.eval.planning import SolveOptions
     from led_local.eval.solve import make_engine
     from led_local.llama.gguf_info import model_info
-    from led_local.llama.runtime import Runtime
 
     info = model_info(model)
-    with Runtime(model, info=info, vocab_only=True) as vocab:
-        chats, _, _ = _prompts(vocab, problems, REFERENCE_PROMPT)
-        prompts = {pid: tuple(vocab.tokenize(text)) for pid, text in chats.items()}
+    prompts = _solve_prompts(model, problems)
     jobs = [Job(p.id, i, prompts[p.id]) for p in problems for i in range(samples)]
     opts = SolveOptions(samples=samples, parallel=parallel, max_tokens=tokens, threads=threads)
     engine, parallel = make_engine(info, DecodeConfig(method=method), opts, n_jobs=len(jobs),
@@ -509,16 +505,20 @@ def _solve_rate(model: str, problems, *, threads: int, parallel: int, samples: i
         return n / (time.perf_counter() - t0), n
 
 
-def _prompt_tokens(model: str, problems) -> int:
-    """The mean length in tokens of solve's prompts for ``problems`` (chat template applied)."""
+def _solve_prompts(model: str, problems) -> dict[str, tuple[int, ...]]:
+    """solve's prompt token ids for ``problems`` (chat template applied), by problem id."""
     from led_local.eval.planning import _prompts
     from led_local.eval.problems import REFERENCE_PROMPT
     from led_local.llama.runtime import Runtime
 
-    with Runtime(model, vocab_only=True) as rt:
-        chats, _, _ = _prompts(rt, problems, REFERENCE_PROMPT)
-        lens = [len(rt.tokenize(text)) for text in chats.values()]
-    return round(statistics.mean(lens))
+    with Runtime(model, vocab_only=True) as vocab:
+        chats, _, _ = _prompts(vocab, problems, REFERENCE_PROMPT)
+        return {pid: tuple(vocab.tokenize(text)) for pid, text in chats.items()}
+
+
+def _prompt_tokens(model: str, problems) -> int:
+    """The mean length in tokens of solve's prompts for ``problems``."""
+    return round(statistics.mean(len(t) for t in _solve_prompts(model, problems).values()))
 
 
 def bench_against_batched(model: str, *, binary: Path, threads: int, tokens: int, repeats: int,

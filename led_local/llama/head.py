@@ -45,9 +45,10 @@ def final_norm(states: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, 
 # on x86, which multiplies the activation rows 4 at a time where AVX-512 gives it 32 vector
 # registers (2 at a time with 16) and makes a second pass over the whole matrix for what is
 # left: more than 4 rows are cheaper padded with zero rows to a multiple of 4 (SmolLM2's head,
-# 2 threads, AVX-512: 14 rows 8.4 ms, 16 rows 6.1 ms). Each output is its own dot product, so
-# no row's result changes (tested). Q4_0, Q5_0, Q8_0, IQ4_NL.
-TINYBLAS_Q0_TYPES = (2, 6, 8, 20)
+# 2 threads, AVX-512: 14 rows 8.6 ms, padded to 16 6.6 ms). Each output is its own dot
+# product, so no row's result changes (tested).
+TINYBLAS_Q0_TYPES = (native.GGML_TYPE_Q4_0, native.GGML_TYPE_Q5_0, native.GGML_TYPE_Q8_0,
+                     native.GGML_TYPE_IQ4_NL)
 
 
 def row_quantum(ggml_type: int) -> int:
